@@ -1,0 +1,3 @@
+from posectl.cli import main
+
+main()

@@ -1,0 +1,218 @@
+"""posectl command line: thin wrappers that parse, call the orchestrator and print.
+
+Heavy imports (torch, ray) happen inside commands so `posectl --help` stays fast.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from posectl.errors import PosectlError
+
+app = typer.Typer(
+    help="3D human pose estimation methods as searchable plugins on Ray.\n\n"
+         "Quick start: `posectl train baseline` trains a lifting network on the built-in synthetic "
+         "dataset on a local Ray cluster.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Create and inspect pose datasets (Arrow/Parquet shards).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
+    _STATE["debug"] = debug
+
+
+def _config_layers(config: Optional[Path], overrides: Optional[list[str]]) -> list[dict]:
+    from posectl.config import load_yaml, parse_overrides
+    layers = []
+    if config is not None:
+        layers.append(load_yaml(config))
+    layers.append(parse_overrides(overrides or []))
+    return layers
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    method: str = typer.Argument(..., help="Method to train (see `posectl methods`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value, e.g. epochs=20 backbone.width=512."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Train on N GPUs: one Ray Train worker per GPU."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Train with N CPU workers (DDP over gloo)."),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs reserved per worker."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with config values."),
+    name: Optional[str] = typer.Option(None, "--name", help="Run name (default: METHOD-DATE-TIME)."),
+    runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", envvar="POSECTL_RUNS", help="Where runs are stored [default: ./runs]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run --name from its last checkpoint."),
+    smoke_test: bool = typer.Option(False, "--smoke-test", help="Tiny real run: a few hundred samples, one epoch."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one)."),
+    max_failures: int = typer.Option(2, "--max-failures", help="Worker failures to recover from (restarts from the last checkpoint)."),
+):
+    """Train METHOD as a Ray Train job; prints progress, per-epoch validation, and test results."""
+    from posectl.cli.render import TrainProgress, console, metrics_table, per_action_table
+    from posectl.orchestrator.train import train as run_train
+
+    layers = _config_layers(config, overrides)
+    epochs = _peek_epochs(method, layers, smoke_test)
+    console.print(f"[bold]posectl train {method}[/] — starting Ray (first epoch after ~15 s of Ray start-up)")
+    with TrainProgress(epochs) as progress:
+        out = run_train(method, layers, gpus=gpus, workers=workers, cpus_per_worker=cpus_per_worker,
+                        name=name, runs_dir=runs_dir, resume=resume, smoke_test=smoke_test,
+                        address=address, max_failures=max_failures, on_event=progress)
+    res = out.results
+    if not res:
+        raise PosectlError(f"training finished without results in {out.experiment.root}")
+    console.print(metrics_table(
+        f"{method}: best validation epoch {res['best_epoch']}/{res['epochs']} — {res['test'].get('protocol', '')}",
+        {f"val ({res['split_names']['val']})": res["val"], f"test ({res['split_names']['test']})": res["test"]}))
+    if res["test"].get("per_action"):
+        console.print(per_action_table(res["test"]["per_action"], "test split, per action"))
+    console.print(f"run directory: {out.experiment.root}  ({out.wall_s:.0f} s)")
+    console.print(f"evaluate again: posectl eval {out.experiment.root / 'checkpoints' / 'best.pt'}")
+
+
+def _peek_epochs(method: str, layers: list[dict], smoke: bool) -> int:
+    from posectl.config import build
+    from posectl.methods.base import get_method
+    from posectl.orchestrator.train import smoke_overrides
+    cls = get_method(method)
+    try:
+        return build(cls.Config, *layers, *([smoke_overrides(cls)] if smoke else []), context=f"method {method}").epochs
+    except PosectlError:
+        raise
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint file (best.pt / last.pt) or a run directory."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset to evaluate on (default: the run's dataset)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (default: the run's test split)."),
+    keypoints: Optional[str] = typer.Option(None, "--keypoints", help="2D source (default: the run's)."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip test-time augmentation."),
+    stride: int = typer.Option(1, "--stride", help="Evaluate every n-th frame."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON."),
+):
+    """Evaluate a trained checkpoint: MPJPE/P-MPJPE (per sample and action-wise), N-MPJPE, PCK, AUC."""
+    import json
+    from posectl.cli.render import console, metrics_table, per_action_table
+    from posectl.orchestrator.evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint(checkpoint, data=data, split=split, keypoints=keypoints, flip=flip, stride=stride)
+    console.print(metrics_table(f"{out['method']} on {out['dataset']}:{out['split']} — {out['metrics']['protocol']}",
+                                {out["split"]: out["metrics"]}))
+    if out["metrics"].get("per_action"):
+        console.print(per_action_table(out["metrics"]["per_action"], f"{out['split']}, per action"))
+    if json_out:
+        json_out.write_text(json.dumps(out, indent=2))
+
+
+@app.command()
+def methods(method: Optional[str] = typer.Argument(None, help="Show this method's parameters.")):
+    """List method plugins, or one method's parameters with types and defaults."""
+    from rich.table import Table
+    from posectl.cli.render import console
+    from posectl.config import describe
+    from posectl.methods.base import available, get_method
+
+    if method is None:
+        t = Table(title="posectl methods")
+        for c in ("method", "description", "parameters"):
+            t.add_column(c)
+        for name, cls in available().items():
+            t.add_row(name, cls.description, str(len(describe(cls.Config))))
+        console.print(t)
+        console.print("parameters of one method: posectl methods NAME")
+        return
+    cls = get_method(method)
+    t = Table(title=f"{method}: {cls.description}")
+    t.add_column("parameter", no_wrap=True)
+    t.add_column("type")
+    t.add_column("default")
+    t.add_column("help", ratio=1)
+    for key, tp, default, help_ in describe(cls.Config):
+        t.add_row(key, tp, repr(default), help_)
+    console.print(t)
+    console.print(f"override with key=value, e.g. posectl train {method} epochs=5 lr=3e-4")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
+    domain: str = typer.Option("source", "--domain", help="'source' (Human3.6M-like) or 'target' (shifted, 3DHP-like)."),
+    seed: int = typer.Option(0, "--seed"),
+    subjects: int = typer.Option(8, "--subjects", help="Number of subjects (split train/val/test by subject)."),
+    frames: int = typer.Option(200, "--frames", help="Frames per sequence (50 Hz)."),
+    sequences: int = typer.Option(1, "--sequences", help="Sequences per motion type and subject."),
+):
+    """Generate a synthetic dataset (deterministic from --seed)."""
+    from posectl.cli.render import console
+    from posectl.datasets.synthetic import SynthConfig, write_synthetic
+    if domain not in ("source", "target"):
+        raise PosectlError(f"--domain must be 'source' or 'target', got '{domain}'")
+    if subjects < 3 or frames < 1 or sequences < 1:
+        raise PosectlError("--subjects must be >= 3, --frames and --sequences >= 1")
+    path = write_synthetic(out, SynthConfig(domain=domain, seed=seed, subjects=subjects, frames=frames,
+                                            sequences_per_motion=sequences))
+    console.print(f"wrote {path}")
+    _print_info(path)
+
+
+@data_app.command("info")
+def data_info(path: str = typer.Argument(..., help="Dataset directory, or 'synthetic' / 'synthetic:target'."),
+              verify: bool = typer.Option(True, "--verify/--no-verify", help="Check shard checksums.")):
+    """Summarise a dataset: joint layout, 2D sources, splits, subjects, rows."""
+    from posectl.orchestrator.data import resolve_path
+    _print_info(resolve_path(path), verify)
+
+
+def _print_info(path, verify: bool = True) -> None:
+    from rich.table import Table
+    from posectl.cli.render import console
+    from posectl.datasets.store import PoseDataset
+    ds = PoseDataset(path, verify=verify)
+    s = ds.summary()
+    t = Table(title=f"{s['name']} — {s['path']}", title_justify="left")
+    for c in ("split", "rows", "shards", "subjects"):
+        t.add_column(c)
+    for split, e in s["splits"].items():
+        t.add_row(split, f"{e['rows']:,}", str(e["shards"]), ", ".join(e["subjects"]))
+    console.print(t)
+    console.print(f"joint layout: {s['joint_layout']}   2D sources: {', '.join(s['keypoints_2d'])}"
+                  f"   checksums: {'verified' if verify else 'not checked'}")
+    info = {k: v for k, v in s["info"].items() if not isinstance(v, (dict, list))}
+    if info:
+        console.print("info: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one-line errors with exit code 2; tracebacks only with --debug."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        code = app(args=argv, prog_name="posectl", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except PosectlError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; Ray was shut down. Continue with --resume --name <run>.", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if type(e).__name__ == "Abort":
+            typer.echo("aborted", err=True)
+            sys.exit(130)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click/typer usage errors
+            e.show()
+            sys.exit(2)
+        if debug:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                   "(run with --debug for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,147 @@
+"""Joint layouts (Human3.6M 32/17/16, MPII-16 detections, MPI-INF-3DHP 17), conversions and bones.
+
+Index lists follow VideoPose3D / SemGCN / PoseAug (see docs: methods.md §1.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    joints: tuple[str, ...]
+    parents: tuple[int, ...]
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    root: int = 0
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.joints)
+
+    @cached_property
+    def bones(self) -> tuple[tuple[int, int], ...]:
+        """(parent, child) pairs in joint order, root excluded."""
+        return tuple((p, j) for j, p in enumerate(self.parents) if p >= 0)
+
+    @cached_property
+    def flip_permutation(self) -> np.ndarray:
+        """Joint permutation that swaps left and right."""
+        perm = np.arange(self.num_joints)
+        perm[list(self.left)] = self.right
+        perm[list(self.right)] = self.left
+        return perm
+
+    def index(self, name: str) -> int:
+        return self.joints.index(name)
+
+
+_H36M17_NAMES = (
+    "Hip", "RHip", "RKnee", "RFoot", "LHip", "LKnee", "LFoot", "Spine", "Thorax", "Neck/Nose",
+    "Head", "LShoulder", "LElbow", "LWrist", "RShoulder", "RElbow", "RWrist",
+)
+
+H36M17 = Layout(
+    "h36m17", _H36M17_NAMES,
+    parents=(-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 9, 8, 11, 12, 8, 14, 15),
+    left=(4, 5, 6, 11, 12, 13), right=(1, 2, 3, 14, 15, 16),
+)
+
+H36M16 = Layout(
+    "h36m16", tuple(n for n in _H36M17_NAMES if n != "Neck/Nose"),
+    parents=(-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 8, 10, 11, 8, 13, 14),
+    left=(4, 5, 6, 10, 11, 12), right=(1, 2, 3, 13, 14, 15),
+)
+
+# Full 32-joint mocap skeleton; unnamed entries are static duplicates / end sites.
+_H36M32_PARENTS = (-1, 0, 1, 2, 3, 4, 0, 6, 7, 8, 9, 0, 11, 12, 13, 14, 12, 16, 17, 18, 19, 20,
+                   19, 22, 12, 24, 25, 26, 27, 28, 27, 30)
+H36M32_TO_17 = (0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27)
+H36M32_TO_16 = (0, 1, 2, 3, 6, 7, 8, 12, 13, 15, 17, 18, 19, 25, 26, 27)
+_h36m32_names = [f"site{i}" for i in range(32)]
+for _i, _n in zip(H36M32_TO_17, _H36M17_NAMES):
+    _h36m32_names[_i] = _n
+H36M32 = Layout(
+    "h36m32", tuple(_h36m32_names), parents=_H36M32_PARENTS,
+    left=(6, 7, 8, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23),
+    right=(1, 2, 3, 4, 5, 24, 25, 26, 27, 28, 29, 30, 31),
+)
+
+# Stacked-hourglass / MPII 16-joint detections as shipped by VideoPose3D (`sh_pt_mpii`, `sh_ft_h36m`).
+MPII16 = Layout(
+    "mpii16",
+    ("RFoot", "RKnee", "RHip", "LHip", "LKnee", "LFoot", "Hip", "Spine", "Thorax", "Head",
+     "RWrist", "RElbow", "RShoulder", "LShoulder", "LElbow", "LWrist"),
+    parents=(1, 2, 6, 6, 3, 4, -1, 6, 7, 8, 11, 12, 8, 8, 13, 14),
+    left=(3, 4, 5, 13, 14, 15), right=(2, 1, 0, 12, 11, 10), root=6,
+)
+
+# MPI-INF-3DHP official 17-joint test order (root = pelvis, index 14).
+MPI3DHP17 = Layout(
+    "3dhp17",
+    ("head_top", "neck", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
+     "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle", "pelvis", "spine", "head"),
+    parents=(16, 15, 1, 2, 3, 1, 5, 6, 14, 8, 9, 14, 11, 12, -1, 14, 1),
+    left=(5, 6, 7, 11, 12, 13), right=(2, 3, 4, 8, 9, 10), root=14,
+)
+
+LAYOUTS: dict[str, Layout] = {l.name: l for l in (H36M17, H36M16, H36M32, MPII16, MPI3DHP17)}
+
+# index lists: target joint i is taken from source joint MAP[i]
+_CONVERSIONS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("h36m32", "h36m17"): H36M32_TO_17,
+    ("h36m32", "h36m16"): H36M32_TO_16,
+    ("h36m17", "h36m16"): tuple(i for i in range(17) if i != 9),
+    ("mpii16", "h36m16"): (6, 2, 1, 0, 3, 4, 5, 7, 8, 9, 13, 14, 15, 12, 11, 10),
+    # semantic mapping by joint names (neck -> Thorax, head -> Neck/Nose, head_top -> Head)
+    ("3dhp17", "h36m17"): (14, 8, 9, 10, 11, 12, 13, 15, 1, 16, 0, 5, 6, 7, 2, 3, 4),
+}
+_CONVERSIONS[("3dhp17", "h36m16")] = tuple(
+    _CONVERSIONS[("3dhp17", "h36m17")][i] for i in _CONVERSIONS[("h36m17", "h36m16")])
+
+
+def get_layout(name: str) -> Layout:
+    try:
+        return LAYOUTS[name]
+    except KeyError:
+        raise ValueError(f"unknown joint layout '{name}' (known: {', '.join(LAYOUTS)})") from None
+
+
+def conversion_indices(src: str, dst: str) -> tuple[int, ...]:
+    if src == dst:
+        return tuple(range(get_layout(src).num_joints))
+    try:
+        return _CONVERSIONS[(src, dst)]
+    except KeyError:
+        raise ValueError(f"no joint mapping from layout '{src}' to '{dst}'") from None
+
+
+def convert(poses, src: str, dst: str):
+    """Select/reorder joints (axis -2) from layout `src` into layout `dst`."""
+    return poses[..., list(conversion_indices(src, dst)), :]
+
+
+def bone_lengths(poses, layout: Layout):
+    """(..., J, D) -> (..., J-1) Euclidean bone lengths in the order of `layout.bones`."""
+    parents = [p for p, _ in layout.bones]
+    children = [c for _, c in layout.bones]
+    d = poses[..., children, :] - poses[..., parents, :]
+    return (d ** 2).sum(-1) ** 0.5
+
+
+def flip_poses(poses, layout: Layout):
+    """Mirror poses horizontally (x -> -x) and swap left/right joints.
+
+    Works for root-relative 3D and for screen-normalised 2D (centred on 0); numpy or torch.
+    """
+    out = poses[..., layout.flip_permutation, :]
+    sign = np.ones(poses.shape[-1], dtype=np.float32)
+    sign[0] = -1.0
+    if not isinstance(poses, np.ndarray):  # torch
+        import torch
+        return out * torch.as_tensor(sign, dtype=poses.dtype, device=poses.device)
+    return out * sign

@@ -1,0 +1,322 @@
+"""The canonical pose table: Arrow schema, sharded Parquet writer, manifest, validated reader.
+
+A dataset is a directory:
+  manifest.json        schema version, joint layout, 2D sources, splits -> shards, rows, sha256
+  <split>-00000.parquet ...
+
+One row per (subject, action, camera, frame). Pose columns are pyarrow's canonical
+`fixed_shape_tensor` (zero-copy to numpy, batched as (B, J, C) tensors by Ray Data):
+  keypoints_2d        [J, 2] float32  pixels, ground truth (projection of joints_3d)
+  keypoints_2d_<src>  [J, 2] float32  optional detections (e.g. keypoints_2d_sh_pt_mpii)
+  joints_3d           [J, 3] float32  camera frame, metres, absolute (root trajectory kept)
+  intrinsics          [9]    float32  fx, fy, cx, cy, k1, k2, k3, p1, p2 (pixels)
+  image_size          [2]    int32    width, height
+  extrinsics          [12]   float32  R (row-major, world->camera) and t (metres); nullable
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from posectl.core.skeleton import get_layout
+from posectl.errors import DataError
+
+SCHEMA_VERSION = 1
+FORMAT = "posectl-poses"
+MANIFEST = "manifest.json"
+META_COLUMNS = ("dataset", "domain", "subject", "action", "camera", "frame")
+
+
+def pose_schema(num_joints: int, detections: tuple[str, ...] = ()) -> pa.Schema:
+    kp = pa.fixed_shape_tensor(pa.float32(), [num_joints, 2])
+    fields = [
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("domain", pa.string(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("camera", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("keypoints_2d", kp, nullable=False),
+        *[pa.field(f"keypoints_2d_{d}", kp) for d in detections],
+        pa.field("joints_3d", pa.fixed_shape_tensor(pa.float32(), [num_joints, 3]), nullable=False),
+        pa.field("intrinsics", pa.list_(pa.float32(), 9), nullable=False),
+        pa.field("image_size", pa.list_(pa.int32(), 2), nullable=False),
+        pa.field("extrinsics", pa.list_(pa.float32(), 12)),
+    ]
+    return pa.schema(fields)
+
+
+@dataclass
+class PoseArrays:
+    """One split in memory as numpy arrays (what a training worker materialises once)."""
+    keypoints_2d: np.ndarray   # (N, J, 2) px
+    joints_3d: np.ndarray      # (N, J, 3) m, camera frame
+    intrinsics: np.ndarray     # (N, 9)
+    image_size: np.ndarray     # (N, 2)
+    subject: np.ndarray        # (N,) str
+    action: np.ndarray         # (N,) str
+    camera: np.ndarray         # (N,) str
+    frame: np.ndarray          # (N,) int
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def sequence_ids(self) -> np.ndarray:
+        """Integer id per (subject, action, camera) sequence."""
+        keys = np.char.add(np.char.add(self.subject.astype(str), "|"),
+                           np.char.add(np.char.add(self.action.astype(str), "|"), self.camera.astype(str)))
+        return np.unique(keys, return_inverse=True)[1]
+
+    def take(self, idx) -> "PoseArrays":
+        return PoseArrays(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    @staticmethod
+    def concat(parts: list["PoseArrays"]) -> "PoseArrays":
+        return PoseArrays(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in PoseArrays.__dataclass_fields__))
+
+
+def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None = None,
+                      where: str = "dataset") -> PoseArrays:
+    """Build PoseArrays from a dict of column arrays (a pyarrow table or a Ray Data numpy batch)."""
+    col = "keypoints_2d" if keypoints == "gt" else f"keypoints_2d_{keypoints}"
+    if col not in batch:
+        raise DataError(f"{where}: no 2D keypoints '{keypoints}' (column {col} missing)")
+
+    def tensor(name, shape_tail):
+        v = batch[name]
+        if isinstance(v, (pa.ChunkedArray, pa.Array)):
+            v = _column_to_numpy(v)
+        v = np.asarray(v)
+        if v.dtype == object:
+            v = np.stack(list(v))
+        return v.reshape((-1, *shape_tail)) if shape_tail else v
+
+    def strings(name):
+        v = batch[name]
+        if isinstance(v, (pa.ChunkedArray, pa.Array)):
+            v = np.asarray(v.to_pylist(), dtype=object)
+        return np.asarray(v).astype(str)
+
+    kp = tensor(col, ())
+    J = num_joints or kp.shape[1]
+    out = PoseArrays(
+        keypoints_2d=kp.reshape(-1, J, 2).astype(np.float32, copy=False),
+        joints_3d=tensor("joints_3d", (J, 3)).astype(np.float32, copy=False),
+        intrinsics=tensor("intrinsics", (9,)).astype(np.float32, copy=False),
+        image_size=tensor("image_size", (2,)).astype(np.int32, copy=False),
+        subject=strings("subject"), action=strings("action"), camera=strings("camera"),
+        frame=np.asarray(tensor("frame", ())).astype(np.int64),
+    )
+    for name in ("keypoints_2d", "joints_3d", "intrinsics"):
+        if not np.isfinite(getattr(out, name)).all():
+            raise DataError(f"{where}: column {col if name == 'keypoints_2d' else name} has NaN/Inf values")
+    return out
+
+
+def _column_to_numpy(col) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if isinstance(col.type, pa.FixedShapeTensorType):
+        return col.to_numpy_ndarray()
+    if pa.types.is_fixed_size_list(col.type):
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+    return col.to_numpy(zero_copy_only=False)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def table_from_arrays(a: PoseArrays, dataset: str, domain: str, extrinsics: np.ndarray | None = None,
+                      detections: dict[str, np.ndarray] | None = None) -> pa.Table:
+    detections = detections or {}
+    J = a.keypoints_2d.shape[1]
+    schema = pose_schema(J, tuple(detections))
+    n = len(a)
+
+    def tensor(x, shape):
+        st = pa.fixed_shape_tensor(pa.float32(), shape)
+        flat = pa.array(np.ascontiguousarray(x, dtype=np.float32).reshape(-1))
+        return pa.ExtensionArray.from_storage(st, pa.FixedSizeListArray.from_arrays(flat, int(np.prod(shape))))
+
+    cols = {
+        "dataset": pa.array([dataset] * n), "domain": pa.array([domain] * n),
+        "subject": pa.array(a.subject.astype(str)), "action": pa.array(a.action.astype(str)),
+        "camera": pa.array(a.camera.astype(str)), "frame": pa.array(a.frame.astype(np.int32)),
+        "keypoints_2d": tensor(a.keypoints_2d, [J, 2]),
+        **{f"keypoints_2d_{k}": tensor(v, [J, 2]) for k, v in detections.items()},
+        "joints_3d": tensor(a.joints_3d, [J, 3]),
+        "intrinsics": pa.FixedSizeListArray.from_arrays(pa.array(a.intrinsics.astype(np.float32).reshape(-1)), 9),
+        "image_size": pa.FixedSizeListArray.from_arrays(pa.array(a.image_size.astype(np.int32).reshape(-1)), 2),
+        "extrinsics": (pa.FixedSizeListArray.from_arrays(pa.array(extrinsics.astype(np.float32).reshape(-1)), 12)
+                       if extrinsics is not None else pa.nulls(n, pa.list_(pa.float32(), 12))),
+    }
+    return pa.table(cols, schema=schema)
+
+
+class DatasetWriter:
+    """Write splits as Parquet shards into a temporary directory; `commit()` renames it into place.
+
+    Nothing is left at `out` unless commit succeeds, so an interrupted write loses nothing.
+    """
+
+    def __init__(self, out: str | Path, name: str, joint_layout: str, rows_per_shard: int = 200_000,
+                 info: dict | None = None, overwrite: bool = False):
+        self.out = Path(out)
+        if self.out.exists() and not overwrite:
+            raise DataError(f"output directory already exists: {self.out}")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.overwrite = overwrite
+        self.rows_per_shard = rows_per_shard
+        self.manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "name": name,
+                         "joint_layout": joint_layout, "num_joints": get_layout(joint_layout).num_joints,
+                         "keypoints_2d": ["gt"], "splits": {}, "shards": {}, "info": info or {}}
+
+    def add_split(self, split: str, table: pa.Table, subjects: list[str] | None = None) -> None:
+        if table.num_rows == 0:
+            raise DataError(f"split '{split}' has no rows")
+        sort_keys = [("subject", "ascending"), ("action", "ascending"), ("camera", "ascending"),
+                     ("frame", "ascending")]
+        table = table.sort_by(sort_keys)
+        dets = sorted(c[len("keypoints_2d_"):] for c in table.column_names if c.startswith("keypoints_2d_"))
+        self.manifest["keypoints_2d"] = ["gt", *sorted(set(self.manifest["keypoints_2d"][1:]) | set(dets))]
+        entry = self.manifest["splits"].setdefault(split, {"subjects": [], "rows": 0, "shards": []})
+        for start in range(0, table.num_rows, self.rows_per_shard):
+            name = f"{split}-{len(entry['shards']):05d}.parquet"
+            path = self.tmp / name
+            pq.write_table(table.slice(start, self.rows_per_shard), path, compression="zstd")
+            self.manifest["shards"][name] = {"rows": min(self.rows_per_shard, table.num_rows - start),
+                                             "sha256": sha256(path)}
+            entry["shards"].append(name)
+        entry["rows"] += table.num_rows
+        subs = subjects or sorted(set(table.column("subject").to_pylist()))
+        entry["subjects"] = sorted(set(entry["subjects"]) | set(subs))
+
+    def commit(self) -> Path:
+        (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2))
+        for p in self.tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        if self.out.exists() and self.overwrite:
+            shutil.rmtree(self.out)
+        os.replace(self.tmp, self.out)
+        return self.out
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        if exc_type is not None:
+            self.abort()
+
+
+class PoseDataset:
+    """A validated on-disk dataset. Opening it checks the manifest; `verify()` checks checksums."""
+
+    def __init__(self, path: str | Path, verify: bool = False):
+        self.path = Path(path)
+        mpath = self.path / MANIFEST
+        if not self.path.exists():
+            raise DataError(f"dataset not found: {self.path}")
+        if not mpath.is_file():
+            raise DataError(f"{self.path}: not a posectl dataset (no {MANIFEST})")
+        try:
+            m = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{mpath}: manifest is not valid JSON ({e.__class__.__name__})") from None
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise DataError(f"{mpath}: not a posectl manifest")
+        if m.get("schema_version") != SCHEMA_VERSION:
+            raise DataError(f"{mpath}: schema version {m.get('schema_version')} is not supported "
+                            f"(this posectl reads version {SCHEMA_VERSION})")
+        for key in ("joint_layout", "num_joints", "splits", "shards"):
+            if key not in m:
+                raise DataError(f"{mpath}: manifest lacks '{key}'")
+        try:
+            self.layout = get_layout(m["joint_layout"])
+        except ValueError as e:
+            raise DataError(f"{mpath}: {e}") from None
+        if self.layout.num_joints != m["num_joints"]:
+            raise DataError(f"{mpath}: layout {self.layout.name} has {self.layout.num_joints} joints, "
+                            f"manifest says {m['num_joints']}")
+        self.manifest = m
+        for split, entry in m["splits"].items():
+            for shard in entry["shards"]:
+                if not (self.path / shard).is_file():
+                    raise DataError(f"{self.path}: shard {shard} of split '{split}' is missing")
+        if verify:
+            self.verify()
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.path.name)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    @property
+    def num_joints(self) -> int:
+        return self.layout.num_joints
+
+    def verify(self) -> None:
+        for shard, meta in self.manifest["shards"].items():
+            if sha256(self.path / shard) != meta["sha256"]:
+                raise DataError(f"{self.path / shard}: checksum mismatch (file changed or corrupt)")
+
+    def shard_paths(self, split: str) -> list[str]:
+        if split not in self.manifest["splits"]:
+            raise DataError(f"{self.path}: no split '{split}' (has: {', '.join(self.splits)})")
+        return [str(self.path / s) for s in self.manifest["splits"][split]["shards"]]
+
+    def read_table(self, split: str) -> pa.Table:
+        tables = []
+        for p in self.shard_paths(split):
+            try:
+                t = pq.read_table(p)
+            except (pa.ArrowInvalid, OSError) as e:
+                raise DataError(f"{p}: unreadable Parquet shard ({str(e).splitlines()[0]})") from None
+            self.check_schema(t.schema, p)
+            tables.append(t)
+        return pa.concat_tables(tables)
+
+    def check_schema(self, schema: pa.Schema, where: str) -> None:
+        expected = pose_schema(self.num_joints)
+        for f in expected:
+            if f.name not in schema.names:
+                raise DataError(f"{where}: missing column '{f.name}'")
+            got = schema.field(f.name).type
+            if got != f.type:
+                raise DataError(f"{where}: column '{f.name}' has type {got}, expected {f.type}")
+
+    def load(self, split: str, keypoints: str = "gt") -> PoseArrays:
+        table = self.read_table(split)
+        return arrays_from_batch({n: table.column(n) for n in table.column_names}, keypoints,
+                                 self.num_joints, where=f"{self.path}:{split}")
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {"name": self.name, "path": str(self.path), "joint_layout": m["joint_layout"],
+                "keypoints_2d": m.get("keypoints_2d", ["gt"]),
+                "splits": {s: {"rows": e["rows"], "subjects": e["subjects"], "shards": len(e["shards"])}
+                           for s, e in m["splits"].items()},
+                "info": m.get("info", {})}

@@ -1,0 +1,127 @@
+"""The plugin contract every method implements, and the method registry.
+
+A method is a class with:
+  name, description     registry key and one-line summary
+  Config                a dataclass (subclass of TrainConfig) with defaults and help texts
+  __init__(cfg, data, ctx)       build networks/optimisers for this worker (`data` = its training shard)
+  train_epoch(epoch) -> dict     one epoch of training, returns scalar metrics (e.g. loss)
+  evaluate(data) -> dict         metrics on a split (MPJPE etc., in mm)
+  state_dict() / load_state_dict(sd)   everything needed to resume (networks, optimisers, schedulers)
+
+The orchestrator owns the epoch loop, checkpoints, reporting and resources; a method never imports
+Ray. Third-party methods register through the `posectl.methods` entry-point group.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from posectl.config import field
+from posectl.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str = field("synthetic", "dataset: 'synthetic', 'synthetic:target' or a prepared dataset directory")
+    keypoints: str = field("gt", "2D input: 'gt' (projected ground truth) or a detection source in the dataset")
+    train_split: str = field("train", "split used for training")
+    val_split: str = field("val", "split for model selection and searches (never the test split)")
+    test_split: str = field("test", "split reported at the end with the best-validation weights")
+    train_stride: int = field(1, "use every n-th training frame")
+    eval_stride: int = field(1, "use every n-th validation/test frame")
+    max_train_samples: int = field(0, "cap on training rows (0 = all)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = field(10, "training epochs")
+    batch_size: int = field(256, "global batch size (split across workers)")
+    lr: float = field(1e-3, "learning rate")
+    lr_decay: float = field(0.95, "multiplicative learning-rate decay per epoch")
+    seed: int = field(0, "random seed (workers add their rank)")
+    data: DataConfig = field(DataConfig, "dataset options")
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError("epochs: must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("batch_size: must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError("lr: must be > 0")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError("lr_decay: must be in (0, 1]")
+        if self.data.train_stride < 1 or self.data.eval_stride < 1:
+            raise ConfigError("data.train_stride/eval_stride: must be >= 1")
+
+
+@dataclass
+class Context:
+    """What the orchestrator gives a method inside a worker."""
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
+    progress: Callable[[int, int], None] = lambda done, total: None   # steps done / total this epoch
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@runtime_checkable
+class Method(Protocol):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any, data: Any, ctx: Context): ...
+    def train_epoch(self, epoch: int) -> dict[str, float]: ...
+    def evaluate(self, data: Any) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+_REGISTRY: dict[str, type] = {}
+_BUILTINS = {"baseline": "posectl.methods.baseline"}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make a method available under `cls.name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    import importlib
+    for mod in _BUILTINS.values():
+        importlib.import_module(mod)
+    for ep in entry_points(group="posectl.methods"):
+        if ep.name not in _REGISTRY:
+            cls = ep.load()
+            _REGISTRY.setdefault(getattr(cls, "name", ep.name), cls)
+
+
+def available() -> dict[str, type]:
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_method(name: str) -> type:
+    methods = available()
+    if name not in methods:
+        import difflib
+        close = difflib.get_close_matches(name, list(methods), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown method '{name}'{hint}; available: {', '.join(methods)}")
+    return methods[name]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    return torch.Generator().manual_seed(seed)

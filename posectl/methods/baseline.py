@@ -1,0 +1,79 @@
+"""`baseline`: supervised 2D->3D lifting (SimpleBaseline of Martinez et al. or VideoPose3D's TCN).
+
+Loss: MPJPE on root-relative camera-frame joints; Adam with per-epoch exponential decay
+(VideoPose3D schedule); optional horizontal-flip training augmentation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from posectl.config import field
+from posectl.core.metrics import mpjpe_loss
+from posectl.core.skeleton import flip_poses
+from posectl.datasets.lifting import LiftingData
+from posectl.methods.base import Context, register, seed_everything
+from posectl.methods.lifting import LiftingConfig, LiftingMethod
+
+
+@dataclass
+class BaselineConfig(LiftingConfig):
+    train_flip: bool = field(True, "random horizontal-flip augmentation during training")
+    weight_decay: float = field(0.0, "Adam weight decay")
+
+
+@register
+class Baseline(LiftingMethod):
+    name = "baseline"
+    description = "supervised 2D->3D lifting (SimpleBaseline or VideoPose3D)"
+    Config = BaselineConfig
+
+    def __init__(self, cfg: BaselineConfig, data: LiftingData, ctx: Context):
+        self.cfg, self.data, self.ctx = cfg, data, ctx
+        self.gen = seed_everything(cfg.seed + ctx.rank)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every worker
+        J = data.num_joints
+        self.model = ctx.prepare_model(cfg.backbone.build(J, J))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    amsgrad=True)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_decay)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, data, device = self.cfg, self.data, self.ctx.device
+        self.model.train()
+        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
+        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        total, n = 0.0, 0
+        for step, idx in enumerate(batches):
+            x = data.windows(idx, cfg.backbone.receptive_field)
+            y = data.targets[idx]
+            if cfg.train_flip:
+                flip = torch.rand(len(idx), generator=self.gen) < 0.5
+                x = torch.where(flip[:, None, None, None], flip_poses(x, data.layout), x)
+                y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)
+            x, y = x.to(device), y.to(device)
+            pred = self.model(x)[:, 0]
+            loss = mpjpe_loss(pred, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.item() * len(idx)
+            n += len(idx)
+            self.ctx.progress(step + 1, len(batches))
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        return {"train_loss_mm": 1000 * total / max(n, 1), "lr": lr, "train_samples": n}
+
+    def state_dict(self) -> dict[str, Any]:
+        model = getattr(self.model, "module", self.model)
+        return {"model": model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "generator": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        getattr(self.model, "module", self.model).load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.gen.set_state(state["generator"])

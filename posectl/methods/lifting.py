@@ -1,0 +1,80 @@
+"""Pieces shared by every 2D->3D lifting method: backbone choice, prediction and evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from posectl.config import field
+from posectl.core import metrics
+from posectl.core.skeleton import flip_poses
+from posectl.datasets.lifting import LiftingData
+from posectl.errors import ConfigError
+from posectl.methods.base import TrainConfig
+from posectl.models import build_backbone
+
+
+@dataclass
+class BackboneConfig:
+    name: Literal["simple", "videopose"] = field("simple", "SimpleBaseline MLP or VideoPose3D temporal convolutions")
+    receptive_field: int = field(1, "frames seen per prediction (videopose: 1, 27, 81, 243)")
+    width: int = field(1024, "hidden width (MLP units / conv channels)")
+    blocks: int = field(2, "residual blocks (simple only; videopose derives them from receptive_field)")
+    dropout: float = field(0.5, "dropout probability")
+
+    def build(self, joints_in: int, joints_out: int) -> torch.nn.Module:
+        if self.name == "simple":
+            if self.receptive_field != 1:
+                raise ConfigError("backbone.receptive_field: the simple backbone is single-frame (use 1)")
+            return build_backbone("simple", joints_in, joints_out, hidden=self.width, blocks=self.blocks,
+                                  dropout=self.dropout)
+        if self.receptive_field not in (1, 3, 9, 27, 81, 243):
+            raise ConfigError("backbone.receptive_field: must be one of 1, 3, 9, 27, 81, 243")
+        return build_backbone("videopose_1f", joints_in, joints_out, receptive_field=self.receptive_field,
+                              channels=self.width, dropout=self.dropout)
+
+
+@dataclass
+class LiftingConfig(TrainConfig):
+    backbone: BackboneConfig = field(BackboneConfig, "lifting network")
+    test_flip: bool = field(False, "flip test-time augmentation (average with the mirrored input)")
+
+
+class LiftingMethod:
+    """Base for methods whose product is a 2D->3D lifting network `self.model`."""
+
+    model: torch.nn.Module
+    cfg: LiftingConfig
+
+    def predict(self, data: LiftingData, batch_size: int = 4096, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Root-relative 3D predictions (metres) for every `stride`-th row, with the row indices."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        rf = self.cfg.backbone.receptive_field
+        out, rows = [], []
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for idx in data.batches(batch_size, shuffle=False, stride=stride):
+                x = data.windows(idx, rf).to(device)
+                y = model(x)[:, 0]
+                if self.cfg.test_flip:
+                    yf = model(flip_poses(x, data.layout))[:, 0]
+                    y = (y + flip_poses(yf, data.layout)) / 2
+                y[:, data.layout.root] = 0
+                out.append(y.cpu())
+                rows.append(idx)
+        model.train(was_training)
+        return torch.cat(out).numpy(), torch.cat(rows).numpy()
+
+    def evaluate(self, data: LiftingData, stride: int = 1, detailed: bool = False) -> dict[str, Any]:
+        pred, rows = self.predict(data, stride=stride)
+        gt = data.targets[rows].numpy()
+        res = metrics.evaluate_poses(pred, gt, actions=data.actions[rows], root=data.layout.root)
+        res["protocol"] = (f"{data.layout.name}, root-relative, per-sample mean (mpjpe) and per-action "
+                           f"mean (mpjpe_action_avg), flip TTA {'on' if self.cfg.test_flip else 'off'}")
+        if not detailed:
+            res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
+        return res

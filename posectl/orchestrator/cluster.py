@@ -1,0 +1,113 @@
+"""Connecting to Ray and checking that a resource plan can be scheduled before submitting it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from posectl.errors import ResourceError
+
+# Quiet, local-first defaults; users can override any of them in their environment.
+_ENV_DEFAULTS = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+@dataclass
+class Resources:
+    """What a job asks for: `workers` Ray Train workers, each with `cpus` CPUs and `gpus` GPUs."""
+    workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+    def describe(self) -> str:
+        per = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
+        return f"{self.workers} worker{'s' if self.workers != 1 else ''} x ({per})"
+
+
+def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float | None = None) -> Resources:
+    """`--gpus N`: one worker per GPU; `--workers N`: N CPU workers; default: one CPU worker."""
+    if gpus is not None and workers is not None:
+        raise ResourceError("use either --gpus or --workers, not both")
+    if gpus is not None:
+        if gpus < 1:
+            raise ResourceError("--gpus must be >= 1")
+        return Resources(workers=gpus, cpus=cpus_per_worker or 1.0, gpus=1.0)
+    n = workers or 1
+    if n < 1:
+        raise ResourceError("--workers must be >= 1")
+    if cpus_per_worker is None:
+        # one worker alone may use every local core (Ray sets its thread count from this)
+        cpus_per_worker = max(1.0, float((os.cpu_count() or 1) // n)) if n == 1 else 1.0
+    return Resources(workers=n, cpus=cpus_per_worker, gpus=0.0)
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> bool:
+    """Attach to `address` / RAY_ADDRESS, or start a private local Ray. Returns True if we started it."""
+    for k, v in _ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    import logging
+
+    import ray
+    if ray.is_initialized():
+        return False
+    level = logging.ERROR if quiet else logging.INFO
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=not quiet, namespace="posectl", logging_level=level)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ResourceError(f"cannot connect to Ray at {address}: {str(e).splitlines()[0]}") from None
+        return False
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
+             log_to_driver=not quiet, namespace="posectl", logging_level=level,
+             object_store_memory=_object_store_bytes())
+    return True
+
+
+def _object_store_bytes() -> int:
+    """A modest object store (datasets are small); at most 2 GiB or 20 % of memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        total = 8 << 30
+    return int(min(2 << 30, 0.2 * total))
+
+
+def cluster_summary() -> dict:
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {
+        "nodes": len(nodes),
+        "cpus": ray.cluster_resources().get("CPU", 0.0),
+        "gpus": ray.cluster_resources().get("GPU", 0.0),
+        "max_node_cpus": max((n["Resources"].get("CPU", 0.0) for n in nodes), default=0.0),
+        "max_node_gpus": max((n["Resources"].get("GPU", 0.0) for n in nodes), default=0.0),
+    }
+
+
+def check_resources(res: Resources, concurrent: int = 1, reserve_cpus: float = 0.0) -> dict:
+    """Fail fast, with the numbers, when the cluster cannot ever run the plan (Ray would wait forever)."""
+    have = cluster_summary()
+    need_gpus = res.workers * res.gpus * concurrent
+    need_cpus = res.workers * res.cpus * concurrent + reserve_cpus
+    where = f"the cluster has {have['nodes']} node(s), {have['cpus']:g} CPUs, {have['gpus']:g} GPUs"
+    if need_gpus > have["gpus"]:
+        raise ResourceError(f"asked for {need_gpus:g} GPUs ({res.describe()}"
+                            f"{f' x {concurrent} trials' if concurrent > 1 else ''}) but {where}")
+    if need_cpus > have["cpus"]:
+        raise ResourceError(f"asked for {need_cpus:g} CPUs ({res.describe()}"
+                            f"{f' x {concurrent} trials' if concurrent > 1 else ''}) but {where}")
+    if res.cpus > have["max_node_cpus"] or res.gpus > have["max_node_gpus"]:
+        raise ResourceError(f"one worker needs {res.cpus:g} CPUs and {res.gpus:g} GPUs on a single node, "
+                            f"but the largest node has {have['max_node_cpus']:g} CPUs and "
+                            f"{have['max_node_gpus']:g} GPUs")
+    return have

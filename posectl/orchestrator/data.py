@@ -1,0 +1,60 @@
+"""Resolving a method's data config to a validated dataset and to Ray Data datasets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from posectl.datasets.store import PoseArrays, PoseDataset, arrays_from_batch
+from posectl.errors import DataError
+
+COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size")
+
+
+def resolve_path(path: str, seed: int = 0) -> Path:
+    """'synthetic' / 'synthetic:source' / 'synthetic:target' -> cached generated dataset; else a directory."""
+    if path.startswith("synthetic"):
+        from posectl.datasets.synthetic import cached_synthetic
+        _, _, domain = path.partition(":")
+        return cached_synthetic(domain or "source")
+    return Path(path).expanduser()
+
+
+def open_dataset(data_cfg, verify: bool = True) -> PoseDataset:
+    ds = PoseDataset(resolve_path(data_cfg.path), verify=verify)
+    sources = ds.manifest.get("keypoints_2d", ["gt"])
+    if data_cfg.keypoints not in sources:
+        raise DataError(f"{ds.path}: no 2D keypoints '{data_cfg.keypoints}' (has: {', '.join(sources)})")
+    for split in (data_cfg.train_split, data_cfg.val_split, data_cfg.test_split):
+        ds.shard_paths(split)  # raises a clear error for a missing split
+    return ds
+
+
+def keypoint_column(keypoints: str) -> str:
+    return "keypoints_2d" if keypoints == "gt" else f"keypoints_2d_{keypoints}"
+
+
+def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0) -> dict:
+    """Materialised Ray datasets per split (read before training starts, so reads never compete
+    with training workers for CPUs: a trainer holding every CPU would otherwise deadlock them)."""
+    import logging
+
+    import ray.data
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    cols = [*COLUMNS, keypoint_column(data_cfg.keypoints)]
+    out = {}
+    for role, split in (("train", data_cfg.train_split), ("val", data_cfg.val_split),
+                        ("test", data_cfg.test_split)):
+        d = ray.data.read_parquet(ds.shard_paths(split)).select_columns(cols)
+        if role == "train" and data_cfg.max_train_samples:
+            d = d.random_shuffle(seed=seed).limit(data_cfg.max_train_samples)
+        out[role] = d.materialize()
+    return out
+
+
+def arrays_from_shard(shard, keypoints: str, num_joints: int, where: str) -> PoseArrays:
+    """Materialise one worker's Ray Data shard once as numpy arrays."""
+    parts = [arrays_from_batch(b, keypoints, num_joints, where=where)
+             for b in shard.iter_batches(batch_size=16384, batch_format="numpy")]
+    if not parts:
+        raise DataError(f"{where}: this worker's shard is empty")
+    return PoseArrays.concat(parts)

@@ -1,0 +1,48 @@
+"""Evaluate a checkpoint in-process (no Ray needed): the model is small, the data in memory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posectl.config import build
+from posectl.core.skeleton import get_layout
+from posectl.datasets.lifting import LiftingData
+from posectl.errors import DataError
+from posectl.methods.base import Context, get_method
+from posectl.orchestrator.data import open_dataset
+from posectl.orchestrator.experiment import load_checkpoint
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None,
+                        keypoints: str | None = None, flip: bool | None = None, stride: int = 1) -> dict[str, Any]:
+    state = load_checkpoint(checkpoint)
+    method_cls = get_method(state["method"])
+    overrides: dict[str, Any] = {}
+    if data is not None:
+        overrides["data.path"] = data
+    if keypoints is not None:
+        overrides["data.keypoints"] = keypoints
+    if flip is not None:
+        overrides["test_flip"] = flip
+    cfg = build(method_cls.Config, state["config"], overrides, context=f"method {state['method']}")
+    split = split or cfg.data.test_split
+    ds = open_dataset(cfg.data) if split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split) \
+        else _open_any(cfg.data)
+    layout = get_layout(state["layout"])
+    if ds.layout.name != layout.name:
+        raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")
+    lifting = LiftingData(ds.load(split, cfg.data.keypoints), layout)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    method = method_cls(cfg, lifting, Context())
+    method.load_state_dict({"model": state["method_state"]["model"]})
+    metrics = method.evaluate(lifting, stride=stride, detailed=True)
+    return {"method": state["method"], "checkpoint": str(checkpoint), "dataset": ds.name, "split": split,
+            "epoch": state["epoch"] + 1, "metrics": metrics}
+
+
+def _open_any(data_cfg):
+    from posectl.datasets.store import PoseDataset
+    from posectl.orchestrator.data import resolve_path
+    return PoseDataset(resolve_path(data_cfg.path), verify=True)

@@ -1,0 +1,43 @@
+"""One Ray instance per test session; synthetic data cached per session; real data found by env var."""
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("POSECTL_CACHE", tempfile.mkdtemp(prefix="posectl-test-cache-"))
+
+import pytest  # noqa: E402
+
+SHARED = Path(os.environ.get("POSECTL_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"real data not found at {SHARED} (set POSECTL_SHARED_DATA)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=512 * 1024**2, namespace="posectl-tests")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_source() -> Path:
+    from posectl.datasets.synthetic import cached_synthetic
+    return cached_synthetic("source")
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """A small synthetic dataset (4 subjects, 40 frames/sequence) for fast pipeline tests."""
+    from posectl.datasets.synthetic import SynthConfig, write_synthetic
+    return write_synthetic(tmp_path_factory.mktemp("data") / "small", SynthConfig(subjects=4, frames=40))

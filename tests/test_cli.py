@@ -1,0 +1,78 @@
+"""The CLI through Typer's runner and the console entry point: output, exit codes, one-line errors."""
+import pytest
+from typer.testing import CliRunner
+
+from posectl.cli import app, main
+
+runner = CliRunner()
+
+
+def run_main(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_help_and_methods():
+    r = runner.invoke(app, ["--help"])
+    assert r.exit_code == 0 and "train" in r.output and "eval" in r.output
+    r = runner.invoke(app, ["methods"])
+    assert r.exit_code == 0 and "baseline" in r.output
+    r = runner.invoke(app, ["methods", "baseline"])
+    assert r.exit_code == 0 and "backbone.receptive_field" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "nosuchmethod"], "unknown method 'nosuchmethod'"),
+    (["train", "baseline", "epochz=3"], "unknown parameter 'epochz'"),
+    (["train", "baseline", "epochs=three"], "epochs: expected int, got 'three'"),
+    (["train", "baseline", "data.path=/does/not/exist"], "dataset not found: /does/not/exist"),
+    (["train", "baseline", "--config", "/no/such.yaml"], "config file not found"),
+    (["eval", "/no/checkpoint.pt"], "checkpoint not found"),
+    (["data", "info", "/no/dataset"], "dataset not found"),
+    (["methods", "dhaugg"], "unknown method"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, args, message):
+    code, out, err = run_main(capsys, *args)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    code, _, err = run_main(capsys, "train", "baseline", "--gpuz", "2")
+    assert code == 2 and "--gpuz" in err
+
+
+def test_data_synth_and_info(tmp_path, capsys):
+    code, out, _ = run_main(capsys, "data", "synth", "--out", str(tmp_path / "d"), "--subjects", "3", "--frames", "10")
+    assert code == 0 and "train" in out and "h36m17" in out
+    code, out, _ = run_main(capsys, "data", "info", str(tmp_path / "d"))
+    assert code == 0 and "verified" in out
+    code, _, err = run_main(capsys, "data", "synth", "--out", str(tmp_path / "d"))
+    assert code == 2 and "already exists" in err
+
+
+@pytest.mark.ray
+def test_gpus_on_a_cpu_cluster_fails_fast_with_numbers(ray_session, small_dataset, capsys, tmp_path):
+    code, _, err = run_main(capsys, "train", "baseline", "--gpus", "8", f"data.path={small_dataset}",
+                            "--runs-dir", str(tmp_path))
+    assert code == 2 and "asked for 8 GPUs" in err and "0 GPUs" in err
+
+
+@pytest.mark.ray
+def test_train_smoke_then_eval(ray_session, small_dataset, capsys, tmp_path):
+    code, out, err = run_main(capsys, "train", "baseline", "--smoke-test", f"data.path={small_dataset}",
+                              "backbone.width=64", "--runs-dir", str(tmp_path), "--name", "smoke")
+    assert code == 0, err
+    assert "MPJPE" in out and "best validation epoch 1/1" in out
+    ckpt = tmp_path / "smoke" / "checkpoints" / "best.pt"
+    code, out, err = run_main(capsys, "eval", str(ckpt), "--split", "val", "--json", str(tmp_path / "m.json"))
+    assert code == 0, err
+    assert "MPJPE" in out and (tmp_path / "m.json").exists()
+    # a checkpoint from a file that is not a checkpoint
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code, _, err = run_main(capsys, "eval", str(bad))
+    assert code == 2 and "not a readable checkpoint" in err

@@ -1,0 +1,175 @@
+"""Arrow schema round trip, manifest validation, synthetic generator determinism and anatomy."""
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from posectl.core.camera import project
+from posectl.core.skeleton import H36M17, bone_lengths
+from posectl.datasets import synthetic as syn
+from posectl.datasets.store import DatasetWriter, PoseArrays, PoseDataset, table_from_arrays
+from posectl.errors import DataError
+
+
+def _arrays(n=30, J=17, seed=0):
+    rng = np.random.default_rng(seed)
+    return PoseArrays(
+        keypoints_2d=rng.uniform(0, 1000, (n, J, 2)).astype(np.float32),
+        joints_3d=rng.normal(0, 1, (n, J, 3)).astype(np.float32),
+        intrinsics=rng.normal(0, 1, (n, 9)).astype(np.float32),
+        image_size=np.tile([1000, 1002], (n, 1)).astype(np.int32),
+        subject=np.array(["S1"] * (n // 2) + ["S5"] * (n - n // 2)),
+        action=np.array(["Walking 1"] * n), camera=np.array(["54138969"] * n), frame=np.arange(n))
+
+
+def test_arrow_round_trip_of_every_column(tmp_path):
+    a = _arrays()
+    ext = np.random.default_rng(1).normal(size=(len(a), 12)).astype(np.float32)
+    det = a.keypoints_2d + 3
+    w = DatasetWriter(tmp_path / "ds", "t", "h36m17", rows_per_shard=7)
+    w.add_split("train", table_from_arrays(a, "t", "source", ext, {"sh": det}))
+    w.commit()
+    ds = PoseDataset(tmp_path / "ds", verify=True)
+    assert ds.manifest["splits"]["train"]["rows"] == len(a)
+    assert len(ds.shard_paths("train")) == 5 and ds.manifest["keypoints_2d"] == ["gt", "sh"]
+    back = ds.load("train")
+    for f in PoseArrays.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(back, f), getattr(a, f), err_msg=f)
+    np.testing.assert_array_equal(ds.load("train", keypoints="sh").keypoints_2d, det)
+    table = ds.read_table("train")
+    assert table.column("dataset")[0].as_py() == "t" and table.column("domain")[0].as_py() == "source"
+    np.testing.assert_array_equal(np.stack(table.column("extrinsics").to_pylist()), ext)
+    assert isinstance(table.schema.field("joints_3d").type, pa.FixedShapeTensorType)
+
+
+def test_writer_leaves_nothing_behind_on_failure(tmp_path):
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(tmp_path / "ds", "t", "h36m17") as w:
+            w.add_split("train", table_from_arrays(_arrays(), "t", "source"))
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    DatasetWriter(tmp_path / "ds2", "t", "h36m17").abort()
+    with pytest.raises(DataError, match="exists"):
+        (tmp_path / "x").mkdir()
+        DatasetWriter(tmp_path / "x", "t", "h36m17")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", "t", "h36m17")
+    w.add_split("train", table_from_arrays(_arrays(), "t", "source"))
+    return w.commit()
+
+
+def test_checksum_mismatch_is_detected(tiny):
+    shard = tiny / "train-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    PoseDataset(tiny)  # opening without verification works
+    with pytest.raises(DataError, match="checksum mismatch"):
+        PoseDataset(tiny, verify=True)
+
+
+def test_missing_column_and_wrong_type_are_named(tiny):
+    shard = tiny / "train-00000.parquet"
+    t = pq.read_table(shard)
+    pq.write_table(t.drop_columns(["intrinsics"]), shard)
+    with pytest.raises(DataError, match="missing column 'intrinsics'"):
+        PoseDataset(tiny).read_table("train")
+    pq.write_table(t.set_column(t.schema.get_field_index("frame"), "frame", pa.array(t.column("frame").to_pylist(), pa.float64())), shard)
+    with pytest.raises(DataError, match="column 'frame' has type double"):
+        PoseDataset(tiny).read_table("train")
+
+
+def test_manifest_errors(tmp_path, tiny):
+    with pytest.raises(DataError, match="not found"):
+        PoseDataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no manifest.json"):
+        PoseDataset(tmp_path / "empty")
+    m = json.loads((tiny / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (tiny / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="schema version 99"):
+        PoseDataset(tiny)
+    (tiny / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        PoseDataset(tiny)
+
+
+def test_nan_values_are_rejected(tmp_path):
+    a = _arrays()
+    a.joints_3d[3, 2, 1] = np.nan
+    w = DatasetWriter(tmp_path / "ds", "t", "h36m17")
+    w.add_split("train", table_from_arrays(a, "t", "source"))
+    with pytest.raises(DataError, match="NaN"):
+        PoseDataset(w.commit()).load("train")
+
+
+def test_synthetic_is_deterministic_and_seed_dependent():
+    a = syn.generate(syn.SynthConfig(subjects=3, frames=30))
+    b = syn.generate(syn.SynthConfig(subjects=3, frames=30))
+    c = syn.generate(syn.SynthConfig(subjects=3, frames=30, seed=1))
+    for s in a:
+        for k in ("joints_3d", "keypoints_2d", "intrinsics"):
+            np.testing.assert_array_equal(a[s][k], b[s][k])
+    assert not np.allclose(a["s01"]["joints_3d"], c["s01"]["joints_3d"])
+
+
+@pytest.mark.parametrize("domain", ["source", "target"])
+def test_synthetic_anatomy(domain):
+    data = syn.generate(syn.SynthConfig(domain=domain, subjects=3, frames=120))
+    for s, d in data.items():
+        X = d["joints_3d"]
+        bl = bone_lengths(X, H36M17)
+        # bone lengths are constant for a subject, across sequences and cameras
+        assert bl.std(0).max() < 1e-5
+        np.testing.assert_allclose(bl[0], d["bones"][1:], rtol=1e-5)
+        # knees and elbows bend only within the anatomical range
+        for a, b, c in ((1, 2, 3), (4, 5, 6), (11, 12, 13), (14, 15, 16)):
+            u, v = X[:, a] - X[:, b], X[:, c] - X[:, b]
+            cos = (u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1)
+            inner = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+            assert inner.min() >= 180 - 150 - 1e-3
+        # 2D is the projection of 3D, every point in front of the camera
+        assert (X[..., 2] > 1.0).all()
+        uv = project(X.astype(np.float64), d["intrinsics"].astype(np.float64))
+        np.testing.assert_allclose(uv, d["keypoints_2d"], atol=1e-2)
+        assert np.isfinite(X).all()
+
+
+def test_angle_trajectories_respect_limits():
+    rng = np.random.default_rng(0)
+    for motion in syn.MOTIONS_TARGET:
+        angles, _, _ = syn._motion_angles(motion, rng, 100, 1.45)
+        for name, traj in angles.items():
+            lo, hi = syn.LIMITS[name.split("_", 1)[1] if name[:2] in ("r_", "l_") else name]
+            assert traj.min() >= lo and traj.max() <= hi, name
+
+
+def test_target_domain_is_shifted():
+    src = syn.generate(syn.SynthConfig(domain="source", subjects=3, frames=60))
+    tgt = syn.generate(syn.SynthConfig(domain="target", subjects=3, frames=60))
+    f_src = np.concatenate([d["intrinsics"][:, 0] for d in src.values()])
+    f_tgt = np.concatenate([d["intrinsics"][:, 0] for d in tgt.values()])
+    assert f_tgt.mean() > f_src.mean() + 200
+    cam_h_src = np.concatenate([(-d["extrinsics"][:, :9].reshape(-1, 3, 3).transpose(0, 2, 1) @ d["extrinsics"][:, 9:, None])[:, 2, 0] for d in src.values()])
+    cam_h_tgt = np.concatenate([(-d["extrinsics"][:, :9].reshape(-1, 3, 3).transpose(0, 2, 1) @ d["extrinsics"][:, 9:, None])[:, 2, 0] for d in tgt.values()])
+    assert cam_h_tgt.std() > 3 * cam_h_src.std()
+    # wider pose distribution: larger spread of root-relative joint positions
+    def spread(data):
+        X = np.concatenate([d["joints_3d"] for d in data.values()])
+        return (X - X[:, :1]).std(0).mean()
+    assert spread(tgt) > spread(src)
+
+
+def test_write_synthetic_splits_by_subject(small_dataset):
+    ds = PoseDataset(small_dataset, verify=True)
+    splits = ds.manifest["splits"]
+    assert set(splits) == {"train", "val", "test"}
+    subjects = [set(splits[s]["subjects"]) for s in splits]
+    assert all(not (a & b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
+    assert ds.layout.name == "h36m17" and ds.manifest["info"]["generator"] == "posectl.synthetic"

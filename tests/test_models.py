@@ -1,0 +1,172 @@
+"""Tests for the lifting backbones in posectl.models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from posectl.models import (
+    BACKBONES,
+    SimpleBaseline,
+    TemporalModel,
+    TemporalModelOptimized1f,
+    build_backbone,
+    receptive_field,
+)
+
+torch.set_num_threads(2)
+
+
+def _n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_simple_baseline_shapes() -> None:
+    m = SimpleBaseline(16, 17, hidden=64).eval()
+    assert m(torch.randn(4, 16, 2)).shape == (4, 17, 3)
+    assert m(torch.randn(4, 1, 16, 2)).shape == (4, 1, 17, 3)
+    assert receptive_field(m) == 1
+    with pytest.raises(ValueError):
+        m(torch.randn(4, 3, 16, 2))
+
+
+def test_simple_baseline_in_features() -> None:
+    m = SimpleBaseline(17, 17, hidden=32, in_features=3).eval()
+    assert m(torch.randn(2, 17, 3)).shape == (2, 17, 3)
+
+
+def test_simple_baseline_param_count() -> None:
+    n = _n_params(SimpleBaseline(16, 17))
+    assert 4.2e6 < n < 4.4e6
+
+
+@pytest.mark.parametrize("rf", [27, 81, 243])
+def test_temporal_receptive_field_and_length(rf: int) -> None:
+    m = build_backbone("videopose", 17, 17, receptive_field=rf, channels=16).eval()
+    assert receptive_field(m) == rf
+    t = rf + 5
+    with torch.no_grad():
+        assert m(torch.randn(2, t, 17, 2)).shape == (2, t - rf + 1, 17, 3)
+
+
+def test_temporal_receptive_field_mixed_widths() -> None:
+    m = TemporalModel(17, 17, filter_widths=(3, 5, 3), channels=8)
+    assert m.receptive_field == 45
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_temporal_causal_and_dense_shapes(causal: bool) -> None:
+    for dense in (False, True):
+        m = TemporalModel(17, 17, filter_widths=(3, 3), channels=16, causal=causal, dense=dense).eval()
+        with torch.no_grad():
+            assert m(torch.randn(2, 20, 17, 2)).shape == (2, 12, 17, 3)
+
+
+def test_single_frame_temporal_models() -> None:
+    for name in ("videopose", "videopose_1f"):
+        m = build_backbone(name, 17, 17, receptive_field=1, channels=16).eval()
+        assert receptive_field(m) == 1
+        with torch.no_grad():
+            assert m(torch.randn(3, 1, 17, 2)).shape == (3, 1, 17, 3)
+    m = build_backbone("videopose", 17, 17, filter_widths=[1], channels=16).eval()
+    with torch.no_grad():
+        assert m(torch.randn(3, 7, 17, 2)).shape == (3, 7, 17, 3)
+
+
+def test_optimized_1f_shape() -> None:
+    m = TemporalModelOptimized1f(17, 17, filter_widths=(3, 3, 3), channels=16).eval()
+    with torch.no_grad():
+        assert m(torch.randn(5, 27, 17, 2)).shape == (5, 1, 17, 3)
+
+
+def _randomise_bn(m: nn.Module) -> None:
+    """Give BN layers non-trivial statistics/affine params so equivalence tests are meaningful."""
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():
+        if isinstance(mod, nn.BatchNorm1d):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("widths", [(3, 3, 3), (3, 5), (1,)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_optimized_1f_matches_temporal_model(widths: tuple[int, ...], causal: bool) -> None:
+    torch.manual_seed(0)
+    full = TemporalModel(17, 16, filter_widths=widths, channels=32, causal=causal)
+    fast = TemporalModelOptimized1f(17, 16, filter_widths=widths, channels=32, causal=causal)
+    assert set(full.state_dict()) == set(fast.state_dict())
+    _randomise_bn(full)
+    x = torch.randn(4, full.receptive_field, 17, 2)
+
+    # full -> fast
+    fast.load_state_dict(full.state_dict())
+    full.eval(), fast.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), full(x), atol=1e-5, rtol=1e-5)
+
+    # fast -> full (fresh model, so the weights really come from the optimised one)
+    torch.manual_seed(1)
+    fast2 = TemporalModelOptimized1f(17, 16, filter_widths=widths, channels=32, causal=causal)
+    _randomise_bn(fast2)
+    full2 = TemporalModel(17, 16, filter_widths=widths, channels=32, causal=causal)
+    full2.load_state_dict(fast2.state_dict())
+    fast2.eval(), full2.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(full2(x), fast2(x), atol=1e-5, rtol=1e-5)
+
+
+def test_set_bn_momentum() -> None:
+    m = TemporalModel(17, 17, filter_widths=(3, 3), channels=8)
+    m.set_bn_momentum(0.01)
+    bns = [x for x in m.modules() if isinstance(x, nn.BatchNorm1d)]
+    assert bns and all(bn.momentum == 0.01 for bn in bns)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs,t",
+    [
+        ("simple", {"hidden": 128, "dropout": 0.0}, 1),
+        ("videopose", {"receptive_field": 9, "channels": 64, "dropout": 0.0}, 9),
+        ("videopose_1f", {"receptive_field": 9, "channels": 64, "dropout": 0.0}, 9),
+    ],
+)
+def test_tiny_model_overfits(name: str, kwargs: dict, t: int) -> None:
+    torch.manual_seed(0)
+    m = build_backbone(name, 17, 17, **kwargs)
+    x = torch.randn(16, t, 17, 2)
+    target = torch.randn(16, 1, 17, 3)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(200):
+        opt.zero_grad()
+        loss = ((m(x) - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10
+
+
+def test_build_backbone_registry_and_errors() -> None:
+    assert set(BACKBONES) == {"simple", "videopose", "videopose_1f"}
+    assert isinstance(build_backbone("simple", 16, 17, hidden=32), SimpleBaseline)
+    assert isinstance(build_backbone("videopose", 17, 17, filter_widths=[3, 3], channels=8), TemporalModel)
+    assert isinstance(build_backbone("videopose_1f", 17, 17, channels=8), TemporalModelOptimized1f)
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        build_backbone("nope", 17, 17)
+    with pytest.raises(ValueError, match="unknown"):
+        build_backbone("videopose", 17, 17, foo=1)
+    with pytest.raises(ValueError, match="unknown"):
+        build_backbone("videopose_1f", 17, 17, dense=True)
+    with pytest.raises(ValueError, match="unknown"):
+        build_backbone("simple", 17, 17, channels=8)
+    with pytest.raises(ValueError):
+        build_backbone("videopose", 17, 17, receptive_field=5)
+    with pytest.raises(ValueError):
+        build_backbone("videopose", 17, 17, receptive_field=9, filter_widths=[3, 3])
+    with pytest.raises(ValueError):
+        build_backbone("simple", 17, 17, receptive_field=27)
+    with pytest.raises(ValueError):
+        TemporalModel(17, 17, filter_widths=(2, 3))

@@ -1,0 +1,91 @@
+"""Ray Train runs on CPU: 2 workers with DDP, resume after a failure, recovery of a killed worker,
+and a trained baseline that clearly beats the mean-pose predictor on held-out subjects."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from posectl.core.metrics import mpjpe
+from posectl.datasets.lifting import LiftingData
+from posectl.datasets.store import PoseDataset
+from posectl.errors import PosectlError, ResourceError
+from posectl.orchestrator.experiment import Experiment
+from posectl.orchestrator.train import train
+
+pytestmark = pytest.mark.ray
+TINY = {"backbone.width": 64, "batch_size": 64}
+
+
+def test_two_worker_ddp_run(ray_session, small_dataset, tmp_path):
+    out = train("baseline", [{**TINY, "data.path": str(small_dataset), "epochs": 2}], workers=2,
+                runs_dir=tmp_path, name="ddp")
+    exp = out.experiment
+    hist = exp.history()
+    assert [r["epoch"] for r in hist] == [1, 2]
+    n_train = PoseDataset(small_dataset).manifest["splits"]["train"]["rows"]
+    assert hist[0]["train_samples"] == n_train // 2  # each worker trained on its half
+    assert (exp.checkpoints / "last.pt").is_file() and (exp.checkpoints / "best.pt").is_file()
+    assert exp.read_config()["config"]["epochs"] == 2
+    res = json.loads((exp.root / "results.json").read_text())
+    assert np.isfinite(res["test"]["mpjpe"]) and res["test"]["per_action"]
+    assert res["best_epoch"] in (1, 2)
+    # a run name is never reused silently
+    with pytest.raises(PosectlError, match="already exists"):
+        train("baseline", [{**TINY, "data.path": str(small_dataset)}], runs_dir=tmp_path, name="ddp")
+
+
+def _fail_once(marker, at_epoch, how):
+    def hook(epoch, rank):
+        if epoch == at_epoch and rank == 0 and not os.path.exists(marker):
+            open(marker, "w").close()
+            if how == "kill":
+                os._exit(1)  # the worker process dies mid-run
+            raise RuntimeError("injected failure")
+    return hook
+
+
+def test_resume_after_failure_matches_uninterrupted_run(ray_session, small_dataset, tmp_path):
+    cfg = [{**TINY, "data.path": str(small_dataset), "epochs": 3}]
+    ref = train("baseline", cfg, runs_dir=tmp_path, name="ref")
+    with pytest.raises(Exception, match="injected failure"):
+        train("baseline", cfg, runs_dir=tmp_path, name="cut",
+              fault_hook=_fail_once(str(tmp_path / "m1"), 2, "raise"))
+    cut = ref.experiment.root.parent / "cut"
+    assert [r["epoch"] for r in Experiment(cut).history()] == [1, 2]
+    with pytest.raises(PosectlError, match="cannot change the config"):
+        train("baseline", [{"epochs": 5}], runs_dir=tmp_path, name="cut", resume=True)
+    resumed = train("baseline", [], runs_dir=tmp_path, name="cut", resume=True)
+    hist = resumed.experiment.history()
+    assert [r["epoch"] for r in hist] == [1, 2, 3]            # every epoch exactly once
+    ref_hist = ref.experiment.history()
+    for a, b in zip(hist, ref_hist):
+        assert a["val_mpjpe"] == pytest.approx(b["val_mpjpe"], abs=1e-3)
+    assert resumed.results["test"]["mpjpe"] == pytest.approx(ref.results["test"]["mpjpe"], abs=1e-3)
+
+
+def test_killed_worker_is_restarted_from_checkpoint(ray_session, small_dataset, tmp_path):
+    out = train("baseline", [{**TINY, "data.path": str(small_dataset), "epochs": 3}], runs_dir=tmp_path,
+                name="kill", max_failures=1, fault_hook=_fail_once(str(tmp_path / "m2"), 2, "kill"))
+    assert (tmp_path / "m2").exists()
+    assert [r["epoch"] for r in out.experiment.history()] == [1, 2, 3]
+    assert np.isfinite(out.results["test"]["mpjpe"])
+
+
+def test_impossible_resource_plans_fail_fast(ray_session, small_dataset, tmp_path):
+    with pytest.raises(ResourceError, match=r"asked for 8 GPUs .* 0 GPUs"):
+        train("baseline", [{"data.path": str(small_dataset)}], gpus=8, runs_dir=tmp_path)
+    with pytest.raises(ResourceError, match=r"asked for 6 CPUs .* 2 CPUs"):
+        train("baseline", [{"data.path": str(small_dataset)}], workers=6, runs_dir=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_baseline_beats_mean_pose_on_held_out_subjects(ray_session, synthetic_source, tmp_path):
+    out = train("baseline", [{"epochs": 4, "backbone.width": 512}], runs_dir=tmp_path, name="quality")
+    ds = PoseDataset(synthetic_source)
+    train_y = LiftingData(ds.load("train"), ds.layout).targets.numpy()
+    test = LiftingData(ds.load("test"), ds.layout)
+    mean_pose = np.broadcast_to(train_y.mean(0), test.targets.shape)
+    trivial = 1000 * mpjpe(mean_pose, test.targets.numpy())
+    model = out.results["test"]["mpjpe"]
+    assert model < 0.5 * trivial, (model, trivial)
