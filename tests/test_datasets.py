@@ -33,7 +33,11 @@ def test_arrow_round_trip_of_every_column(tmp_path):
     w.commit()
     ds = PoseDataset(tmp_path / "ds", verify=True)
     assert ds.manifest["splits"]["train"]["rows"] == len(a)
-    assert len(ds.shard_paths("train")) == 5 and ds.manifest["keypoints_2d"] == ["gt", "sh"]
+    assert len(ds.shard_paths("train")) == 6 and ds.manifest["keypoints_2d"] == ["gt", "sh"]  # 2 subjects x 3
+    assert len(ds.shard_paths("train", ["S5"])) == 3
+    assert set(ds.load("train", subjects=["S5"]).subject) == {"S5"}
+    with pytest.raises(DataError, match="no subject"):
+        ds.shard_paths("train", ["S11"])
     back = ds.load("train")
     for f in PoseArrays.__dataclass_fields__:
         np.testing.assert_array_equal(getattr(back, f), getattr(a, f), err_msg=f)

@@ -161,6 +161,35 @@ def data_synth(
     _print_info(path)
 
 
+prepare_app = typer.Typer(help="Convert published dataset files into posectl datasets.", no_args_is_help=True)
+data_app.add_typer(prepare_app, name="prepare")
+
+
+@prepare_app.command("h36m")
+def prepare_h36m_cmd(
+    file_3d: Path = typer.Option(..., "--3d", help="VideoPose3D data_3d_h36m.npz (world-frame 32-joint mocap, metres)."),
+    files_2d: Optional[list[Path]] = typer.Option(None, "--2d", help="data_2d_h36m_<source>.npz detections (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
+    cameras: Optional[Path] = typer.Option(None, "--cameras", help="cameras.json (default: the published calibration)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Tail of each training sequence held out for validation."),
+    layout_2d: Optional[str] = typer.Option(None, "--2d-layout", help="Joint order of the 2D files: mpii16, h36m16 or h36m17 (default: guessed)."),
+    subjects: Optional[list[str]] = typer.Option(None, "--subject", help="Only these subjects (repeatable)."),
+):
+    """Import Human3.6M in the VideoPose3D npz layout: GT 2D by projection, detections mapped to 17 joints,
+    splits train S1,S5-S8 (tail of each sequence = val) / test S9,S11."""
+    import warnings
+    from posectl.cli.render import console, err_console
+    from posectl.datasets.h36m import prepare_h36m
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = prepare_h36m(out, file_3d, files_2d or [], cameras_json=cameras, val_fraction=val_fraction,
+                            detection_layout=layout_2d, subjects=subjects,
+                            progress=lambda m: console.print(f"[dim]{m}[/]"))
+    for w in caught:
+        err_console.print(f"[yellow]warning:[/] {w.message}")
+    _print_info(path)
+
+
 @data_app.command("info")
 def data_info(path: str = typer.Argument(..., help="Dataset directory, or 'synthetic' / 'synthetic:target'."),
               verify: bool = typer.Option(True, "--verify/--no-verify", help="Check shard checksums.")):

@@ -197,15 +197,19 @@ class DatasetWriter:
         dets = sorted(c[len("keypoints_2d_"):] for c in table.column_names if c.startswith("keypoints_2d_"))
         self.manifest["keypoints_2d"] = ["gt", *sorted(set(self.manifest["keypoints_2d"][1:]) | set(dets))]
         entry = self.manifest["splits"].setdefault(split, {"subjects": [], "rows": 0, "shards": []})
-        for start in range(0, table.num_rows, self.rows_per_shard):
-            name = f"{split}-{len(entry['shards']):05d}.parquet"
-            path = self.tmp / name
-            pq.write_table(table.slice(start, self.rows_per_shard), path, compression="zstd")
-            self.manifest["shards"][name] = {"rows": min(self.rows_per_shard, table.num_rows - start),
-                                             "sha256": sha256(path)}
-            entry["shards"].append(name)
+        subjects_col = table.column("subject").to_numpy(zero_copy_only=False)
+        bounds = np.r_[0, np.flatnonzero(subjects_col[1:] != subjects_col[:-1]) + 1, len(subjects_col)]
+        for lo, hi in zip(bounds[:-1], bounds[1:]):   # shards never mix subjects
+            for start in range(lo, hi, self.rows_per_shard):
+                rows = min(self.rows_per_shard, hi - start)
+                name = f"{split}-{len(entry['shards']):05d}.parquet"
+                path = self.tmp / name
+                pq.write_table(table.slice(start, rows), path, compression="zstd")
+                self.manifest["shards"][name] = {"rows": int(rows), "subject": str(subjects_col[lo]),
+                                                 "sha256": sha256(path)}
+                entry["shards"].append(name)
         entry["rows"] += table.num_rows
-        subs = subjects or sorted(set(table.column("subject").to_pylist()))
+        subs = subjects or sorted(set(subjects_col.tolist()))
         entry["subjects"] = sorted(set(entry["subjects"]) | set(subs))
 
     def commit(self) -> Path:
@@ -283,14 +287,22 @@ class PoseDataset:
             if sha256(self.path / shard) != meta["sha256"]:
                 raise DataError(f"{self.path / shard}: checksum mismatch (file changed or corrupt)")
 
-    def shard_paths(self, split: str) -> list[str]:
+    def shard_paths(self, split: str, subjects: list[str] | None = None) -> list[str]:
         if split not in self.manifest["splits"]:
             raise DataError(f"{self.path}: no split '{split}' (has: {', '.join(self.splits)})")
-        return [str(self.path / s) for s in self.manifest["splits"][split]["shards"]]
+        shards = self.manifest["splits"][split]["shards"]
+        if subjects:
+            have = self.manifest["splits"][split]["subjects"]
+            unknown = [s for s in subjects if s not in have]
+            if unknown:
+                raise DataError(f"{self.path}: split '{split}' has no subject(s) {', '.join(unknown)} "
+                                f"(has: {', '.join(have)})")
+            shards = [s for s in shards if self.manifest["shards"][s].get("subject") in subjects]
+        return [str(self.path / s) for s in shards]
 
-    def read_table(self, split: str) -> pa.Table:
+    def read_table(self, split: str, subjects: list[str] | None = None) -> pa.Table:
         tables = []
-        for p in self.shard_paths(split):
+        for p in self.shard_paths(split, subjects):
             try:
                 t = pq.read_table(p)
             except (pa.ArrowInvalid, OSError) as e:
@@ -308,8 +320,8 @@ class PoseDataset:
             if got != f.type:
                 raise DataError(f"{where}: column '{f.name}' has type {got}, expected {f.type}")
 
-    def load(self, split: str, keypoints: str = "gt") -> PoseArrays:
-        table = self.read_table(split)
+    def load(self, split: str, keypoints: str = "gt", subjects: list[str] | None = None) -> PoseArrays:
+        table = self.read_table(split, subjects)
         return arrays_from_batch({n: table.column(n) for n in table.column_names}, keypoints,
                                  self.num_joints, where=f"{self.path}:{split}")
 

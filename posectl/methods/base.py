@@ -32,6 +32,7 @@ class DataConfig:
     train_split: str = field("train", "split used for training")
     val_split: str = field("val", "split for model selection and searches (never the test split)")
     test_split: str = field("test", "split reported at the end with the best-validation weights")
+    train_subjects: list[str] = field([], "restrict training to these subjects (e.g. [S1] for data-limited runs)")
     train_stride: int = field(1, "use every n-th training frame")
     eval_stride: int = field(1, "use every n-th validation/test frame")
     max_train_samples: int = field(0, "cap on training rows (0 = all)")

@@ -45,7 +45,7 @@ class Baseline(LiftingMethod):
         self.model.train()
         per_worker = max(1, cfg.batch_size // self.ctx.world_size)
         batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
-        total, n = 0.0, 0
+        total, n = torch.zeros(()), 0
         for step, idx in enumerate(batches):
             x = data.windows(idx, cfg.backbone.receptive_field)
             y = data.targets[idx]
@@ -59,12 +59,12 @@ class Baseline(LiftingMethod):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)  # no per-step sync
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
-        return {"train_loss_mm": 1000 * total / max(n, 1), "lr": lr, "train_samples": n}
+        return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n}
 
     def state_dict(self) -> dict[str, Any]:
         model = getattr(self.model, "module", self.model)

@@ -25,6 +25,7 @@ def open_dataset(data_cfg, verify: bool = True) -> PoseDataset:
         raise DataError(f"{ds.path}: no 2D keypoints '{data_cfg.keypoints}' (has: {', '.join(sources)})")
     for split in (data_cfg.train_split, data_cfg.val_split, data_cfg.test_split):
         ds.shard_paths(split)  # raises a clear error for a missing split
+    ds.shard_paths(data_cfg.train_split, data_cfg.train_subjects)  # ... or unknown subjects
     return ds
 
 
@@ -44,7 +45,8 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0) -> dict:
     out = {}
     for role, split in (("train", data_cfg.train_split), ("val", data_cfg.val_split),
                         ("test", data_cfg.test_split)):
-        d = ray.data.read_parquet(ds.shard_paths(split)).select_columns(cols)
+        subjects = data_cfg.train_subjects if role == "train" else None
+        d = ray.data.read_parquet(ds.shard_paths(split, subjects)).select_columns(cols)
         if role == "train" and data_cfg.max_train_samples:
             d = d.random_shuffle(seed=seed).limit(data_cfg.max_train_samples)
         out[role] = d.materialize()

@@ -1,0 +1,182 @@
+"""Human3.6M importer: VideoPose3D-layout npz files -> posectl Arrow shards.
+
+Input (as VideoPose3D / PoseAug / DH-AUG / PoSynDA use it):
+  data_3d_h36m.npz          positions_3d: subject -> action -> (T, 32, 3) metres, world frame
+  data_2d_h36m_<src>.npz    positions_2d: subject -> action -> 4 camera arrays (T, J, 2+) pixels,
+                            metadata (num_joints, keypoints_symmetry, maybe layout_name)
+Ground-truth 2D is the projection of the 17 joints through the calibrated cameras (with the
+Human3.6M distortion model). Detections are mapped to the 17-joint layout; 16-joint detections
+(stacked hourglass in MPII order, or the 16-joint H36M order of PoseAug/DH-AUG HRNet files) lack
+Neck/Nose, which is filled with the midpoint of Thorax and Head (recorded in the manifest).
+
+Splits: train = S1, S5, S6, S7, S8 minus the last `val_fraction` of every sequence, which forms the
+validation split (model selection never looks at the test subjects); test = S9, S11 (those present).
+"""
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
+from posectl.core.skeleton import H36M17, conversion_indices
+from posectl.datasets.safe_npz import load_npz
+from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
+from posectl.errors import DataError
+
+TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
+TEST_SUBJECTS = ("S9", "S11")
+KNOWN_SUBJECTS = TRAIN_SUBJECTS + TEST_SUBJECTS + ("S2", "S3", "S4")
+# sequences whose ground truth is known to be misaligned with the video (flag in benchmarks)
+MISALIGNED = {("S9", "Greeting"), ("S9", "SittingDown 1"), ("S9", "Waiting 1")}
+
+
+def source_name(path: Path) -> str:
+    m = re.match(r"data_2d_h36m_(.+)\.npz$", path.name)
+    return m.group(1) if m else path.stem
+
+
+def _detection_layout(meta: dict, num_joints: int, name: str, override: str | None) -> str:
+    if override:
+        return override
+    layout = (meta or {}).get("layout_name")
+    if num_joints == 17:
+        return "h36m17"
+    if num_joints == 16:
+        if layout == "mpii" or (layout is None and name.startswith("sh")):
+            return "mpii16"
+        return "h36m16"
+    raise ValueError(f"{num_joints} joints")
+
+
+def _to_h36m17(kp: np.ndarray, layout: str) -> np.ndarray:
+    """(T, J, 2) detections in `layout` -> (T, 17, 2), Neck/Nose filled for 16-joint layouts."""
+    if layout == "h36m17":
+        return kp
+    h16 = kp if layout == "h36m16" else kp[:, list(conversion_indices(layout, "h36m16"))]
+    out = np.empty((len(kp), 17, 2), dtype=np.float32)
+    keep = [i for i in range(17) if i != 9]
+    out[:, keep] = h16
+    out[:, 9] = 0.5 * (out[:, 8] + out[:, 10])
+    return out
+
+
+def _check_subject_dict(obj, path: Path, key: str) -> dict:
+    if not isinstance(obj, dict) or not obj:
+        raise DataError(f"{path}: '{key}' must be a non-empty dict subject -> action -> array")
+    for subject, actions in obj.items():
+        if subject not in KNOWN_SUBJECTS:
+            raise DataError(f"{path}: unknown subject '{subject}' (Human3.6M has {', '.join(KNOWN_SUBJECTS)})")
+        if not isinstance(actions, dict):
+            raise DataError(f"{path}: {key}['{subject}'] must be a dict action -> array")
+    return obj
+
+
+def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path] = (),
+                 cameras_json: str | Path | None = None, val_fraction: float = 0.1,
+                 detection_layout: str | None = None, subjects: list[str] | None = None, overwrite: bool = False,
+                 progress: Callable[[str], None] | None = None) -> Path:
+    path_3d = Path(path_3d)
+    say = progress or (lambda msg: None)
+    if not 0 <= val_fraction < 0.5:
+        raise DataError("--val-fraction must be in [0, 0.5)")
+    say(f"reading {path_3d}")
+    pos3d = _check_subject_dict(load_npz(path_3d, ("positions_3d",))["positions_3d"], path_3d, "positions_3d")
+    cams: dict[str, list[Camera]]
+    if cameras_json:
+        cams = cameras_from_json(json.loads(Path(cameras_json).read_text()))
+    else:
+        cams = {s: h36m_cameras(s) for s in pos3d if s not in ("S2", "S3", "S4")}
+    dets: dict[str, tuple[dict, str]] = {}
+    for p in map(Path, paths_2d):
+        say(f"reading {p}")
+        d = load_npz(p, ("positions_2d",))
+        meta = d.get("metadata") if isinstance(d.get("metadata"), dict) else {}
+        dets[source_name(p)] = (_check_subject_dict(d["positions_2d"], p, "positions_2d"), meta, p)
+
+    idx17 = list(conversion_indices("h36m32", "h36m17"))
+    per_split: dict[str, list[pa.Table]] = {"train": [], "val": [], "test": []}
+    det_info = {}
+    if subjects:
+        unknown = [s for s in subjects if s not in pos3d]
+        if unknown:
+            raise DataError(f"{path_3d}: no subject(s) {', '.join(unknown)} (has: {', '.join(pos3d)})")
+    for subject in sorted(pos3d, key=lambda s: int(s[1:])):
+        if subjects and subject not in subjects:
+            continue
+        if subject not in cams:
+            raise DataError(f"{path_3d}: no camera calibration for subject {subject}")
+        split_of_subject = "train" if subject in TRAIN_SUBJECTS else "test" if subject in TEST_SUBJECTS else None
+        if split_of_subject is None:
+            continue  # S2-S4 have no 3D in the benchmark protocol
+        say(f"converting {subject}")
+        for action, X in sorted(pos3d[subject].items()):
+            where = f"{path_3d}: {subject} '{action}'"
+            X = np.asarray(X)
+            if X.ndim != 3 or X.shape[1:] != (32, 3):
+                raise DataError(f"{where}: expected shape (T, 32, 3), got {X.shape}")
+            if len(X) == 0:
+                raise DataError(f"{where}: 0 frames")
+            if not np.isfinite(X).all():
+                raise DataError(f"{where}: NaN/Inf values")
+            X17 = X[:, idx17].astype(np.float64)
+            T = len(X17)
+            det_arrays = {}
+            for src, (pos2d, meta, p) in dets.items():
+                if subject not in pos2d or action not in pos2d[subject]:
+                    raise DataError(f"{p}: no 2D for {subject} '{action}' (present in the 3D file)")
+                views = pos2d[subject][action]
+                if not isinstance(views, (list, tuple)) or len(views) != len(cams[subject]):
+                    raise DataError(f"{p}: {subject} '{action}': expected {len(cams[subject])} camera arrays")
+                det_arrays[src] = []
+                for ci, v in enumerate(views):
+                    v = np.asarray(v)
+                    w2 = f"{p}: {subject} '{action}' camera {ci}"
+                    if v.ndim != 3 or v.shape[-1] < 2 or v.shape[1] not in (16, 17):
+                        raise DataError(f"{w2}: expected (T, 16|17, 2), got {v.shape}")
+                    if len(v) < T:
+                        raise DataError(f"{w2}: {len(v)} 2D frames but {T} 3D frames")
+                    v = v[:T, :, :2].astype(np.float32)  # VideoPose3D: cut 2D to the mocap length
+                    if not np.isfinite(v).all():
+                        raise DataError(f"{w2}: NaN/Inf values")
+                    try:
+                        layout = _detection_layout(meta, v.shape[1], src, detection_layout)
+                    except ValueError as e:
+                        raise DataError(f"{w2}: unsupported joint count ({e})") from None
+                    det_info[src] = {"layout": layout, "filled": ["Neck/Nose"] if layout != "h36m17" else []}
+                    det_arrays[src].append(_to_h36m17(v, layout))
+            n_val = int(round(T * val_fraction)) if split_of_subject == "train" else 0
+            for ci, cam in enumerate(cams[subject]):
+                Xc = world_to_camera(X17, cam.R, cam.t)
+                uv = project(Xc, cam.intrinsics.astype(np.float64))
+                arr = PoseArrays(uv.astype(np.float32), Xc.astype(np.float32),
+                                 np.broadcast_to(cam.intrinsics, (T, 9)), np.broadcast_to([cam.width, cam.height], (T, 2)),
+                                 np.full(T, subject), np.full(T, action), np.full(T, cam.id), np.arange(T))
+                ext = np.broadcast_to(np.concatenate([cam.R.ravel(), cam.t]).astype(np.float32), (T, 12))
+                det = {src: a[ci] for src, a in det_arrays.items()}
+                cut = T - n_val
+                pieces = [("train", slice(0, cut)), ("val", slice(cut, T))] if split_of_subject == "train" \
+                    else [("test", slice(0, T))]
+                for split, sl in pieces:
+                    if sl.stop > sl.start:
+                        per_split[split].append(table_from_arrays(
+                            arr.take(sl), "h36m", "h36m", ext[sl], {k: v[sl] for k, v in det.items()}))
+    missing = [s for s in TEST_SUBJECTS if s not in pos3d and (not subjects or s in subjects)]
+    if missing:
+        warnings.warn(f"test subject(s) {', '.join(missing)} not in {path_3d.name}: the test split has "
+                      f"{', '.join(s for s in TEST_SUBJECTS if s in pos3d) or 'no subject'} only", stacklevel=2)
+    info = {"source": "human3.6m", "file_3d": path_3d.name, "files_2d": [Path(p).name for p in paths_2d],
+            "val_fraction": val_fraction, "val_protocol": "last fraction of every training sequence",
+            "test_subjects_missing": missing, "detections": det_info, "fps": 50,
+            "misaligned_sequences": sorted(f"{s} {a}" for s, a in MISALIGNED)}
+    say("writing shards")
+    with DatasetWriter(out, "h36m", "h36m17", info=info, overwrite=overwrite) as w:
+        for split, tables in per_split.items():
+            if tables:
+                w.add_split(split, pa.concat_tables(tables))
+        return w.commit()

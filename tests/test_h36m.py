@@ -1,0 +1,163 @@
+"""Human3.6M importer and the restricted npz loader: on constructed bad files and on the real data."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from posectl.core.camera import cameras_from_json
+from posectl.datasets.h36m import prepare_h36m
+from posectl.datasets.safe_npz import UnsafePickleError, load_npz
+from posectl.datasets.store import PoseDataset
+from posectl.errors import DataError
+
+
+def _obj(x):
+    a = np.empty((), dtype=object)
+    a[()] = x
+    return a
+
+
+def _write_3d(path, data):
+    np.savez(path, positions_3d=_obj(data))
+    return path
+
+
+def _fake_3d(T=50, subjects=("S1", "S9")):
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 0.3, (32, 3)).astype(np.float32) + [0, 0, 1]
+    return {s: {"Walking": base + rng.normal(0, 0.01, (T, 32, 3)).astype(np.float32),
+                "Eating 2": base + rng.normal(0, 0.01, (T, 32, 3)).astype(np.float32)} for s in subjects}
+
+
+def test_restricted_unpickler_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    p = tmp_path / "evil.npz"
+    np.savez(p, positions_3d=_obj({"S1": Evil()}))
+    with pytest.raises(UnsafePickleError, match="builtins.print"):
+        load_npz(p)
+    # plain containers and arrays load fine
+    q = _write_3d(tmp_path / "ok.npz", {"S1": {"A": np.ones((2, 32, 3), np.float32)}, "meta": [1, "x", (2.5,)]})
+    d = load_npz(q)["positions_3d"]
+    assert d["meta"] == [1, "x", (2.5,)] and d["S1"]["A"].shape == (2, 32, 3)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["S1"].__setitem__("Walking", np.ones((50, 17, 3), np.float32)), r"S1 'Walking': expected shape \(T, 32, 3\)"),
+    (lambda d: d["S1"].__setitem__("Walking", np.full((50, 32, 3), np.nan, np.float32)), "S1 'Walking': NaN/Inf"),
+    (lambda d: d["S1"].__setitem__("Walking", np.ones((0, 32, 3), np.float32)), "S1 'Walking': 0 frames"),
+    (lambda d: d.__setitem__("S42", d["S1"]), "unknown subject 'S42'"),
+])
+def test_bad_3d_files_name_subject_and_action(tmp_path, mutate, message):
+    d = _fake_3d()
+    mutate(d)
+    with pytest.raises(DataError, match=message):
+        prepare_h36m(tmp_path / "out", _write_3d(tmp_path / "d3.npz", d))
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["d3.npz"]  # nothing half-written
+
+
+def test_bad_files(tmp_path):
+    good = _write_3d(tmp_path / "d3.npz", _fake_3d())
+    trunc = tmp_path / "trunc.npz"
+    trunc.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(DataError, match="not a valid .npz"):
+        prepare_h36m(tmp_path / "o", trunc)
+    np.savez(tmp_path / "wrongkey.npz", poses=np.ones(3))
+    with pytest.raises(DataError, match=r"missing key\(s\) positions_3d .*has: poses"):
+        prepare_h36m(tmp_path / "o", tmp_path / "wrongkey.npz")
+    # 2D shorter than 3D, and a missing action in the 2D file
+    d2 = {s: {a: [np.zeros((40, 16, 2), np.float32)] * 4 for a in ("Walking", "Eating 2")} for s in ("S1", "S9")}
+    np.savez(tmp_path / "data_2d_h36m_sh_pt_mpii.npz", positions_2d=_obj(d2), metadata=_obj({"num_joints": 16}))
+    with pytest.raises(DataError, match=r"S1 'Eating 2' camera 0: 40 2D frames but 50 3D frames"):
+        prepare_h36m(tmp_path / "o", good, [tmp_path / "data_2d_h36m_sh_pt_mpii.npz"])
+    d2 = {s: {a: [np.zeros((50, 16, 2), np.float32)] * 4 for a in ("Walking", "Eating 2")} for s in ("S1", "S9")}
+    del d2["S9"]["Walking"]
+    np.savez(tmp_path / "data_2d_h36m_x.npz", positions_2d=_obj(d2))
+    with pytest.raises(DataError, match="no 2D for S9 'Walking'"):
+        prepare_h36m(tmp_path / "o", good, [tmp_path / "data_2d_h36m_x.npz"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_constructed_import_round_trip(tmp_path):
+    d3 = _fake_3d(T=50)
+    d2 = {s: {a: [np.random.default_rng(1).uniform(0, 1000, (60, 16, 3)).astype(np.float32)] * 4
+              for a in d3[s]} for s in d3}
+    np.savez(tmp_path / "data_2d_h36m_sh_ft_h36m.npz", positions_2d=_obj(d2), metadata=_obj({"num_joints": 16}))
+    with pytest.warns(UserWarning, match="S11"):
+        out = prepare_h36m(tmp_path / "ds", _write_3d(tmp_path / "d3.npz", d3), [tmp_path / "data_2d_h36m_sh_ft_h36m.npz"])
+    ds = PoseDataset(out, verify=True)
+    m = ds.manifest
+    assert m["splits"]["train"]["rows"] == 2 * 45 * 4 and m["splits"]["val"]["rows"] == 2 * 5 * 4
+    assert m["splits"]["test"]["subjects"] == ["S9"] and m["info"]["test_subjects_missing"] == ["S11"]
+    assert m["keypoints_2d"] == ["gt", "sh_ft_h36m"] and m["info"]["detections"]["sh_ft_h36m"]["layout"] == "mpii16"
+    val = ds.load("val")
+    assert val.frame.min() == 45  # the tail of each sequence
+    det = ds.load("train", "sh_ft_h36m")
+    src = d2["S1"]["Walking"][0]
+    row = np.flatnonzero((det.subject == "S1") & (det.action == "Walking") & (det.frame == 3))[0]
+    assert np.allclose(det.keypoints_2d[row, 0], src[3, 6, :2])   # Hip <- MPII pelvis (6)
+    assert np.allclose(det.keypoints_2d[row, 3], src[3, 0, :2])   # RFoot <- MPII 0
+
+
+@pytest.fixture(scope="session")
+def real_h36m(shared_data, tmp_path_factory):
+    """S1 and S9 of the real data, converted once per session (with the SH detections)."""
+    h = shared_data / "h36m"
+    return prepare_h36m(tmp_path_factory.mktemp("h36m") / "ds", h / "data_3d_h36m.npz",
+                        [h / "data_2d_h36m_sh_pt_mpii.npz"], cameras_json=h / "cameras.json",
+                        subjects=["S1", "S9"])
+
+
+@pytest.mark.real_data
+def test_real_h36m_import(real_h36m, shared_data):
+    ds = PoseDataset(real_h36m, verify=True)
+    raw = load_npz(shared_data / "h36m" / "data_3d_h36m.npz")["positions_3d"]
+    train = ds.load("train")
+    val = ds.load("val")
+    test = ds.load("test")
+    # frame counts per subject and action (4 cameras each), train + val = the whole sequence
+    for split_arrays, subject in ((None, "S1"), (test, "S9")):
+        for action, X in raw[subject].items():
+            if subject == "S1":
+                n = ((train.subject == subject) & (train.action == action)).sum() + \
+                    ((val.subject == subject) & (val.action == action)).sum()
+            else:
+                n = ((test.action == action)).sum()
+            assert n == 4 * len(X), (subject, action)
+    assert (train.joints_3d.shape[1:], len(test)) == ((17, 3), 4 * 73544)
+    # cameras as in cameras.json
+    ref = cameras_from_json(json.loads((shared_data / "h36m" / "cameras.json").read_text()))["S9"]
+    for cam in ref:
+        rows = test.camera == cam.id
+        assert np.allclose(test.intrinsics[rows][0], cam.intrinsics, atol=1e-3)
+    # GT 2D from projection vs the stacked-hourglass detections: a detector's error (~9 px median)
+    det = ds.load("train", "sh_pt_mpii", subjects=["S1"])
+    gt = ds.load("train", subjects=["S1"])
+    keep = [j for j in range(17) if j != 9]  # Neck/Nose is interpolated for 16-joint detections
+    med = np.median(np.linalg.norm(gt.keypoints_2d[:, keep] - det.keypoints_2d[:, keep], axis=-1))
+    assert 5 < med < 15, med
+
+
+@pytest.mark.real_data
+def test_real_h36m_matches_mmpose_fixture(real_h36m, shared_data):
+    """mmpose's camera-frame joints for a real S1 frame equal our converted joints."""
+    fx = np.load(shared_data / "mmpose-h36m-3dhp-fixtures" / "h36m" / "test_h36m_body3d.npz")
+    name = str(fx["imgname"][0])
+    assert name.split("/")[-1].startswith("S1_Directions_1.54138969")
+    frame = int(name.split("_")[-1].split(".")[0]) - 1
+    a = PoseDataset(real_h36m).load("train", subjects=["S1"])
+    row = np.flatnonzero((a.action == "Directions 1") & (a.camera == "54138969") & (a.frame == frame))[0]
+    assert np.abs(a.joints_3d[row] - fx["S"][0, :, :3]).max() < 1e-3
+
+
+@pytest.mark.real_data
+@pytest.mark.ray
+def test_training_on_real_detections(ray_session, real_h36m, tmp_path):
+    from posectl.orchestrator.train import train
+    out = train("baseline", [{"data.path": str(real_h36m), "data.keypoints": "sh_pt_mpii", "epochs": 1,
+                              "backbone.width": 128, "data.train_stride": 50, "data.eval_stride": 50}],
+                runs_dir=tmp_path, name="det")
+    assert 20 < out.results["test"]["mpjpe"] < 400
