@@ -94,6 +94,7 @@ def eval_cmd(
     keypoints: Optional[str] = typer.Option(None, "--keypoints", help="2D source (default: the run's)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip test-time augmentation."),
     stride: int = typer.Option(1, "--stride", help="Evaluate every n-th frame."),
+    joints: Optional[str] = typer.Option(None, "--joints", help="Joint set: all (17), 16 (no Neck/Nose, PoseAug), 14 (Pose2Mesh / 3DHP)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON."),
 ):
     """Evaluate a trained checkpoint: MPJPE/P-MPJPE (per sample and action-wise), N-MPJPE, PCK, AUC."""
@@ -101,7 +102,8 @@ def eval_cmd(
     from posectl.cli.render import console, metrics_table, per_action_table
     from posectl.orchestrator.evaluate import evaluate_checkpoint
 
-    out = evaluate_checkpoint(checkpoint, data=data, split=split, keypoints=keypoints, flip=flip, stride=stride)
+    out = evaluate_checkpoint(checkpoint, data=data, split=split, keypoints=keypoints, flip=flip, stride=stride,
+                              joints=joints)
     console.print(metrics_table(f"{out['method']} on {out['dataset']}:{out['split']} — {out['metrics']['protocol']}",
                                 {out["split"]: out["metrics"]}))
     if out["metrics"].get("per_action"):

@@ -145,3 +145,14 @@ def flip_poses(poses, layout: Layout):
         import torch
         return out * torch.as_tensor(sign, dtype=poses.dtype, device=poses.device)
     return out * sign
+
+
+# Evaluation joint sets, as h36m17 indices:
+#   all  the 17 joints (VideoPose3D; root included with zero error)
+#   16   without Neck/Nose (SemGCN / PoseAug / DH-AUG 16-joint protocol, incl. 3DHP PCK of PoseAug)
+#   14   without Hip (root), Spine and Neck/Nose (Pose2Mesh's 14 joints; P-STMO/MixSTE-style 3DHP PCK)
+EVAL_JOINT_SETS: dict[str, tuple[int, ...]] = {
+    "all": tuple(range(17)),
+    "16": tuple(i for i in range(17) if i != 9),
+    "14": tuple(i for i in range(17) if i not in (0, 7, 9)),
+}

@@ -9,7 +9,7 @@ import torch
 
 from posectl.config import field
 from posectl.core import metrics
-from posectl.core.skeleton import flip_poses
+from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
 from posectl.methods.base import TrainConfig
@@ -40,6 +40,8 @@ class BackboneConfig:
 class LiftingConfig(TrainConfig):
     backbone: BackboneConfig = field(BackboneConfig, "lifting network")
     test_flip: bool = field(False, "flip test-time augmentation (average with the mirrored input)")
+    eval_joints: Literal["all", "16", "14"] = field(
+        "all", "evaluation joint set: all 17, 16 without Neck/Nose (PoseAug), 14 (Pose2Mesh / 3DHP PCK)")
 
 
 class LiftingMethod:
@@ -72,9 +74,16 @@ class LiftingMethod:
     def evaluate(self, data: LiftingData, stride: int = 1, detailed: bool = False) -> dict[str, Any]:
         pred, rows = self.predict(data, stride=stride)
         gt = data.targets[rows].numpy()
-        res = metrics.evaluate_poses(pred, gt, actions=data.actions[rows], root=data.layout.root)
-        res["protocol"] = (f"{data.layout.name}, root-relative, per-sample mean (mpjpe) and per-action "
-                           f"mean (mpjpe_action_avg), flip TTA {'on' if self.cfg.test_flip else 'off'}")
+        joints = None
+        if self.cfg.eval_joints != "all":
+            if data.layout.name != "h36m17":
+                raise ConfigError(f"eval_joints={self.cfg.eval_joints} needs the h36m17 layout")
+            joints = list(EVAL_JOINT_SETS[self.cfg.eval_joints])
+        res = metrics.evaluate_poses(pred, gt, actions=data.actions[rows], root=data.layout.root, joints=joints)
+        n_j = len(joints) if joints else data.layout.num_joints
+        res["protocol"] = (f"{data.layout.name} ({n_j} joints evaluated), root-relative, 2D {self.cfg.data.keypoints}, "
+                           f"per-sample mean and action-wise mean, flip TTA {'on' if self.cfg.test_flip else 'off'}"
+                           f"{f', every {stride}th frame' if stride > 1 else ''}")
         if not detailed:
             res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
         return res

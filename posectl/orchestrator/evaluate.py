@@ -16,7 +16,8 @@ from posectl.orchestrator.experiment import load_checkpoint
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None,
-                        keypoints: str | None = None, flip: bool | None = None, stride: int = 1) -> dict[str, Any]:
+                        keypoints: str | None = None, flip: bool | None = None, stride: int = 1,
+                        joints: str | None = None) -> dict[str, Any]:
     state = load_checkpoint(checkpoint)
     method_cls = get_method(state["method"])
     overrides: dict[str, Any] = {}
@@ -26,6 +27,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         overrides["data.keypoints"] = keypoints
     if flip is not None:
         overrides["test_flip"] = flip
+    if joints is not None:
+        overrides["eval_joints"] = joints
     cfg = build(method_cls.Config, state["config"], overrides, context=f"method {state['method']}")
     split = split or cfg.data.test_split
     ds = open_dataset(cfg.data) if split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split) \
