@@ -86,6 +86,146 @@ def _peek_epochs(method: str, layers: list[dict], smoke: bool) -> int:
         raise
 
 
+@app.command()
+def tune(
+    method: str = typer.Argument(..., help="Method to search (see `posectl methods`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config values fixed for every trial, key=value."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search-space YAML (default: the method's shipped space)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Number of trials."),
+    concurrent: Optional[int] = typer.Option(None, "--concurrent", help="Trials running at once."),
+    gpus_per_trial: Optional[int] = typer.Option(None, "--gpus-per-trial", help="Each trial: a Ray Train job, one worker per GPU."),
+    workers_per_trial: Optional[int] = typer.Option(None, "--workers-per-trial", help="Each trial: a Ray Train job with W CPU workers."),
+    name: Optional[str] = typer.Option(None, "--name", help="Search name (default: METHOD-DATE-TIME)."),
+    storage_path: Optional[Path] = typer.Option(None, "--storage-path", envvar="POSECTL_STORAGE_PATH",
+                                                help="Where searches are stored (shared storage on multi-node clusters) [default: ./runs/tune]."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to use."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the search --name: finished trials are kept."),
+    smoke_test: bool = typer.Option(False, "--smoke-test", help="A tiny real search (2 trials, 2 epochs, 1k samples)."),
+):
+    """Search hyper-parameters: Ray Tune drives Optuna (TPE), ASHA stops weak trials early.
+    Selection uses the validation split only."""
+    from posectl.cli.render import console
+    from posectl.config import parse_overrides
+    from posectl.orchestrator.tune import tune_search
+
+    def show_plan(plan):
+        console.print("\n".join(plan.lines()))
+
+    plan, grid = tune_search(method, space=space, samples=samples, concurrent=concurrent,
+                             gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, name=name,
+                             storage_path=storage_path, address=address, resume=resume, smoke_test=smoke_test,
+                             overrides=parse_overrides(overrides or []), on_plan=show_plan)
+    _trials_table(plan.path)
+    console.print(f"inspect: posectl trials show {plan.path} TRIAL   export: posectl trials best {plan.path} --export DIR")
+    console.print(f"TensorBoard: tensorboard --logdir {plan.path}")
+    if plan.space.storage:
+        console.print(f"Optuna dashboard: optuna-dashboard {plan.space.storage}")
+
+
+trials_app = typer.Typer(help="Inspect the trials of a search.", no_args_is_help=True)
+app.add_typer(trials_app, name="trials")
+spaces_app = typer.Typer(help="List, show and validate search spaces.", no_args_is_help=True)
+app.add_typer(spaces_app, name="spaces")
+
+
+def _trials_table(name, storage_path=None):
+    from rich.table import Table
+    from posectl.cli.render import console
+    from posectl.orchestrator.trials import load_search
+    s = load_search(name, storage_path)
+    t = Table(title=f"{s.method} search {s.path.name}: {len(s.trials)} trials, sorted by best {s.metric} ({s.mode})",
+              title_justify="left")
+    params = sorted({k for tr in s.trials for k in tr.params})
+    t.add_column("trial", no_wrap=True)
+    for p in params:
+        t.add_column(p.split(".")[-1], justify="right")
+    for c in ("epochs", f"best {s.metric}", "status"):
+        t.add_column(c, justify="right")
+    for tr in s.sorted():
+        def fmt(v):
+            return f"{v:.3g}" if isinstance(v, float) else ("-" if v is None else str(v))
+        t.add_row(tr.id, *(fmt(tr.params.get(p)) for p in params), str(tr.epochs),
+                  f"{tr.best:.2f}", tr.state)
+    console.print(t)
+    return s
+
+
+@trials_app.command("ls")
+def trials_ls(name: str = typer.Argument(..., help="Search name or directory."),
+              storage_path: Optional[Path] = typer.Option(None, "--storage-path", envvar="POSECTL_STORAGE_PATH")):
+    """Table of trials sorted by the metric: parameters, epochs run, best metric, status."""
+    _trials_table(name, storage_path)
+
+
+@trials_app.command("show")
+def trials_show(name: str = typer.Argument(..., help="Search name or directory."),
+                trial: str = typer.Argument(..., help="Trial id (a unique prefix is enough)."),
+                storage_path: Optional[Path] = typer.Option(None, "--storage-path", envvar="POSECTL_STORAGE_PATH"),
+                plot: Optional[Path] = typer.Option(None, "--plot", help="Where to write the learning-curve PNG (default: in the trial directory).")):
+    """One trial: its config, metric history and a PNG of the learning curve."""
+    import yaml
+    from rich.table import Table
+    from posectl.cli.render import console
+    from posectl.orchestrator.trials import load_search, plot_curve
+    s = load_search(name, storage_path)
+    tr = s.trial(trial)
+    console.print(f"[bold]trial {tr.id}[/] ({tr.state}, {tr.epochs} epochs, best {s.metric} {tr.best:.2f})")
+    console.print(yaml.safe_dump(tr.params, sort_keys=True).rstrip())
+    t = Table(title="history")
+    cols = [c for c in ("epoch", "train_loss_mm", s.metric, "val_p_mpjpe", "lr", "train_samples_per_s") if any(c in r for r in tr.history)]
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in tr.history:
+        t.add_row(*(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))
+    console.print(t)
+    if tr.error:
+        console.print(f"[red]error:[/] {tr.error}")
+    if tr.history:
+        png = plot_curve(tr, plot or tr.path / "learning_curve.png")
+        console.print(f"learning curve: {png}")
+
+
+@trials_app.command("best")
+def trials_best(name: str = typer.Argument(..., help="Search name or directory."),
+                export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial's config and best checkpoint here."),
+                storage_path: Optional[Path] = typer.Option(None, "--storage-path", envvar="POSECTL_STORAGE_PATH")):
+    """The best trial by the validation metric; --export makes it ready for `posectl eval`."""
+    from posectl.cli.render import console
+    from posectl.orchestrator.trials import export_best, load_search
+    s = load_search(name, storage_path)
+    tr = s.best()
+    console.print(f"best trial {tr.id}: {s.metric} {tr.best:.2f} after {tr.epochs} epochs; params {tr.params}")
+    if export:
+        _, ckpt = export_best(s, export)
+        console.print(f"exported to {export}: posectl eval {ckpt} --split val")
+
+
+@spaces_app.command("ls")
+def spaces_ls():
+    """Search spaces shipped with posectl."""
+    from posectl.cli.render import console
+    from posectl.orchestrator.spaces import load_space, packaged_spaces
+    for method, path in sorted(packaged_spaces().items()):
+        sp = load_space(path)
+        console.print(f"{method:10s} {len(sp.parameters)} parameters, {sp.samples} samples, metric {sp.metric}  ({path})")
+
+
+@spaces_app.command("show")
+def spaces_show(method: str = typer.Argument(..., help="Method whose shipped space to print.")):
+    """Print a method's search space (copy it, edit it, pass it with --space)."""
+    from posectl.orchestrator.spaces import space_path
+    typer.echo(space_path(method).read_text(), nl=False)
+
+
+@spaces_app.command("validate")
+def spaces_validate(file: Path = typer.Argument(..., help="A search-space YAML file.")):
+    """Check a search-space file: keys, types, ranges, conditions, parameters the method has."""
+    from posectl.cli.render import console
+    from posectl.orchestrator.spaces import load_space
+    sp = load_space(file)
+    console.print(f"ok: {file} — method {sp.method}, {len(sp.parameters)} parameters, metric {sp.metric} ({sp.mode})")
+
+
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file (best.pt / last.pt) or a run directory."),
@@ -190,6 +330,27 @@ def prepare_h36m_cmd(
     for w in caught:
         err_console.print(f"[yellow]warning:[/] {w.message}")
     _print_info(path)
+
+
+@prepare_app.command("3dhp")
+def prepare_3dhp_cmd(
+    path: Path = typer.Argument(..., help="test_3dhp.npz (PoseAug/DH-AUG), data_test_3dhp.npz (P-STMO/MixSTE/PoSynDA) or an mmpose-style npz."),
+    out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
+    form: str = typer.Option("auto", "--form", help="auto | poseaug | pstmo | mmpose."),
+    cameras: Optional[Path] = typer.Option(None, "--cameras", help="mmpose-style cameras pkl (intrinsics per sequence)."),
+    image_size: Optional[tuple[int, int]] = typer.Option(None, "--image-size", help="W H of the PoseAug file's frames (2048 2048 or 1920 1080)."),
+):
+    """Import the MPI-INF-3DHP test set into the h36m17 layout (joint mapping and intrinsics recorded)."""
+    import warnings
+    from posectl.cli.render import console, err_console
+    from posectl.datasets.mpi3dhp import prepare_3dhp
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = prepare_3dhp(out, path, form=form, cameras=cameras, image_size=image_size,
+                         progress=lambda m: console.print(f"[dim]{m}[/]"))
+    for w in caught:
+        err_console.print(f"[yellow]warning:[/] {w.message}")
+    _print_info(p)
 
 
 @data_app.command("info")

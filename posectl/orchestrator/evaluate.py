@@ -11,7 +11,6 @@ from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import DataError
 from posectl.methods.base import Context, get_method
-from posectl.orchestrator.data import open_dataset
 from posectl.orchestrator.experiment import load_checkpoint
 
 
@@ -31,8 +30,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         overrides["eval_joints"] = joints
     cfg = build(method_cls.Config, state["config"], overrides, context=f"method {state['method']}")
     split = split or cfg.data.test_split
-    ds = open_dataset(cfg.data) if split in (cfg.data.train_split, cfg.data.val_split, cfg.data.test_split) \
-        else _open_any(cfg.data)
+    ds = _open_any(cfg.data)  # only the evaluated split has to exist
     layout = get_layout(state["layout"])
     if ds.layout.name != layout.name:
         raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")

@@ -50,14 +50,14 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Repor
                     "torch_rng": torch.get_rng_state()}
 
         reporter.epoch(row, state_fn, improved)
-    if not ctx.is_main:
+    if not ctx.is_main or not getattr(reporter, "final_eval", True):
         return None
     best_state = reporter.best_state()
     if best_state is not None:
         method.load_state_dict({"model": best_state["method_state"]["model"]})
     results = {"method": method.name, "best_epoch": best_epoch, "epochs": cfg.epochs,
                "val": method.evaluate(data["val"], stride=eval_stride, detailed=True),
-               "test": method.evaluate(data["test"], stride=eval_stride, detailed=True),
+               "test": method.evaluate(data["test"], stride=eval_stride, detailed=True) if "test" in data else None,
                "split_names": {"val": cfg.data.val_split, "test": cfg.data.test_split},
                "eval_stride": eval_stride, "history": history}
     reporter.finish(results)

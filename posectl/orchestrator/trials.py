@@ -1,0 +1,159 @@
+"""Reading a search's results from disk (no Ray needed): trials, histories, best trial, export."""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from posectl.errors import PosectlError
+from posectl.orchestrator.experiment import Experiment, atomic_write_bytes, load_checkpoint
+from posectl.orchestrator.tune import SEARCH_FILE, default_storage
+
+
+@dataclass
+class Trial:
+    id: str
+    path: Path
+    params: dict
+    history: list[dict]
+    status: str
+    metric: str
+    mode: str
+    max_epochs: int
+    error: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def best(self) -> float:
+        vals = [r[self.metric] for r in self.history if self.metric in r]
+        if not vals:
+            return math.nan
+        return min(vals) if self.mode == "min" else max(vals)
+
+    @property
+    def state(self) -> str:
+        if self.status == "TERMINATED":
+            return "completed" if self.epochs >= self.max_epochs else "stopped early"
+        return {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(
+            self.status, self.status.lower())
+
+    def checkpoint_dir(self) -> Path | None:
+        cks = sorted(self.path.glob("checkpoint_*"))
+        return cks[-1] if cks else None
+
+
+@dataclass
+class Search:
+    path: Path
+    method: str
+    metric: str
+    mode: str
+    trials: list[Trial] = field(default_factory=list)
+
+    def sorted(self) -> list[Trial]:
+        sign = 1 if self.mode == "min" else -1
+        return sorted(self.trials, key=lambda t: (math.isnan(t.best), sign * t.best if not math.isnan(t.best) else 0))
+
+    def trial(self, trial_id: str) -> Trial:
+        for t in self.trials:
+            if t.id == trial_id or t.path.name == trial_id or t.id.startswith(trial_id):
+                return t
+        raise PosectlError(f"no trial '{trial_id}' in {self.path} (trials: {', '.join(t.id for t in self.trials)})")
+
+    def best(self) -> Trial:
+        ranked = [t for t in self.sorted() if not math.isnan(t.best)]
+        if not ranked:
+            raise PosectlError(f"{self.path}: no trial has reported {self.metric} yet")
+        return ranked[0]
+
+
+def search_path(name: str | Path, storage_path: str | Path | None = None) -> Path:
+    p = Path(name)
+    if (p / SEARCH_FILE).is_file():
+        return p
+    base = Path(storage_path) if storage_path else default_storage()
+    if (base / str(name) / SEARCH_FILE).is_file():
+        return base / str(name)
+    raise PosectlError(f"no search '{name}' in {base} (pass --storage-path or a search directory)")
+
+
+def load_search(name: str | Path, storage_path: str | Path | None = None) -> Search:
+    path = search_path(name, storage_path)
+    meta = yaml.safe_load((path / SEARCH_FILE).read_text())
+    space = yaml.safe_load((path / "space.yaml").read_text())
+    max_epochs = int(meta["base_config"]["epochs"])
+    statuses: dict[str, tuple[str, str | None]] = {}
+    states = sorted(glob.glob(str(path / "experiment_state-*.json")))
+    if states:
+        for entry in json.loads(Path(states[-1]).read_text()).get("trial_data", []):
+            try:
+                t = json.loads(entry[0])
+                statuses[t["trial_id"]] = (t.get("status", "UNKNOWN"), t.get("error_filename"))
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue
+    s = Search(path, meta["method"], space["metric"], space["mode"])
+    for d in sorted(path.glob("trial_*")):
+        tid = d.name[len("trial_"):]
+        params = json.loads((d / "params.json").read_text()) if (d / "params.json").exists() else {}
+        hist = []
+        if (d / "result.json").exists():
+            for line in (d / "result.json").read_text().splitlines():
+                try:
+                    hist.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        status, _ = statuses.get(tid, ("UNKNOWN", None))
+        err = None
+        for f in ("error.txt",):
+            if (d / f).exists():
+                err = (d / f).read_text().strip().splitlines()[-1][:200]
+                status = "ERROR" if status == "UNKNOWN" else status
+        s.trials.append(Trial(tid, d, params, hist, status, s.metric, s.mode, max_epochs, err))
+    return s
+
+
+def export_best(search: Search, out: str | Path) -> tuple[Trial, Path]:
+    """Copy the best trial's best-validation weights and config to `out` (for `posectl eval`)."""
+    t = search.best()
+    ck = t.checkpoint_dir()
+    if ck is None or not (ck / "best.pt").exists():
+        raise PosectlError(f"trial {t.id} has no checkpoint to export")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise PosectlError(f"export directory {out} is not empty")
+    state = load_checkpoint(ck / "best.pt", search.method)
+    exp = Experiment(out)
+    exp.create(search.method, state["config"])
+    shutil.copyfile(ck / "best.pt", exp.checkpoints / "best.pt")
+    atomic_write_bytes(out / "trial.yaml", yaml.safe_dump({
+        "search": str(search.path), "trial": t.id, "params": t.params, "metric": search.metric,
+        "best": t.best, "best_epoch": state.get("best_epoch"), "epochs_run": t.epochs}, sort_keys=False).encode())
+    return t, exp.checkpoints / "best.pt"
+
+
+def plot_curve(trial: Trial, out: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r.get("epoch", i + 1) for i, r in enumerate(trial.history)]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if any("train_loss_mm" in r for r in trial.history):
+        ax.plot(ep, [r.get("train_loss_mm", math.nan) for r in trial.history], "o-", label="train loss (mm)")
+    ax.plot(ep, [r.get(trial.metric, math.nan) for r in trial.history], "s-", label=trial.metric)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mm")
+    ax.set_title(f"trial {trial.id} ({trial.state})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
