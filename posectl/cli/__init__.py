@@ -380,12 +380,20 @@ def _print_info(path, verify: bool = True) -> None:
         console.print("info: " + ", ".join(f"{k}={v}" for k, v in info.items()))
 
 
+def _interrupted() -> None:
+    print("interrupted: the local Ray that posectl started was shut down; continue a run with "
+          "--resume --name NAME", file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors with exit code 2; tracebacks only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         code = app(args=argv, prog_name="posectl", standalone_mode=False)
+        if code == 130:  # typer reports Ctrl-C as exit code 130
+            _interrupted()
         if isinstance(code, int) and code:
             sys.exit(code)
     except PosectlError as e:
@@ -394,12 +402,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; Ray was shut down. Continue with --resume --name <run>.", err=True)
-        sys.exit(130)
+        _interrupted()
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
-        if type(e).__name__ == "Abort":
-            typer.echo("aborted", err=True)
-            sys.exit(130)
+        if type(e).__name__ == "Abort":  # click turns Ctrl-C into Abort
+            _interrupted()
         if hasattr(e, "show") and hasattr(e, "exit_code"):  # click/typer usage errors
             e.show()
             sys.exit(2)

@@ -68,7 +68,8 @@ class Space:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["parameters"] = {p["name"]: {k: v for k, v in p.items() if k != "name" and v not in (None, {}, False)}
+        d["parameters"] = {p["name"]: {k: v for k, v in p.items()
+                                       if k != "name" and v is not None and v != {} and not (k == "log" and v is False)}
                            for p in d.pop("parameters")}
         d.pop("source")
         return d

@@ -1,0 +1,116 @@
+"""Multi-worker (or GPU) trials: each Tune trial runs a Ray Train TorchTrainer.
+
+Ray 2.60's Train V2 pattern is a Tune function that builds a TorchTrainer and forwards its reports
+with `TuneReportCallback`. Tune does not see the Train workers' resources, so posectl accounts for
+them itself: the trial function asks for a sliver of CPU (0 is refused by Ray), concurrency is
+capped so that every running trial's worker group fits on the cluster at once, and the data reach
+the workers as object-store references (no Ray Data read tasks that could wait for a CPU that
+the worker groups hold).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from posectl.config import build
+from posectl.core.skeleton import get_layout
+from posectl.datasets.lifting import LiftingData
+from posectl.methods.base import Context, get_method
+from posectl.orchestrator.experiment import load_checkpoint, save_checkpoint
+from posectl.orchestrator.loop import run_epochs
+
+DRIVER_CPU = 0.01
+
+
+class _WorkerReporter:
+    """Inside a Train worker of a trial: rank 0 reports with a checkpoint, the others without."""
+    final_eval = False
+
+    def __init__(self, rank: int, best: dict | None):
+        self.rank, self.best = rank, best
+
+    def epoch(self, row, state_fn, improved):
+        import tempfile
+
+        import ray.train
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        state = state_fn()
+        if improved or self.best is None:
+            self.best = {**state, "method_state": {"model": state["method_state"]["model"]}}
+        metrics["best_val_mpjpe"] = state["best_val_mpjpe"]
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(Path(d) / "state.pt", state)
+            save_checkpoint(Path(d) / "best.pt", self.best)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    def best_state(self):
+        return self.best
+
+    def finish(self, results):
+        pass
+
+
+def _worker(cfg: dict) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    tctx = ray.train.get_context()
+    rank, world = tctx.get_world_rank(), tctx.get_world_size()
+    torch.set_num_threads(max(1, cfg["threads"]))
+    cls = get_method(cfg["method"])
+    mcfg = build(cls.Config, *cfg["layers"], cfg["params"])
+    layout = get_layout(cfg["layout"])
+    train = ray.get(cfg["train"])
+    # this worker's share of the training rows (contiguous blocks keep sequences together)
+    idx = torch.arange(len(train)).tensor_split(world)[rank].numpy()
+    data = {"train": LiftingData(train.take(idx), layout), "val": LiftingData(ray.get(cfg["val"]), layout)}
+    ctx = Context(rank=rank, world_size=world, device=ray.train.torch.get_device(),
+                  prepare_model=ray.train.torch.prepare_model)
+    method = cls(mcfg, data["train"], ctx)
+    state = best = None
+    ckpt = ray.train.get_checkpoint() or cfg.get("resume_checkpoint")
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(Path(d) / "state.pt", cls.name)
+            best = load_checkpoint(Path(d) / "best.pt", cls.name)
+    run_epochs(method, mcfg, data, ctx, state, _WorkerReporter(rank, best))
+
+
+def _trial_driver(config: dict, method: str, layers: list, layout: str, resources, train_ref, val_ref,
+                  storage: str) -> None:
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    loop_cfg = {"method": method, "layers": layers, "params": config, "layout": layout,
+                "threads": max(1, int(resources.cpus)), "train": train_ref[0], "val": val_ref[0],
+                "resume_checkpoint": tune.get_checkpoint()}
+    per_worker = {"CPU": resources.cpus, **({"GPU": resources.gpus} if resources.gpus else {})}
+    trainer = TorchTrainer(
+        _worker, train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=resources.workers, use_gpu=resources.gpus > 0,
+                                     resources_per_worker=per_worker),
+        run_config=RunConfig(name=f"train-{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def multiworker_trainable(plan, cls, layers, dataset, base):
+    import ray
+    from ray import tune
+    train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None)
+    if base.data.max_train_samples:
+        import numpy as np
+        pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
+        train = train.take(np.sort(pick))
+    val = dataset.load(base.data.val_split, base.data.keypoints)
+    fn = tune.with_parameters(_trial_driver, method=cls.name, layers=layers, layout=dataset.layout.name,
+                              resources=plan.resources, train_ref=[ray.put(train)], val_ref=[ray.put(val)],
+                              storage=str(plan.path / "_train"))
+    return tune.with_resources(fn, {"cpu": DRIVER_CPU})
