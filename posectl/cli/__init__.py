@@ -101,6 +101,7 @@ def tune(
     address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to use."),
     resume: bool = typer.Option(False, "--resume", help="Continue the search --name: finished trials are kept."),
     smoke_test: bool = typer.Option(False, "--smoke-test", help="A tiny real search (2 trials, 2 epochs, 1k samples)."),
+    submit: bool = typer.Option(False, "--submit", help="Send the search to the cluster as a Ray Job (visible in the dashboard's Jobs view)."),
 ):
     """Search hyper-parameters: Ray Tune drives Optuna (TPE), ASHA stops weak trials early.
     Selection uses the validation split only."""
@@ -110,6 +111,20 @@ def tune(
 
     def show_plan(plan):
         console.print("\n".join(plan.lines()))
+
+    if submit:
+        from posectl.orchestrator import head
+        from posectl.orchestrator.tune import default_storage
+        argv = [a for a in sys.argv[1:] if a != "--submit"]
+        if "--storage-path" not in argv:
+            argv += ["--storage-path", str(Path(storage_path).absolute() if storage_path else default_storage())]
+        if "--name" not in argv:
+            from datetime import datetime
+            argv += ["--name", f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
+        sid = head.submit(argv, name or method, dashboard=address if address and address.startswith("http") else None)
+        console.print(f"submitted Ray Job {sid}; follow it in the dashboard (Jobs) or with "
+                      f"`RAY_AUTH_MODE=token ray job logs -f {sid}`")
+        return
 
     plan, grid = tune_search(method, space=space, samples=samples, concurrent=concurrent,
                              gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, name=name,
@@ -224,6 +239,58 @@ def spaces_validate(file: Path = typer.Argument(..., help="A search-space YAML f
     from posectl.orchestrator.spaces import load_space
     sp = load_space(file)
     console.print(f"ok: {file} — method {sp.method}, {len(sp.parameters)} parameters, metric {sp.metric} ({sp.mode})")
+
+
+cluster_app = typer.Typer(help="Start, inspect and stop a local Ray head with the dashboard.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("up")
+def cluster_up(
+    port: int = typer.Option(6379, "--port", help="Ray (GCS) port."),
+    dashboard_port: int = typer.Option(8265, "--dashboard-port", help="Dashboard / job API port."),
+    dashboard_host: str = typer.Option("127.0.0.1", "--dashboard-host",
+                                       help="Bind address of the dashboard and job API. Anything but loopback lets "
+                                            "whoever reaches the port run code here (a warning is printed)."),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus"),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus"),
+):
+    """Start a local Ray head (dashboard on 127.0.0.1, token authentication on)."""
+    from posectl.cli.render import console, err_console
+    from posectl.orchestrator import head
+    st = head.up(port, dashboard_port, dashboard_host, num_cpus, num_gpus,
+                 warn=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+    console.print(f"Ray head running (pid {st['pid']}): address {st['address']}, dashboard {st['dashboard']}")
+    console.print(f"token authentication is on; the token is in {head.token_path()}.\n"
+                  f"  browser: open {st['dashboard']} and paste the token when asked\n"
+                  f"  CLI/API: export RAY_AUTH_MODE=token   (Ray reads the token file)\n"
+                  f"  curl:    curl -H \"Authorization: Bearer $(cat {head.token_path()})\" {st['dashboard']}/api/version\n"
+                  f"use it:   posectl tune baseline --address {st['address']} [--submit]\n"
+                  f"stop it:  posectl cluster down")
+
+
+@cluster_app.command("status")
+def cluster_status():
+    """Nodes, CPUs, GPUs and jobs of the cluster posectl started."""
+    from posectl.cli.render import console
+    from posectl.orchestrator import head
+    st = head.status()
+    console.print(f"address {st['address']}  dashboard {st['dashboard']} (bound to {st['dashboard_host']})  pid {st['pid']}")
+    console.print(f"dashboard answers {st['auth_without_token']} without the token, {st['auth_with_token']} with it")
+    if "error" in st:
+        console.print(f"[red]could not query the cluster:[/] {st['error']}")
+    else:
+        console.print(f"{st['nodes']} node(s), {st['cpus']:g} CPUs, {st['gpus']:g} GPUs")
+        for sid, status in st.get("jobs", []):
+            console.print(f"  job {sid}: {status}")
+
+
+@cluster_app.command("down")
+def cluster_down():
+    """Stop the cluster posectl started (only its own processes; never `ray stop`)."""
+    from posectl.cli.render import console
+    from posectl.orchestrator import head
+    console.print("stopped" if head.down() else "no posectl cluster was running")
 
 
 @app.command("eval")

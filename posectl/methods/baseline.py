@@ -46,16 +46,19 @@ class Baseline(LiftingMethod):
         per_worker = max(1, cfg.batch_size // self.ctx.world_size)
         batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
         total, n = torch.zeros(()), 0
+        rf = cfg.backbone.receptive_field
+        frame_input = rf == 1 and cfg.backbone.name == "simple"   # the MLP takes (B, J, 2): no window copy
         for step, idx in enumerate(batches):
-            x = data.windows(idx, cfg.backbone.receptive_field)
+            x = data.inputs[idx] if frame_input else data.windows(idx, rf)
             y = data.targets[idx]
             if cfg.train_flip:
                 flip = torch.rand(len(idx), generator=self.gen) < 0.5
-                x = torch.where(flip[:, None, None, None], flip_poses(x, data.layout), x)
+                mask = flip.view(-1, *([1] * (x.dim() - 1)))
+                x = torch.where(mask, flip_poses(x, data.layout), x)
                 y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)
-            x, y = x.to(device), y.to(device)
-            pred = self.model(x)[:, 0]
-            loss = mpjpe_loss(pred, y)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            pred = self.model(x)
+            loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -1,0 +1,214 @@
+"""`posectl cluster up/status/down`: a local Ray head that posectl starts, and stops by itself.
+
+Safe by default: the dashboard and job API bind to 127.0.0.1 (anyone who reaches them can run
+code), Ray's token authentication stays on, and `down` stops only the processes of the cluster
+posectl started (never `ray stop`, which kills every Ray process on the machine by name).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from posectl.errors import PosectlError, ResourceError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def state_file() -> Path:
+    return Path(os.environ.get("POSECTL_HOME", Path.home() / ".posectl")) / "cluster.json"
+
+
+def token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+
+
+def read_state() -> dict | None:
+    p = state_file()
+    if not p.is_file():
+        return None
+    st = json.loads(p.read_text())
+    return st if _alive(st["pid"]) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _ray_bin() -> str:
+    cand = Path(sys.executable).with_name("ray")
+    return str(cand) if cand.exists() else (shutil.which("ray") or "ray")
+
+
+def _http_status(url: str, token: str | None = None) -> int:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.0.0.1",
+       num_cpus: int | None = None, num_gpus: int | None = None, warn=print, timeout_s: float = 90) -> dict:
+    if read_state():
+        raise PosectlError(f"a posectl cluster is already running (see {state_file()}); `posectl cluster down` first")
+    if dashboard_host not in LOOPBACK:
+        warn(f"the dashboard and job API will listen on {dashboard_host}:{dashboard_port}: anyone who can "
+             "reach that port can run code on this machine (token authentication is on; keep the token secret)")
+    log = state_file().parent / "cluster.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [_ray_bin(), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+           "--include-dashboard=true", f"--dashboard-host={dashboard_host}", f"--dashboard-port={dashboard_port}",
+           "--disable-usage-stats"]
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "PATH":
+           f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with open(log, "ab") as lf:
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PosectlError(f"ray start exited with code {proc.returncode}; see {log}")
+        if _http_status(f"{url}/api/version") in (200, 401):
+            break
+        time.sleep(0.5)
+    else:
+        _kill_group(proc.pid)
+        raise PosectlError(f"the Ray head did not come up within {timeout_s:.0f} s; see {log}")
+    st = {"pid": proc.pid, "address": f"127.0.0.1:{port}", "dashboard": url, "dashboard_host": dashboard_host,
+          "log": str(log), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "session_dir": _session_dir(proc.pid)}
+    state_file().write_text(json.dumps(st, indent=2))
+    return st
+
+
+def _session_dir(pid: int) -> str | None:
+    """The /tmp/ray/session_* directory of the raylet started under `pid` (to find its processes)."""
+    for _ in range(20):
+        for child in _descendants(pid):
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="ignore")
+            except OSError:
+                continue
+            for part in cmdline.split("\0"):
+                if "/session_" in part:
+                    i = part.index("/session_")
+                    j = part.find("/", i + 1)
+                    return part[: j if j > 0 else None].split("=")[-1]
+        time.sleep(0.2)
+    return None
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            kids = []
+        for k in map(int, kids):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def _kill_group(pid: int, sig=signal.SIGTERM) -> None:
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        pass
+
+
+def down(timeout_s: float = 30) -> bool:
+    """Stop the cluster posectl started: its process group, then any process of its Ray session."""
+    p = state_file()
+    if not p.is_file():
+        return False
+    st = json.loads(p.read_text())
+    pid, session = st["pid"], st.get("session_dir")
+    procs = set(_descendants(pid)) | {pid}
+    if session:
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    if session in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                        procs.add(int(d.name))
+                except OSError:
+                    continue
+    _kill_group(pid, signal.SIGTERM)
+    for q in procs:
+        try:
+            os.kill(q, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(q) for q in procs):
+        time.sleep(0.3)
+    for q in procs:  # agents that ignore SIGTERM (see ray-notes)
+        if _alive(q):
+            try:
+                os.kill(q, signal.SIGKILL)
+            except OSError:
+                pass
+    p.unlink(missing_ok=True)
+    return True
+
+
+def status() -> dict:
+    st = read_state()
+    if st is None:
+        raise ResourceError("no posectl cluster is running (`posectl cluster up` starts one)")
+    token = token_path().read_text().strip() if token_path().exists() else None
+    out = {**st, "auth_without_token": _http_status(f"{st['dashboard']}/api/version"),
+           "auth_with_token": _http_status(f"{st['dashboard']}/api/version", token)}
+    try:
+        import ray
+        os.environ["RAY_AUTH_MODE"] = "token"
+        ray.init(address=st["address"], log_to_driver=False, logging_level="ERROR")
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        res = ray.cluster_resources()
+        out.update(nodes=len(nodes), cpus=res.get("CPU", 0), gpus=res.get("GPU", 0))
+        ray.shutdown()
+        from ray.job_submission import JobSubmissionClient
+        client = JobSubmissionClient(st["dashboard"])
+        out["jobs"] = [(j.submission_id, str(j.status)) for j in client.list_jobs()]
+    except Exception as e:  # noqa: BLE001 - status is best effort
+        out["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return out
+
+
+def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
+    """Submit `posectl <argv>` as a Ray Job (it appears in the dashboard's Jobs view with its logs)."""
+    st = read_state()
+    url = dashboard or (st["dashboard"] if st else None)
+    if not url:
+        raise ResourceError("no cluster to submit to: `posectl cluster up` or pass --address http://HOST:8265")
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from ray.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(url)
+    entry = " ".join([sys.executable, "-m", "posectl", *[_quote(a) for a in argv]])
+    sid = f"posectl-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name})
+
+
+def _quote(a: str) -> str:
+    import shlex
+    return shlex.quote(a)
