@@ -144,30 +144,28 @@ def down(timeout_s: float = 30) -> bool:
         return False
     st = json.loads(p.read_text())
     pid, session = st["pid"], st.get("session_dir")
-    procs = set(_descendants(pid)) | {pid}
-    if session:
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    if session in (d / "cmdline").read_bytes().decode(errors="ignore"):
-                        procs.add(int(d.name))
-                except OSError:
-                    continue
+
+    def ours() -> set[int]:
+        procs = set(_descendants(pid)) | ({pid} if _alive(pid) else set())
+        if session:
+            for d in Path("/proc").iterdir():
+                if d.name.isdigit():
+                    try:
+                        if session in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                            procs.add(int(d.name))
+                    except OSError:
+                        continue
+        return procs
+
     _kill_group(pid, signal.SIGTERM)
-    for q in procs:
-        try:
-            os.kill(q, signal.SIGTERM)
-        except OSError:
-            pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(q) for q in procs):
-        time.sleep(0.3)
-    for q in procs:  # agents that ignore SIGTERM (see ray-notes)
-        if _alive(q):
+    while (procs := ours()) and time.monotonic() < deadline:
+        for q in procs:
             try:
-                os.kill(q, signal.SIGKILL)
+                os.kill(q, signal.SIGTERM if time.monotonic() < deadline - timeout_s / 2 else signal.SIGKILL)
             except OSError:
                 pass
+        time.sleep(0.5)
     p.unlink(missing_ok=True)
     return True
 
@@ -180,8 +178,8 @@ def status() -> dict:
     out = {**st, "auth_without_token": _http_status(f"{st['dashboard']}/api/version"),
            "auth_with_token": _http_status(f"{st['dashboard']}/api/version", token)}
     try:
+        os.environ["RAY_AUTH_MODE"] = "token"   # before Ray is imported: it reads the mode at import
         import ray
-        os.environ["RAY_AUTH_MODE"] = "token"
         ray.init(address=st["address"], log_to_driver=False, logging_level="ERROR")
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         res = ray.cluster_resources()
@@ -189,7 +187,7 @@ def status() -> dict:
         ray.shutdown()
         from ray.job_submission import JobSubmissionClient
         client = JobSubmissionClient(st["dashboard"])
-        out["jobs"] = [(j.submission_id, str(j.status)) for j in client.list_jobs()]
+        out["jobs"] = [(j.submission_id, str(j.status)) for j in client.list_jobs() if j.submission_id]
     except Exception as e:  # noqa: BLE001 - status is best effort
         out["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
     return out
@@ -201,7 +199,10 @@ def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
     url = dashboard or (st["dashboard"] if st else None)
     if not url:
         raise ResourceError("no cluster to submit to: `posectl cluster up` or pass --address http://HOST:8265")
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if st and url == st["dashboard"]:
+        os.environ["RAY_AUTH_MODE"] = "token"   # clusters posectl starts always use token auth
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     from ray.job_submission import JobSubmissionClient
     client = JobSubmissionClient(url)
     entry = " ".join([sys.executable, "-m", "posectl", *[_quote(a) for a in argv]])

@@ -81,6 +81,7 @@ class _TuneReporter:
             self.best = {**state, "method_state": {"model": state["method_state"]["model"]}}
         metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         metrics["best_val_mpjpe"] = state["best_val_mpjpe"]
+        metrics["node_id"] = _node_id()
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / "state.pt", state)
             save_checkpoint(Path(d) / "best.pt", self.best)
@@ -93,6 +94,11 @@ class _TuneReporter:
 
     def finish(self, results):
         pass
+
+
+def _node_id() -> str:
+    import ray
+    return ray.get_runtime_context().get_node_id()
 
 
 def _trial(config: dict, method: str, layers: list[dict], layout: str, threads: int,
