@@ -92,9 +92,12 @@ def test_search_end_to_end_then_export_and_eval(ray_session, small_dataset, tmp_
     from posectl.orchestrator.trials import load_search
     from posectl.orchestrator.tune import tune_search
 
-    plan, grid = tune_search("baseline", space=_space(tmp_path), storage_path=tmp_path / "tune", name="s1",
-                             overrides={"data.path": str(small_dataset)}, verbose=0)
+    db = f"sqlite:///{tmp_path / 'optuna.db'}"
+    plan, grid = tune_search("baseline", space=_space(tmp_path, storage=db), storage_path=tmp_path / "tune",
+                             name="s1", overrides={"data.path": str(small_dataset)}, verbose=0)
     assert len(grid) == 4 and grid.num_errors == 0
+    study = optuna.load_study(study_name="s1", storage=db)   # what optuna-dashboard shows
+    assert len(study.trials) == 4
     s = load_search("s1", tmp_path / "tune")
     assert len(s.trials) == 4 and len({t.id for t in s.trials}) == 4
     assert all(t.epochs >= 1 for t in s.trials) and all(t.state in ("completed", "stopped early") for t in s.trials)

@@ -101,7 +101,7 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _trial(config: dict, method: str, layers: list[dict], layout: str, threads: int,
+def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, threads: int,
            train=None, val=None, fault_hook=None) -> None:
     """A single-worker trial: the method's epoch loop, in this Tune trial's process."""
     from ray import tune
@@ -218,7 +218,7 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
         from posectl.orchestrator.tune_train import multiworker_trainable
         trainable = multiworker_trainable(plan, cls, layers, dataset, base)
     else:
-        trainable = tune.with_parameters(_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
+        trainable = tune.with_parameters(posectl_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
                                          threads=threads, train=train, val=val, fault_hook=fault_hook)
         trainable = tune.with_resources(trainable, {"cpu": plan.resources.cpus})
     run_config = tune.RunConfig(

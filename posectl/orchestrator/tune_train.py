@@ -80,7 +80,7 @@ def _worker(cfg: dict) -> None:
     run_epochs(method, mcfg, data, ctx, state, _WorkerReporter(rank, best))
 
 
-def _trial_driver(config: dict, method: str, layers: list, layout: str, resources, train_ref, val_ref,
+def posectl_train_trial(config: dict, method: str, layers: list, layout: str, resources, train_ref, val_ref,
                   storage: str) -> None:
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
@@ -110,7 +110,7 @@ def multiworker_trainable(plan, cls, layers, dataset, base):
         pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
         train = train.take(np.sort(pick))
     val = dataset.load(base.data.val_split, base.data.keypoints)
-    fn = tune.with_parameters(_trial_driver, method=cls.name, layers=layers, layout=dataset.layout.name,
+    fn = tune.with_parameters(posectl_train_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
                               resources=plan.resources, train_ref=[ray.put(train)], val_ref=[ray.put(val)],
                               storage=str(plan.path / "_train"))
     return tune.with_resources(fn, {"cpu": DRIVER_CPU})
