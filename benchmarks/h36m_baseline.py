@@ -39,7 +39,6 @@ def main() -> None:
     from posectl.core import metrics
     from posectl.datasets.h36m import MISALIGNED, prepare_h36m
     from posectl.datasets.synthetic import cache_dir
-    from posectl.orchestrator.evaluate import evaluate_checkpoint  # noqa: F401 (same path as the CLI)
     from posectl.orchestrator.train import train
 
     t0 = time.perf_counter()
@@ -58,7 +57,6 @@ def main() -> None:
     test = out.results["test"]
 
     # re-evaluate at sequence level to flag the misaligned S9 sequences
-    import torch  # noqa: F401
     from posectl.config import build
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset

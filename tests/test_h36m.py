@@ -1,6 +1,5 @@
 """Human3.6M importer and the restricted npz loader: on constructed bad files and on the real data."""
 import json
-import pickle
 
 import numpy as np
 import pytest

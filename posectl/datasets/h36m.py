@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
-from posectl.core.skeleton import H36M17, conversion_indices
+from posectl.core.skeleton import conversion_indices
 from posectl.datasets.safe_npz import load_npz
 from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
 from posectl.errors import DataError

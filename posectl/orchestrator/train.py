@@ -206,7 +206,6 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
 
 
 def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have) -> TrainResult:
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import yaml
@@ -66,26 +66,32 @@ class Plan:
         ]
 
 
-class _TuneReporter:
-    """Reports every epoch to Tune with a checkpoint holding the full state and the best weights."""
-    final_eval = False
+class SearchReporter:
+    """Reports every epoch of a trial with a checkpoint holding the full state and the best weights.
 
-    def __init__(self, best: dict | None = None, fault_hook: Callable | None = None):
-        self.best = best
-        self.fault_hook = fault_hook
+    `report` is `ray.tune.report` (single-worker trials) or `ray.train.report` (inside the Train
+    workers of a multi-worker trial, forwarded to Tune); only rank 0 attaches a checkpoint.
+    """
+    final_eval = False  # a search never evaluates on the test split
+
+    def __init__(self, report: Callable, rank: int = 0, best: dict | None = None, fault_hook: Callable | None = None):
+        self.report, self.rank, self.best, self.fault_hook = report, rank, best, fault_hook
 
     def epoch(self, row, state_fn, improved):
-        from ray import tune
+        from ray.train import Checkpoint
+        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        if self.rank != 0:
+            self.report(metrics)
+            return
         state = state_fn()
         if improved or self.best is None:
             self.best = {**state, "method_state": {"model": state["method_state"]["model"]}}
-        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
         metrics["best_val_mpjpe"] = state["best_val_mpjpe"]
         metrics["node_id"] = _node_id()
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / "state.pt", state)
             save_checkpoint(Path(d) / "best.pt", self.best)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            self.report(metrics, checkpoint=Checkpoint.from_directory(d))
         if self.fault_hook:
             self.fault_hook(row["epoch"])
 
@@ -94,6 +100,24 @@ class _TuneReporter:
 
     def finish(self, results):
         pass
+
+
+def restore_trial_state(ckpt, method: str) -> tuple[dict | None, dict | None]:
+    """(full state, best weights) from a trial checkpoint, or (None, None)."""
+    if ckpt is None:
+        return None, None
+    with ckpt.as_directory() as d:
+        return load_checkpoint(Path(d) / "state.pt", method), load_checkpoint(Path(d) / "best.pt", method)
+
+
+def load_search_data(dataset, base):
+    """Training and validation arrays of a search (the test split is never loaded)."""
+    import numpy as np
+    train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None)
+    if base.data.max_train_samples:
+        pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
+        train = train.take(np.sort(pick))
+    return train, dataset.load(base.data.val_split, base.data.keypoints)
 
 
 def _node_id() -> str:
@@ -111,13 +135,8 @@ def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, th
     lay = get_layout(layout)
     data = {"train": LiftingData(train, lay), "val": LiftingData(val, lay)}
     m = cls(cfg, data["train"], Context())
-    state, best = None, None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_checkpoint(Path(d) / "state.pt", method)
-            best = load_checkpoint(Path(d) / "best.pt", method)
-    run_epochs(m, cfg, data, Context(), state, _TuneReporter(best, fault_hook))
+    state, best = restore_trial_state(tune.get_checkpoint(), method)
+    run_epochs(m, cfg, data, Context(), state, SearchReporter(tune.report, 0, best, fault_hook))
 
 
 def _resolve_space(method: str, space: str | Path | None) -> Space:
@@ -206,17 +225,11 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sp = plan.space
-    subjects = base.data.train_subjects or None
-    train = dataset.load(base.data.train_split, base.data.keypoints, subjects)
-    if base.data.max_train_samples:
-        import numpy as np
-        pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
-        train = train.take(np.sort(pick))
-    val = dataset.load(base.data.val_split, base.data.keypoints)
+    train, val = load_search_data(dataset, base)
     threads = max(1, int(plan.resources.cpus))
     if plan.resources.workers > 1 or plan.resources.gpus:
         from posectl.orchestrator.tune_train import multiworker_trainable
-        trainable = multiworker_trainable(plan, cls, layers, dataset, base)
+        trainable = multiworker_trainable(plan, cls, layers, dataset.layout.name, train, val)
     else:
         trainable = tune.with_parameters(posectl_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
                                          threads=threads, train=train, val=val, fault_hook=fault_hook)

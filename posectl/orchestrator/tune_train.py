@@ -9,7 +9,6 @@ the worker groups hold).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
@@ -17,41 +16,10 @@ from posectl.config import build
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.methods.base import Context, get_method
-from posectl.orchestrator.experiment import load_checkpoint, save_checkpoint
 from posectl.orchestrator.loop import run_epochs
+from posectl.orchestrator.tune import SearchReporter, restore_trial_state
 
 DRIVER_CPU = 0.01
-
-
-class _WorkerReporter:
-    """Inside a Train worker of a trial: rank 0 reports with a checkpoint, the others without."""
-    final_eval = False
-
-    def __init__(self, rank: int, best: dict | None):
-        self.rank, self.best = rank, best
-
-    def epoch(self, row, state_fn, improved):
-        import tempfile
-
-        import ray.train
-        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-        if self.rank != 0:
-            ray.train.report(metrics)
-            return
-        state = state_fn()
-        if improved or self.best is None:
-            self.best = {**state, "method_state": {"model": state["method_state"]["model"]}}
-        metrics["best_val_mpjpe"] = state["best_val_mpjpe"]
-        with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(Path(d) / "state.pt", state)
-            save_checkpoint(Path(d) / "best.pt", self.best)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        pass
 
 
 def _worker(cfg: dict) -> None:
@@ -71,13 +39,8 @@ def _worker(cfg: dict) -> None:
     ctx = Context(rank=rank, world_size=world, device=ray.train.torch.get_device(),
                   prepare_model=ray.train.torch.prepare_model)
     method = cls(mcfg, data["train"], ctx)
-    state = best = None
-    ckpt = ray.train.get_checkpoint() or cfg.get("resume_checkpoint")
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_checkpoint(Path(d) / "state.pt", cls.name)
-            best = load_checkpoint(Path(d) / "best.pt", cls.name)
-    run_epochs(method, mcfg, data, ctx, state, _WorkerReporter(rank, best))
+    state, best = restore_trial_state(ray.train.get_checkpoint() or cfg.get("resume_checkpoint"), cls.name)
+    run_epochs(method, mcfg, data, ctx, state, SearchReporter(ray.train.report, rank, best))
 
 
 def posectl_train_trial(config: dict, method: str, layers: list, layout: str, resources, train_ref, val_ref,
@@ -101,16 +64,10 @@ def posectl_train_trial(config: dict, method: str, layers: list, layout: str, re
     trainer.fit()
 
 
-def multiworker_trainable(plan, cls, layers, dataset, base):
+def multiworker_trainable(plan, cls, layers, layout: str, train, val):
     import ray
     from ray import tune
-    train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None)
-    if base.data.max_train_samples:
-        import numpy as np
-        pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
-        train = train.take(np.sort(pick))
-    val = dataset.load(base.data.val_split, base.data.keypoints)
-    fn = tune.with_parameters(posectl_train_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
+    fn = tune.with_parameters(posectl_train_trial, method=cls.name, layers=layers, layout=layout,
                               resources=plan.resources, train_ref=[ray.put(train)], val_ref=[ray.put(val)],
                               storage=str(plan.path / "_train"))
     return tune.with_resources(fn, {"cpu": DRIVER_CPU})
