@@ -293,3 +293,28 @@ def test_bad_input(case, tmp_path, capsys, monkeypatch):
 
 def test_matrix_is_large_enough():
     assert len(CASES) >= 25
+
+
+def test_unwritable_runs_dir_is_one_line(tmp_path, capsys, small_dataset):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as e:
+        main(["data", "synth", "--out", str(blocker / "sub" / "ds"), "--subjects", "3", "--frames", "2"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "cannot access" in err, err
+
+
+def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    """Disk full while writing a checkpoint: the error propagates, the previous file is untouched."""
+    from posectl.orchestrator import experiment
+    good = tmp_path / "last.pt"
+    experiment.save_checkpoint(good, {"epoch": 1})
+    before = good.read_bytes()
+
+    def full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(experiment.torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        experiment.save_checkpoint(good, {"epoch": 2})
+    assert good.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

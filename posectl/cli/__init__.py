@@ -470,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
+    except OSError as e:  # read-only or full disk, missing directories: a user problem, said in one line
+        if debug:
+            raise
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        typer.echo(f"error: cannot access{where}: {e.strerror or e}", err=True)
+        sys.exit(2)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if type(e).__name__ == "Abort":  # click turns Ctrl-C into Abort
             _interrupted()

@@ -254,6 +254,11 @@ def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fau
 def _unwrap(e: BaseException) -> BaseException:
     """Turn a Ray Train failure caused by a posectl input error back into that one-line error."""
     text = str(e)
+    for marker in ("No space left on device", "Read-only file system", "Permission denied"):
+        if marker in text:
+            line = next(ln for ln in text.splitlines() if marker in ln).strip()
+            return PosectlError(f"a worker could not write its checkpoint ({line[-160:]}); "
+                                "the last good checkpoint is intact, continue with --resume")
     for cls_name in ("DataError", "ConfigError", "ResourceError", "PosectlError"):
         marker = f"{cls_name}: "
         if marker in text:
