@@ -89,3 +89,30 @@ def test_baseline_beats_mean_pose_on_held_out_subjects(ray_session, synthetic_so
     trivial = 1000 * mpjpe(mean_pose, test.targets.numpy())
     model = out.results["test"]["mpjpe"]
     assert model < 0.5 * trivial, (model, trivial)
+
+
+def test_driver_killed_with_sigkill_resumes_and_reaps_its_ray(ray_session, small_dataset, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from posectl.orchestrator import cluster
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "posectl", "train", "baseline", f"data.path={small_dataset}",
+                             "epochs=12", "backbone.width=64", "batch_size=64", "--runs-dir", str(tmp_path),
+                             "--name", "k"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "k" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    proc.kill()                       # SIGKILL: no chance to clean up
+    proc.wait()
+    done = len(metrics.read_text().splitlines())
+    assert 2 <= done < 12
+    session = json.loads((tmp_path / "k" / ".ray_session.json").read_text())["session_dir"]
+    out = train("baseline", [], runs_dir=tmp_path, name="k", resume=True)
+    assert [r["epoch"] for r in out.experiment.history()] == list(range(1, 13))   # every epoch exactly once
+    assert cluster.session_processes(session) == []    # the killed driver's Ray was stopped
+    assert np.isfinite(out.results["test"]["mpjpe"])

@@ -73,6 +73,47 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
     return True
 
 
+def local_session_dir() -> str | None:
+    """The session directory (/tmp/ray/session_*) of the Ray this process is connected to."""
+    try:
+        from ray._private import worker
+        return worker.global_worker.node.get_session_dir_path()
+    except Exception:  # noqa: BLE001 - private API; only used to clean up after crashes
+        return None
+
+
+def session_processes(session_dir: str) -> list[int]:
+    """PIDs whose command line names `session_dir` (the processes of that Ray instance)."""
+    from pathlib import Path
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if session_dir in (d / "cmdline").read_bytes().decode(errors="ignore"):
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def reap(session_dir: str, timeout_s: float = 15.0) -> int:
+    """Stop every process of one Ray session (SIGTERM, then SIGKILL); never touches other clusters."""
+    import signal
+    import time
+    found = set()
+    deadline = time.monotonic() + timeout_s
+    while (pids := session_processes(session_dir)) and time.monotonic() < deadline:
+        found |= set(pids)
+        sig = signal.SIGTERM if time.monotonic() < deadline - timeout_s / 2 else signal.SIGKILL
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    return len(found)
+
+
 def _object_store_bytes() -> int:
     """A modest object store (datasets are small); at most 2 GiB or 20 % of memory."""
     try:

@@ -144,28 +144,19 @@ def down(timeout_s: float = 30) -> bool:
         return False
     st = json.loads(p.read_text())
     pid, session = st["pid"], st.get("session_dir")
-
-    def ours() -> set[int]:
-        procs = set(_descendants(pid)) | ({pid} if _alive(pid) else set())
-        if session:
-            for d in Path("/proc").iterdir():
-                if d.name.isdigit():
-                    try:
-                        if session in (d / "cmdline").read_bytes().decode(errors="ignore"):
-                            procs.add(int(d.name))
-                    except OSError:
-                        continue
-        return procs
-
     _kill_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while (procs := ours()) and time.monotonic() < deadline:
-        for q in procs:
+    while _alive(pid) and time.monotonic() < deadline - timeout_s / 2:
+        time.sleep(0.3)
+    for q in _descendants(pid) + [pid]:
+        if _alive(q):
             try:
-                os.kill(q, signal.SIGTERM if time.monotonic() < deadline - timeout_s / 2 else signal.SIGKILL)
+                os.kill(q, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.5)
+    if session:
+        from posectl.orchestrator.cluster import reap
+        reap(session, timeout_s / 2)
     p.unlink(missing_ok=True)
     return True
 
