@@ -352,9 +352,10 @@ def cached_synthetic(domain: str = "source", seed: int = 0, **kw) -> Path:
     cfg = SynthConfig(domain=domain, seed=seed, **kw)
     path = cache_dir() / "synthetic" / cfg.key()
     if not (path / "manifest.json").is_file():
+        from posectl.errors import DataError
         try:
             write_synthetic(path, cfg)
-        except OSError:
-            if not (path / "manifest.json").is_file():  # a concurrent writer did not win either
+        except (OSError, DataError):
+            if not (path / "manifest.json").is_file():  # unless a concurrent writer got there first
                 raise
     return path
