@@ -4,7 +4,7 @@ Both searches sample the same trials (Optuna's seeded random start-up covers eve
 the only difference is ASHA stopping weak trials. Prints total epochs trained and the best
 validation MPJPE of each, and their ratios.
 
-    python benchmarks/asha_efficiency.py [--samples 8] [--epochs 8] [--concurrent 2]
+    python benchmarks/asha_efficiency.py [--samples 16] [--epochs 10] [--concurrent 2] [--reduction-factor 4]
 """
 from __future__ import annotations
 
@@ -41,12 +41,12 @@ def run(storage, name, scheduler, args):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--concurrent", type=int, default=2)
     ap.add_argument("--train-stride", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reduction-factor", type=float, default=3)
+    ap.add_argument("--reduction-factor", type=float, default=4)
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

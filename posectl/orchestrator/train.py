@@ -243,7 +243,9 @@ def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fau
 
     t0 = time.perf_counter()
     datasets = ray_datasets(dataset, cfg.data, seed=cfg.seed)
-    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0, "name": f"posectl-progress-{exp.name}"})
+    import uuid
+    queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0,
+                                                 "name": f"posectl-progress-{exp.name}-{uuid.uuid4().hex[:6]}"})
     loop_cfg = {"method": method_cls.name, "config": to_dict(cfg), "layout": dataset.layout.name,
                 "exp_dir": str(exp.root), "resume": resume, "queue": queue,
                 "threads": max(1, int(res.cpus)), "fault_hook": fault_hook}
@@ -276,6 +278,10 @@ def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fau
         if on_event:
             on_event(ev)
     th.join()
+    try:
+        queue.shutdown()
+    except Exception:  # noqa: BLE001 - already gone with its owner
+        pass
     if "error" in box:
         raise _unwrap(box["error"])
     results = exp.results() or {}
