@@ -13,15 +13,8 @@ pytestmark = pytest.mark.ray
 
 
 def _session_procs(session):
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if session in (d / "cmdline").read_bytes().decode(errors="ignore"):
-                    out.append(int(d.name))
-            except OSError:
-                pass
-    return out
+    from posectl.orchestrator.cluster import session_processes
+    return session_processes(session)
 
 
 def test_cluster_up_status_down(tmp_path, monkeypatch):
