@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--train-stride", type=int, default=5, help="use every n-th training frame")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr-decay", type=float, default=0.95, help="multiplied into the learning rate every epoch")
     ap.add_argument("--gpus", type=int, default=None)
     ap.add_argument("--runs-dir", default=None)
     args = ap.parse_args()
@@ -52,7 +54,7 @@ def main() -> None:
             prepare_h36m(data_dir, args.data_3d)
     runs = args.runs_dir or tempfile.mkdtemp(prefix="posectl-h36m-")
     cfg = {"epochs": args.epochs, "batch_size": args.batch_size, "backbone.width": args.width,
-           "data.path": str(data_dir), "data.train_stride": args.train_stride, "lr": 1e-3, "lr_decay": 0.95}
+           "data.path": str(data_dir), "data.train_stride": args.train_stride, "lr": args.lr, "lr_decay": args.lr_decay}
     out = train("baseline", [cfg], gpus=args.gpus, runs_dir=runs, name="h36m-baseline")
     test = out.results["test"]
 

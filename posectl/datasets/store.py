@@ -66,6 +66,7 @@ class PoseArrays:
     action: np.ndarray         # (N,) str
     camera: np.ndarray         # (N,) str
     frame: np.ndarray          # (N,) int
+    extrinsics: np.ndarray | None = None   # (N, 12) world->camera R (row-major) and t, when known
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -78,12 +79,15 @@ class PoseArrays:
         return np.unique(keys, return_inverse=True)[1]
 
     def take(self, idx) -> "PoseArrays":
-        return PoseArrays(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        return PoseArrays(*(None if getattr(self, f) is None else getattr(self, f)[idx]
+                            for f in self.__dataclass_fields__))
 
     @staticmethod
     def concat(parts: list["PoseArrays"]) -> "PoseArrays":
-        return PoseArrays(*(np.concatenate([getattr(p, f) for p in parts])
-                            for f in PoseArrays.__dataclass_fields__))
+        def cat(f):
+            vals = [getattr(p, f) for p in parts]
+            return None if any(v is None for v in vals) else np.concatenate(vals)
+        return PoseArrays(*(cat(f) for f in PoseArrays.__dataclass_fields__))
 
 
 def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None = None,
@@ -117,11 +121,29 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
         image_size=tensor("image_size", (2,)).astype(np.int32, copy=False),
         subject=strings("subject"), action=strings("action"), camera=strings("camera"),
         frame=np.asarray(tensor("frame", ())).astype(np.int64),
+        extrinsics=_extrinsics(batch.get("extrinsics")),
     )
     for name in ("keypoints_2d", "joints_3d", "intrinsics"):
         if not np.isfinite(getattr(out, name)).all():
             raise DataError(f"{where}: column {col if name == 'keypoints_2d' else name} has NaN/Inf values")
     return out
+
+
+def _extrinsics(v) -> np.ndarray | None:
+    """(N, 12) float32, or None when the column is absent or has a null (e.g. MPI-INF-3DHP)."""
+    if v is None:
+        return None
+    if isinstance(v, (pa.ChunkedArray, pa.Array)):
+        if v.null_count:
+            return None
+        v = _column_to_numpy(v)
+    v = np.asarray(v)
+    if v.dtype == object:
+        if any(e is None for e in v):
+            return None
+        v = np.stack(list(v))
+    v = v.reshape(-1, 12).astype(np.float32, copy=False)
+    return v if np.isfinite(v).all() else None
 
 
 def _column_to_numpy(col) -> np.ndarray:

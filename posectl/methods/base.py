@@ -88,7 +88,7 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
-_BUILTINS = {"baseline": "posectl.methods.baseline"}
+_BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug"}
 
 
 def register(cls: type) -> type:

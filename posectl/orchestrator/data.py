@@ -6,7 +6,7 @@ from pathlib import Path
 from posectl.datasets.store import PoseArrays, PoseDataset, arrays_from_batch
 from posectl.errors import DataError
 
-COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size")
+COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size", "extrinsics")
 
 
 def resolve_path(path: str, seed: int = 0) -> Path:

@@ -1,0 +1,202 @@
+"""DH-AUG: the DH forward-kinematics model, generator/critics, one GAN and lifting step, exact
+checkpoint resume, and a 2-worker Ray Train run."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from posectl.config import build
+from posectl.core.kinematics import (
+    BONE_NAMES, FREE_ANGLES, NUM_ANGLES, ZERO_ANGLES, DHSkeleton, angle_bounds, bone_lengths16,
+    kcs_features, swap_bone_lengths,
+)
+from posectl.core.skeleton import H36M17
+from posectl.datasets.lifting import LiftingData
+from posectl.datasets.store import PoseDataset
+from posectl.errors import ConfigError
+from posectl.methods.base import Context, get_method
+
+LENGTHS = torch.tensor([0.13, 0.44, 0.45, 0.13, 0.44, 0.45, 0.23, 0.26, 0.33, 0.15, 0.28, 0.25, 0.15, 0.28, 0.25])
+
+
+def _random_angles(n, gen, scale=400.0):
+    return (torch.rand(n, NUM_ANGLES, generator=gen) * 2 - 1) * scale
+
+
+def test_fk_reproduces_bone_lengths_for_any_angles():
+    fk, gen = DHSkeleton(), torch.Generator().manual_seed(0)
+    lengths = LENGTHS * (0.8 + 0.4 * torch.rand(256, 15, generator=gen))
+    poses = fk(_random_angles(256, gen), lengths, root=torch.randn(256, 3, generator=gen))
+    assert poses.shape == (256, 16, 3)
+    torch.testing.assert_close(bone_lengths16(poses), lengths, atol=1e-5, rtol=1e-5)
+
+
+def test_fk_zero_pose_is_an_upright_person_and_joints_bend_the_right_way():
+    fk = DHSkeleton()
+    p = fk(torch.zeros(1, NUM_ANGLES), LENGTHS[None], rotate=False)[0]
+    assert p[9, 2] > p[8, 2] > p[7, 2] > 0 > p[2, 2] > p[3, 2]          # head above thorax above spine; feet down
+    # the person faces +y (right hip at +x): the knee flexes backwards, the elbow forwards
+    for knee, foot in ((3, 3), (8, 6)):
+        a = torch.zeros(1, NUM_ANGLES)
+        a[0, knee] = -90.0                                               # inside the knee range (-180, 0)
+        assert fk(a, LENGTHS[None], rotate=False)[0, foot, 1] < -0.3
+    for elbow, wrist in ((26, 15), (31, 12)):
+        a = torch.zeros(1, NUM_ANGLES)
+        a[0, elbow] = 90.0                                               # inside the elbow range (0, 180)
+        assert fk(a, LENGTHS[None], rotate=False)[0, wrist, 1] > 0.2
+
+
+def test_ranged_angles_respect_every_range_and_forced_zeros():
+    fk = DHSkeleton()
+    lo, hi = angle_bounds()
+    raw = torch.cat([torch.randn(512, len(FREE_ANGLES)) * 50, torch.full((1, len(FREE_ANGLES)), 1e6),
+                     torch.full((1, len(FREE_ANGLES)), -1e6)])
+    ang = fk.ranged(raw)
+    assert ((ang >= lo - 1e-4) & (ang <= hi + 1e-4)).all()
+    assert (ang[:, list(ZERO_ANGLES)] == 0).all()
+    assert len(FREE_ANGLES) == 31
+    # every free angle reaches (close to) both ends of its range
+    assert torch.allclose(ang[-2, list(FREE_ANGLES)], hi[list(FREE_ANGLES)], atol=1e-3)
+    assert torch.allclose(ang[-1, list(FREE_ANGLES)], lo[list(FREE_ANGLES)], atol=1e-3)
+
+
+def test_fk_propagates_gradients_to_angles_lengths_and_root():
+    fk = DHSkeleton()
+    raw = torch.randn(8, len(FREE_ANGLES), requires_grad=True)
+    lengths = LENGTHS.repeat(8, 1).requires_grad_(True)
+    root = torch.zeros(8, 3, requires_grad=True)
+    poses = fk(fk.ranged(raw), lengths, root=root)
+    (poses ** 2).sum().backward()
+    for t in (raw, lengths, root):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+    # every free angle except the wrist frames (no positional effect) moves some joint
+    moving = raw.grad.abs().sum(0) > 0
+    idle = [FREE_ANGLES.index(i) for i in (27, 32)]
+    assert moving.sum() == len(FREE_ANGLES) - len(idle)
+
+
+def test_bone_swap_and_kcs_features():
+    gen = torch.Generator().manual_seed(1)
+    fk = DHSkeleton()
+    poses = fk(_random_angles(32, gen, 90), LENGTHS.repeat(32, 1))
+    new = LENGTHS * 1.1
+    swapped = swap_bone_lengths(poses, new.expand(32, 15))
+    torch.testing.assert_close(bone_lengths16(swapped), new.expand(32, 15), atol=1e-5, rtol=1e-5)
+    f = kcs_features(poses)
+    assert f.shape == (32, 30) and (f[:, :15].abs() <= 1 + 1e-5).all()
+    torch.testing.assert_close(f[:, 15:], LENGTHS.expand(32, 15), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def small_lifting(small_dataset):
+    ds = PoseDataset(small_dataset)
+    return LiftingData(ds.load("train"), H36M17), LiftingData(ds.load("val"), H36M17)
+
+
+def _method(data, **over):
+    cls = get_method("dhaug")
+    cfg = build(cls.Config, {"batch_size": 64, "backbone.width": 64, "gan.gen_width": 32,
+                             "gan.critic3d_width": 32, "gan.critic2d_width": 32, "epochs": 3, "warmup": 1,
+                             "gan.critic_steps": 2, **over})
+    return cls(cfg, data, Context())
+
+
+def test_generated_batch_is_finite_and_anatomically_valid(small_lifting):
+    train, _ = small_lifting
+    m = _method(train)
+    poses = m.sample_poses(512)
+    assert poses.shape == (512, 16, 3) and torch.isfinite(poses).all()
+    torch.testing.assert_close(poses[:, 0], torch.zeros(512, 3), atol=1e-5, rtol=0)
+    ratio = bone_lengths16(poses) / m.templates.mean(0)
+    # lengths come from real subjects (+-20 % per group; templates differ by a few %)
+    assert ratio.min() > 0.7 and ratio.max() < 1.3
+    # left and right share the group factor: symmetric bones keep the template's left/right ratio
+    i, j = BONE_NAMES.index("r_thigh"), BONE_NAMES.index("l_thigh")
+    assert torch.allclose(poses.new_tensor(1.0), (ratio[:, i] / ratio[:, j]).mean(), atol=0.05)
+    # `normal` mode samples inside the ranges and places people upright
+    m2 = _method(train, mode="normal")
+    p2 = m2.sample_poses(256)
+    assert torch.isfinite(p2).all() and (p2[:, 8, 2] > p2[:, 0, 2]).float().mean() > 0.9   # thorax above hip
+
+
+def test_one_gan_step_and_one_lifting_step_change_the_networks(small_lifting):
+    train, _ = small_lifting
+    m = _method(train)
+    before = {k: copy.deepcopy(v.state_dict()) for k, v in m.nets.items()}
+    world, real2d, lengths = m._swap_and_project()
+    idx = torch.arange(64)
+    cams = torch.randint(len(m.R), (64,))
+    with torch.no_grad():
+        fake_world, fake_rc = m._generate(lengths[idx], grad=False)
+        _, kp, valid = m._view(fake_world, cams)
+    w3 = m._critic_step("D3", world[idx], fake_rc[:, 0])
+    w2 = m._critic_step("D2", real2d[idx], kp[:, 0])
+    g = m._generator_step(lengths[idx], cams, motion=False)
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in (w3, w2, g))
+    for k in ("G", "D3", "D2"):
+        changed = any(not torch.equal(before[k][n], p) for n, p in m.nets[k].state_dict().items())
+        assert changed, k
+    assert valid.any()
+    p0 = copy.deepcopy(m.model.state_dict())
+    err = m._pose_step(kp[valid][:, :1].flip(0), torch.zeros(int(valid.sum()), 16, 3))
+    assert torch.isfinite(err)
+    assert any(not torch.equal(p0[n], p) for n, p in m.model.state_dict().items())
+
+
+@pytest.mark.parametrize("mode", ["gan", "none"])
+def test_checkpoint_then_resume_gives_identical_next_epoch(small_lifting, mode):
+    train, val = small_lifting
+    m = _method(train, mode=mode)
+    m.train_epoch(0)
+    state = copy.deepcopy(m.state_dict())
+    rng = torch.get_rng_state()
+    ref = m.train_epoch(1)
+    m2 = _method(train, mode=mode, seed=7)        # different init: everything must come from the state
+    m2.load_state_dict(state)
+    torch.set_rng_state(rng)
+    got = m2.train_epoch(1)
+    assert got == ref
+    assert m.evaluate(val)["mpjpe"] == m2.evaluate(val)["mpjpe"]
+    if mode == "gan":
+        assert ref["generated"] > 0 and "train_fake_mpjpe_mm" in ref
+
+
+def test_config_errors_are_one_line():
+    cls = get_method("dhaug")
+    with pytest.raises(ConfigError, match="eval_joints"):
+        build(cls.Config, {"eval_joints": "all"})
+    with pytest.raises(ConfigError, match="never trains"):
+        build(cls.Config, {"epochs": 2, "warmup": 2})
+    with pytest.raises(ConfigError, match="gan.bone_scaling"):
+        build(cls.Config, {"gan.bone_scaling": "bigger"})
+
+
+def test_video_mode_generates_clips_and_trains(small_lifting):
+    train, val = small_lifting
+    m = _method(train, **{"backbone.name": "videopose", "backbone.receptive_field": 3, "gan.motion_warmup": 1,
+                          "epochs": 3, "warmup": 1})
+    assert {"M3", "M2"} <= set(m.nets)
+    r0 = m.train_epoch(0)
+    assert r0["w_dist_motion"] == 0.0 and "train_loss_mm" not in r0       # motion critics wait, lifting waits
+    r1 = m.train_epoch(1)
+    assert r1["w_dist_motion"] != 0.0 and "train_loss_mm" not in r1
+    r2 = m.train_epoch(2)
+    assert np.isfinite(r2["train_loss_mm"]) and np.isfinite(m.evaluate(val)["mpjpe"])
+
+
+@pytest.mark.ray
+def test_dhaug_trains_through_ray_train_with_two_workers(ray_session, small_dataset, tmp_path):
+    from posectl.orchestrator.train import train
+    out = train("dhaug", [{"data.path": str(small_dataset), "batch_size": 64, "backbone.width": 64,
+                           "gan.gen_width": 32, "gan.critic3d_width": 32, "gan.critic2d_width": 32,
+                           "epochs": 2, "warmup": 1}], workers=2, runs_dir=tmp_path, name="dh")
+    hist = out.experiment.history()
+    assert [r["epoch"] for r in hist] == [1, 2]
+    assert hist[0]["generated"] > 0 and np.isfinite(hist[0]["w_dist_3d"])
+    assert np.isfinite(hist[1]["train_loss_mm"])
+    res = json.loads((out.experiment.root / "results.json").read_text())
+    assert "16 joints" in res["test"]["protocol"] and np.isfinite(res["test"]["mpjpe"])
+    state = torch.load(out.experiment.checkpoints / "last.pt", weights_only=True)
+    assert set(state["method_state"]["nets"]) == {"G", "D3", "D2"}
