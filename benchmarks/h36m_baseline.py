@@ -7,7 +7,7 @@ per sample; no flip. Also reported without the three S9 sequences whose ground t
 misaligned. S11 is not in ../shared/data, so the test set is S9 only (29 of its 30 sequences).
 
     python benchmarks/h36m_baseline.py [--data-3d ../shared/data/h36m/data_3d_h36m.npz]
-        [--epochs 15] [--train-stride 5] [--gpus 1]
+        [--epochs 25] [--lr-decay 0.9] [--train-stride 5] [--gpus 1]
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ def main() -> None:
     here = Path(__file__).resolve().parents[1]
     ap.add_argument("--data-3d", default=str(here.parent / "shared" / "data" / "h36m" / "data_3d_h36m.npz"))
     ap.add_argument("--prepared", default=None, help="an already prepared dataset directory")
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--train-stride", type=int, default=5, help="use every n-th training frame")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--width", type=int, default=1024)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-decay", type=float, default=0.95, help="multiplied into the learning rate every epoch")
+    ap.add_argument("--lr-decay", type=float, default=0.9, help="multiplied into the learning rate every epoch")
     ap.add_argument("--gpus", type=int, default=None)
     ap.add_argument("--runs-dir", default=None)
     args = ap.parse_args()

@@ -124,6 +124,7 @@ def test_generated_batch_is_finite_and_anatomically_valid(small_lifting):
 def test_one_gan_step_and_one_lifting_step_change_the_networks(small_lifting):
     train, _ = small_lifting
     m = _method(train)
+    m._setup_augmentation()
     before = {k: copy.deepcopy(v.state_dict()) for k, v in m.nets.items()}
     world, real2d, lengths = m._swap_and_project()
     idx = torch.arange(64)
@@ -177,6 +178,7 @@ def test_video_mode_generates_clips_and_trains(small_lifting):
     train, val = small_lifting
     m = _method(train, **{"backbone.name": "videopose", "backbone.receptive_field": 3, "gan.motion_warmup": 1,
                           "epochs": 3, "warmup": 1})
+    m._setup_augmentation()
     assert {"M3", "M2"} <= set(m.nets)
     r0 = m.train_epoch(0)
     assert r0["w_dist_motion"] == 0.0 and "train_loss_mm" not in r0       # motion critics wait, lifting waits

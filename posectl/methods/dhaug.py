@@ -134,7 +134,6 @@ class DHAug(LiftingMethod):
         self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)   # identical initial weights on every worker
         self.frames = cfg.backbone.receptive_field
-        dev = ctx.device
         backbone = cfg.backbone.build(16, 16)
         self.model = ctx.prepare_model(SubsetLifter(backbone, KEEP16, 17, fill={9: 8}))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, amsgrad=True)
@@ -146,33 +145,41 @@ class DHAug(LiftingMethod):
         self.targets16 = data.targets[:, list(KEEP16)]
         self.nets: dict[str, torch.nn.Module] = {}
         self.opts: dict[str, torch.optim.Optimizer] = {}
-        if cfg.mode != "none":
-            a = data.arrays
-            if a.extrinsics is None:
-                raise ConfigError(f"dhaug mode={cfg.mode}: the training data has no camera extrinsics (world frame); "
-                                  "use a dataset with cameras (Human3.6M, synthetic) or mode=none")
-            self.cam3d = torch.from_numpy(a.joints_3d[:, list(KEEP16)].astype(np.float32))
-            self.intr = torch.from_numpy(a.intrinsics.astype(np.float32))
-            self.wh = torch.from_numpy(a.image_size.astype(np.float32))
-            ext = torch.from_numpy(a.extrinsics.astype(np.float32))
-            self.R, self.t = ext[:, :9].reshape(-1, 3, 3), ext[:, 9:]
-            self.templates = subject_templates(self.cam3d, a.subject)
-            # world-frame root positions (for `normal` mode)
-            self.world_root = torch.einsum("nji,nj->ni", self.R, self.cam3d[:, 0] - self.t)
-            self.fk = DHSkeleton().to(dev)
-            self.align = upright_alignment(self.fk)
-            g = cfg.gan
-            if cfg.mode == "gan":
-                torch.manual_seed(cfg.seed + 1)
+        self._ready = False     # generator, critics and camera tensors are built on first use, so that
+                                # evaluating a checkpoint needs no cameras and no GAN
+
+    def _setup_augmentation(self) -> None:
+        cfg, ctx, data = self.cfg, self.ctx, self.data
+        if self._ready or cfg.mode == "none":
+            return
+        self._ready = True
+        dev = ctx.device
+        a = data.arrays
+        if a.extrinsics is None:
+            raise ConfigError(f"dhaug mode={cfg.mode}: the training data has no camera extrinsics (world frame); "
+                              "use a dataset with cameras (Human3.6M, synthetic) or mode=none")
+        self.cam3d = torch.from_numpy(a.joints_3d[:, list(KEEP16)].astype(np.float32))
+        self.intr = torch.from_numpy(a.intrinsics.astype(np.float32))
+        self.wh = torch.from_numpy(a.image_size.astype(np.float32))
+        ext = torch.from_numpy(a.extrinsics.astype(np.float32))
+        self.R, self.t = ext[:, :9].reshape(-1, 3, 3), ext[:, 9:]
+        self.templates = subject_templates(self.cam3d, a.subject)
+        # world-frame root positions (for `normal` mode)
+        self.world_root = torch.einsum("nji,nj->ni", self.R, self.cam3d[:, 0] - self.t)
+        self.fk = DHSkeleton().to(dev)
+        self.align = upright_alignment(self.fk)
+        g = cfg.gan
+        if cfg.mode == "gan":
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed + 1)     # identical initial weights on every worker
                 nets = {"G": DHGenerator(g.gen_width, g.noise_dim, self.frames),
                         "D3": Critic3D(g.critic3d_width), "D2": Critic2D(g.critic2d_width)}
                 if self.frames > 1:
                     nets["M3"] = MotionCritic3D(self.frames, g.critic3d_width)
                     nets["M2"] = MotionCritic2D(self.frames, g.critic2d_width)
-                self.nets = {k: ctx.prepare_model(v) for k, v in nets.items()}
-                self.opts = {k: torch.optim.Adam(v.parameters(), lr=g.lr, betas=(0.5, 0.9))
-                             for k, v in self.nets.items()}
-        self.step_count = 0
+            self.nets = {k: ctx.prepare_model(v) for k, v in nets.items()}
+            self.opts = {k: torch.optim.Adam(v.parameters(), lr=g.lr, betas=(0.5, 0.9))
+                         for k, v in self.nets.items()}
 
     # -- real data for the critics ---------------------------------------------------------------
     def _swap_and_project(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -382,6 +389,7 @@ class DHAug(LiftingMethod):
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, T = self.cfg, self.frames
+        self._setup_augmentation()
         self.model.train()
         out: dict[str, float] = {}
         lifting = cfg.mode == "none" or epoch >= cfg.warmup + cfg._motion_delay()
@@ -417,6 +425,7 @@ class DHAug(LiftingMethod):
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.gen.set_state(state["generator"])
+            self._setup_augmentation()
             for k, v in self.nets.items():
                 _inner(v).load_state_dict(state["nets"][k])
                 self.opts[k].load_state_dict(state["net_optimizers"][k])
@@ -426,6 +435,7 @@ class DHAug(LiftingMethod):
         """n generated root-centred world-frame 3D poses (16 joints, metres), for inspection."""
         if self.cfg.mode == "none":
             raise ConfigError("dhaug mode=none generates no poses")
+        self._setup_augmentation()
         _, _, lengths = self._swap_and_project()
         L = self._jitter(lengths[torch.randint(len(lengths), (n,), generator=self.gen)])
         with torch.no_grad():
