@@ -14,24 +14,12 @@ Also saves a PNG grid of generated skeletons from the first `gan` run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
-
-
-def _prepared(data_3d: str) -> Path:
-    from posectl.datasets.h36m import prepare_h36m
-    from posectl.datasets.synthetic import cache_dir
-    key = hashlib.sha256(f"{Path(data_3d).resolve()}:{os.path.getsize(data_3d)}".encode()).hexdigest()[:10]
-    d = cache_dir() / f"h36m-gt-{key}"
-    if not (d / "manifest.json").exists():
-        print(f"preparing {data_3d} -> {d}")
-        prepare_h36m(d, data_3d)
-    return d
 
 
 def _ms(xs: list[float]) -> str:
@@ -55,10 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    import torch
-
     from posectl.config import build
     from posectl.core.skeleton import H36M16, H36M17
+    from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
     from posectl.methods.base import Context, get_method
@@ -68,7 +55,7 @@ def main() -> None:
     from posectl.orchestrator.train import train
 
     t0 = time.perf_counter()
-    h36m = Path(args.prepared) if args.prepared else _prepared(args.data_3d)
+    h36m = Path(args.prepared) if args.prepared else cached_h36m(args.data_3d)
     ds = PoseDataset(h36m)
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-dhaug-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +106,6 @@ def main() -> None:
                     print(f"generated skeletons: {png}")
                     grid_done = True
                     del data, method
-                    torch.cuda.empty_cache() if torch.cuda.is_available() else None
 
     print()
     print(f"DH-AUG effect: SimpleBaseline (width 1024) on the 16-joint skeleton, GT 2D, {args.epochs} epochs "

@@ -12,7 +12,6 @@ misaligned. S11 is not in ../shared/data, so the test set is S9 only (29 of its 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import tempfile
 import time
@@ -39,19 +38,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from posectl.core import metrics
-    from posectl.datasets.h36m import MISALIGNED, prepare_h36m
-    from posectl.datasets.synthetic import cache_dir
+    from posectl.datasets.h36m import MISALIGNED, cached_h36m
     from posectl.orchestrator.train import train
 
     t0 = time.perf_counter()
-    if args.prepared:
-        data_dir = Path(args.prepared)
-    else:
-        key = hashlib.sha256(f"{Path(args.data_3d).resolve()}:{os.path.getsize(args.data_3d)}".encode()).hexdigest()[:10]
-        data_dir = cache_dir() / f"h36m-gt-{key}"
-        if not (data_dir / "manifest.json").exists():
-            print(f"preparing {args.data_3d} -> {data_dir}")
-            prepare_h36m(data_dir, args.data_3d)
+    data_dir = Path(args.prepared) if args.prepared else cached_h36m(args.data_3d)
     runs = args.runs_dir or tempfile.mkdtemp(prefix="posectl-h36m-")
     cfg = {"epochs": args.epochs, "batch_size": args.batch_size, "backbone.width": args.width,
            "data.path": str(data_dir), "data.train_stride": args.train_stride, "lr": args.lr, "lr_decay": args.lr_decay}

@@ -13,11 +13,9 @@ any angles.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from posectl.core.skeleton import H36M16
+from posectl.core.skeleton import H36M16, bone_lengths
 
 # -- bones of the 16-joint layout ------------------------------------------------------------------
 # H36M16.bones in joint order: (parent, child) for joints 1..15.
@@ -49,7 +47,7 @@ def bone_vectors(poses: torch.Tensor) -> torch.Tensor:
 
 
 def bone_lengths16(poses: torch.Tensor) -> torch.Tensor:
-    return bone_vectors(poses).norm(dim=-1)
+    return bone_lengths(poses, H36M16)
 
 
 def assemble(root: torch.Tensor, bones: torch.Tensor) -> torch.Tensor:
@@ -121,17 +119,16 @@ def angle_bounds() -> tuple[torch.Tensor, torch.Tensor]:
     return lo, hi
 
 
-def _chain(alpha, theta_off, nframes):
-    return {"alpha": torch.tensor(alpha, dtype=torch.float32), "theta_off": torch.tensor(theta_off, dtype=torch.float32),
-            "n": nframes}
+def _chain(alpha, theta_off):
+    return {"alpha": torch.tensor(alpha, dtype=torch.float32), "theta_off": torch.tensor(theta_off, dtype=torch.float32)}
 
 
 # (alpha, theta offset) per frame, degrees; a/d come from bone lengths at run time (§4.2 table).
-_RLEG = _chain([0, -90, -90, 0, 0], [0, -90, 180, 0, 0], 5)
-_LLEG = _chain([0, 90, 90, 0, 0], [180, -90, 0, 0, 0], 5)
-_BODY = _chain([0] + [-90] * 11 + [90], [90] + [-90] * 10 + [0, 0], 13)
-_RARM = _chain([-90, -90, -90, 0, 0], [-180, -90, 180, 0, 0], 5)
-_LARM = _chain([-90, 90, 90, 0, 0], [0, -90, 0, 0, 0], 5)
+_RLEG = _chain([0, -90, -90, 0, 0], [0, -90, 180, 0, 0])
+_LLEG = _chain([0, 90, 90, 0, 0], [180, -90, 0, 0, 0])
+_BODY = _chain([0] + [-90] * 11 + [90], [90] + [-90] * 10 + [0, 0])
+_RARM = _chain([-90, -90, -90, 0, 0], [-180, -90, 180, 0, 0])
+_LARM = _chain([-90, 90, 90, 0, 0], [0, -90, 0, 0, 0])
 
 
 def dh_transforms(alpha: torch.Tensor, a: torch.Tensor, theta: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -254,5 +251,3 @@ def yaw_matrix(yaw: torch.Tensor) -> torch.Tensor:
     o, z = torch.ones_like(yaw), torch.zeros_like(yaw)
     return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1), torch.stack([z, z, o], -1)], -2)
 
-
-DEG = 180.0 / math.pi

@@ -180,3 +180,18 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
             if tables:
                 w.add_split(split, pa.concat_tables(tables))
         return w.commit()
+
+
+def cached_h36m(path_3d: str | Path) -> Path:
+    """Prepare `data_3d_h36m.npz` (GT 2D only) once into the posectl cache and return the directory;
+    keyed by the file's resolved path and size (benchmarks share it)."""
+    import hashlib
+    import os
+
+    from posectl.datasets.synthetic import cache_dir
+    key = hashlib.sha256(f"{Path(path_3d).resolve()}:{os.path.getsize(path_3d)}".encode()).hexdigest()[:10]
+    out = cache_dir() / f"h36m-gt-{key}"
+    if not (out / "manifest.json").exists():
+        print(f"preparing {path_3d} -> {out}")
+        prepare_h36m(out, path_3d)
+    return out

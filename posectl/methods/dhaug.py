@@ -259,7 +259,7 @@ class DHAug(LiftingMethod):
         valid &= kp.abs().flatten(1).amax(1) <= self.cfg.max_2d
         return cam, kp.clamp(-5, 5), valid
 
-    def _critic_step(self, name: str, real: torch.Tensor, fake: torch.Tensor) -> float:
+    def _critic_step(self, name: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """One WGAN-GP critic update; a single forward over real, fake and interpolates (DDP-friendly)."""
         g, layout = self.cfg.gan, H36M16
         if g.flip:
@@ -311,8 +311,6 @@ class DHAug(LiftingMethod):
         order = order[torch.randperm(len(order), generator=self.gen)]
         steps = _agree_min(len(order) // per_worker)          # incomplete batches are skipped, as released
         motion = T > 1 and epoch >= cfg.gan.motion_warmup
-        if T > 1:   # real clips for the motion critics: windows of the swapped poses within sequences
-            real3d_src, real2d_src = world_rc, real2d
         kp_out, y_out = [], []
         stats = {"w_dist_3d": 0.0, "w_dist_2d": 0.0, "w_dist_motion": 0.0, "g_loss": 0.0}
         n_g = 0
@@ -330,9 +328,9 @@ class DHAug(LiftingMethod):
                 r2 = real2d[idx].to(dev)
                 stats["w_dist_3d"] += self._critic_step("D3", r3, rc[:, c])
                 stats["w_dist_2d"] += self._critic_step("D2", r2, kp[:, c])
-                if motion:
-                    clip3 = self.data.windows(idx, T, inputs=real3d_src).to(dev)
-                    clip2 = self.data.windows(idx, T, inputs=real2d_src).to(dev)
+                if motion:   # real clips: windows of the swapped poses within their sequences
+                    clip3 = self.data.windows(idx, T, inputs=world_rc).to(dev)
+                    clip2 = self.data.windows(idx, T, inputs=real2d).to(dev)
                     stats["w_dist_motion"] += self._critic_step("M3", clip3, rc)
                     stats["w_dist_motion"] += self._critic_step("M2", clip2, kp)
                 if step % cfg.gan.critic_steps == cfg.gan.critic_steps - 1:
@@ -377,8 +375,6 @@ class DHAug(LiftingMethod):
         total, count = torch.zeros(()), 0
         for s in range(steps):
             idx = perm[s * per_worker: (s + 1) * per_worker]
-            if len(idx) == 0:   # (only when another worker has one more batch)
-                idx = perm[:per_worker]
             x, y = windows_of(idx).to(dev), targets[idx].to(dev)
             err = self._pose_step(x, y)
             if cfg.train_flip:
@@ -436,8 +432,11 @@ class DHAug(LiftingMethod):
         if self.cfg.mode == "none":
             raise ConfigError("dhaug mode=none generates no poses")
         self._setup_augmentation()
-        _, _, lengths = self._swap_and_project()
-        L = self._jitter(lengths[torch.randint(len(lengths), (n,), generator=self.gen)])
+        if self.cfg.bone_swap:   # the lengths a training batch would lend: a random subject's template
+            lengths = self.templates[torch.randint(len(self.templates), (n,), generator=self.gen)]
+        else:
+            lengths = bone_lengths16(self.cam3d[torch.randint(len(self.cam3d), (n,), generator=self.gen)])
+        L = self._jitter(lengths)
         with torch.no_grad():
             _, rc = self._generate(L, grad=False)
         return rc[:, self.frames // 2].cpu()
