@@ -24,7 +24,9 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+
+    from posectl.orchestrator.cluster import PRIVATE_RUNTIME_ENV
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=PRIVATE_RUNTIME_ENV,
              object_store_memory=512 * 1024**2, namespace="posectl-tests")
     yield ray
     ray.shutdown()
@@ -41,3 +43,34 @@ def small_dataset(tmp_path_factory) -> Path:
     """A small synthetic dataset (4 subjects, 40 frames/sequence) for fast pipeline tests."""
     from posectl.datasets.synthetic import SynthConfig, write_synthetic
     return write_synthetic(tmp_path_factory.mktemp("data") / "small", SynthConfig(subjects=4, frames=40))
+
+
+# -- the fault-injection ledger (issue #10): tests record what they inject and what they check; the
+#    summary line is printed at the end of every pytest run.
+LEDGER = {"faults injected": 0, "runs recovered": 0, "bad inputs tried": 0, "data lost": 0}
+
+
+class Ledger:
+    def fault(self, n: int = 1) -> None:
+        LEDGER["faults injected"] += n
+
+    def recovered(self, n: int = 1) -> None:
+        LEDGER["runs recovered"] += n
+
+    def bad_input(self, n: int = 1) -> None:
+        LEDGER["bad inputs tried"] += n
+
+    def lost(self, n: int) -> int:
+        """Record a measured loss (missing or duplicated epochs, trials, checkpoint bytes) before asserting it is 0."""
+        LEDGER["data lost"] += int(n)
+        return int(n)
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if any(LEDGER.values()):
+        terminalreporter.write_line("fault injection: " + ", ".join(f"{v} {k}" for k, v in LEDGER.items()))

@@ -83,3 +83,67 @@ def test_search_on_two_nodes_uses_both(tmp_path, small_dataset):
     assert len(res["trial_nodes"]) == 2        # trials were placed on both nodes
     trials = list((tmp_path / "storage" / "mn").glob("trial_*/result.json"))
     assert len(trials) == 4                     # every result landed in the shared storage path
+
+
+NODE_LOSS = textwrap.dedent("""
+    import json, os, sys, threading, time
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from ray.cluster_utils import Cluster
+    import ray
+    space, storage, data, marker = sys.argv[1:5]
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    victim = worker.node_id
+
+    def hold_on_victim(epoch):
+        # runs in the trial after each reported (and checkpointed) epoch: a trial on the worker node
+        # announces itself after epoch 1 and then keeps running there until the node disappears
+        if ray.get_runtime_context().get_node_id() == victim and epoch == 1 and not os.path.exists(marker):
+            open(marker, "w").write(victim)
+            time.sleep(300)
+
+    def remove_when_marked():
+        while not os.path.exists(marker):
+            time.sleep(0.2)
+        c.remove_node(worker, allow_graceful=False)   # the node dies with its trial on it
+
+    threading.Thread(target=remove_when_marked, daemon=True).start()
+    from posectl.orchestrator.tune import tune_search
+    plan, grid = tune_search("baseline", space=space, storage_path=storage, name="nl",
+                             overrides={"data.path": data}, verbose=0, fault_hook=hold_on_victim)
+    print(json.dumps({"victim": victim, "alive": sum(n["Alive"] for n in ray.nodes()), "errors": grid.num_errors}))
+    ray.shutdown(); c.shutdown()
+""")
+
+
+def test_node_loss_retries_its_trial_elsewhere_and_the_search_completes(tmp_path, small_dataset, ledger):
+    """Issue #10: a node removed while one of its trials runs; the trial resumes from its checkpoint on
+    the surviving node, every trial finishes and no reported epoch is lost or repeated."""
+    import yaml
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({
+        "method": "baseline", "samples": 3, "concurrent": 2, "scheduler": {"name": "none"},
+        "resources": {"cpus": 1, "workers": 1}, "fixed": {"epochs": 3, "backbone.width": 32, "batch_size": 64},
+        "parameters": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}))
+    script, marker = tmp_path / "nl.py", tmp_path / "node-marked"
+    script.write_text(NODE_LOSS)
+    ledger.fault()
+    out = subprocess.run([sys.executable, str(script), str(space), str(tmp_path / "storage"), str(small_dataset),
+                          str(marker)], capture_output=True, text=True, timeout=900, env={**os.environ})
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert marker.exists() and res["alive"] == 1 and res["errors"] == 0
+    rows = {d.name: [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
+            for d in (tmp_path / "storage" / "nl").glob("trial_*")}
+    assert len(rows) == 3
+    moved = [r for r in rows.values() if len({x["node_id"] for x in r}) == 2]
+    assert len(moved) == 1, {k: [(x["epoch"], x["node_id"][:6]) for x in v] for k, v in rows.items()}
+    assert [x["node_id"] for x in moved[0]][0] == res["victim"]         # started on the lost node ...
+    assert [x["node_id"] for x in moved[0]][-1] != res["victim"]        # ... finished on the survivor
+    # every trial reports epochs 1..3 exactly once (the moved one resumed at epoch 2 from its checkpoint)
+    lost = sum(len(set(range(1, 4)) ^ {x["epoch"] for x in r}) + len(r) - len({x["epoch"] for x in r})
+               for r in rows.values())
+    assert ledger.lost(lost) == 0
+    ledger.recovered()

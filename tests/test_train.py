@@ -116,3 +116,53 @@ def test_driver_killed_with_sigkill_resumes_and_reaps_its_ray(ray_session, small
     assert [r["epoch"] for r in out.experiment.history()] == list(range(1, 13))   # every epoch exactly once
     assert cluster.session_processes(session) == []    # the killed driver's Ray was stopped
     assert np.isfinite(out.results["test"]["mpjpe"])
+
+
+FOREIGN_RAY = """
+import sys
+from ray.cluster_utils import Cluster
+c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})   # the machine's newest Ray, with a dashboard
+print(c.address, flush=True)
+sys.stdin.read()          # until stdin closes
+c.shutdown()
+"""
+
+
+def _second_ray_during_the_run(epochs):
+    """A fault hook: after epoch 1, start a second Ray on this machine and wait for its dashboard; stop
+    it after the last epoch. Every epoch then takes 2 s more, so the run outlives the cleaner's checks."""
+    state = {}
+
+    def hook(epoch, rank):
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        if epoch == 1:
+            env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+            env.pop("RAY_API_SERVER_ADDRESS", None)
+            state["p"] = p = subprocess.Popen([sys.executable, "-c", FOREIGN_RAY], stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            p.stdout.readline()
+            for _ in range(120):
+                try:
+                    urllib.request.urlopen("http://127.0.0.1:8265/api/v0/actors?limit=1", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+        time.sleep(2)
+        if epoch == epochs and "p" in state:
+            state["p"].stdin.close()
+            state["p"].wait(timeout=60)
+    return hook
+
+
+def test_a_second_ray_on_the_machine_does_not_kill_our_run(ray_session, small_dataset, tmp_path, ledger):
+    """Regression: a second Ray started on the machine during a run (its dashboard on 127.0.0.1:8265):
+    Ray Train's placement-group cleaner asked that dashboard about our controller, was told it does not
+    exist, and removed our workers' placement group ~10 s later."""
+    ledger.fault()
+    out = train("baseline", [{**TINY, "data.path": str(small_dataset), "epochs": 8}], runs_dir=tmp_path,
+                name="beside", fault_hook=_second_ray_during_the_run(8))
+    assert ledger.lost(8 - len(out.experiment.history())) == 0
+    assert [r["epoch"] for r in out.experiment.history()] == list(range(1, 9))

@@ -61,6 +61,8 @@ class GANConfig:
     w_motion: float = field(1.0, "video: generator weight of each motion critic")
     gp: float = field(10.0, "gradient-penalty weight (WGAN-GP lambda)")
     critic_steps: int = field(5, "critic iterations per generator update")
+    batch_size: int = field(64, "GAN batch (global). Released: the lifting batch, 1024, for 110 epochs; at short "
+                                "budgets a small batch gives the generator many more updates per pass")
     flip: bool = field(True, "average every critic and generator term with the left-right mirrored input")
     bone_scaling: Literal["different", "same", "none"] = field(
         "different", "bone-length jitter: independent per symmetric group, one factor for all, or none")
@@ -96,6 +98,8 @@ class DHAugConfig(LiftingConfig):
         if self.mode != "none" and self.warmup + self._motion_delay() >= self.epochs:
             raise ConfigError(f"warmup: the lifting network never trains ({self.warmup} warm-up epochs "
                               f"+ {self._motion_delay()} motion warm-up >= {self.epochs} epochs)")
+        if self.gan.batch_size < 1:
+            raise ConfigError("gan.batch_size: must be >= 1")
         if not 0 <= self.gan.bone_scale < 1:
             raise ConfigError("gan.bone_scale: must be in [0, 1)")
 
@@ -306,7 +310,7 @@ class DHAug(LiftingMethod):
         (N, T, 16, 2) and centre-frame root-relative camera 3D (N, 16, 3)."""
         cfg, T = self.cfg, self.frames
         world_rc, real2d, lengths = self._swap_and_project()
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
+        per_worker = max(1, cfg.gan.batch_size // self.ctx.world_size)
         order = torch.arange(0, len(world_rc), cfg.data.train_stride)
         order = order[torch.randperm(len(order), generator=self.gen)]
         steps = _agree_min(len(order) // per_worker)          # incomplete batches are skipped, as released

@@ -69,8 +69,17 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         return False
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
              log_to_driver=not quiet, namespace="posectl", logging_level=level,
-             object_store_memory=_object_store_bytes())
+             object_store_memory=_object_store_bytes(), runtime_env=PRIVATE_RUNTIME_ENV)
     return True
+
+
+# A private local Ray has no dashboard, and Ray's state API then falls back to http://127.0.0.1:8265:
+# the dashboard of *any other* Ray on this machine. Ray Train's placement-group cleaner asks that API
+# every second whether its controller is alive; the other cluster answers "no such actor", and the
+# cleaner removes the running job's placement group, killing the run about 10 s after it starts
+# (seen in Ray 2.60 with a second Ray started on the same machine). Point the state API of our workers
+# at a closed port instead: the cleaner then treats the state API as unavailable and keeps waiting.
+PRIVATE_RUNTIME_ENV = {"env_vars": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}}
 
 
 def local_session_dir() -> str | None:
