@@ -1,7 +1,6 @@
 """The bad-input matrix: every malformed input gives a one-line error naming the culprit, exit code 2,
 no traceback, and leaves no partial output behind."""
 import json
-import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -134,7 +133,7 @@ def case_parquet_missing_column(tmp):
 def _eval_split(tmp, ds, split):
     """An eval of a minimal valid checkpoint on a (broken) dataset, without checksum checks."""
     from posectl.config import build, to_dict
-    from posectl.methods.base import Context, get_method
+    from posectl.methods.base import get_method
     from posectl.orchestrator.experiment import save_checkpoint
     cls = get_method("baseline")
     cfg = build(cls.Config, {"backbone.width": 16})
@@ -274,7 +273,8 @@ CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
-def test_bad_input(case, tmp_path, capsys, monkeypatch):
+def test_bad_input(case, tmp_path, capsys, monkeypatch, ledger):
+    ledger.bad_input()
     monkeypatch.chdir(tmp_path)          # a run directory would be created under ./runs
     (tmp_path / "in").mkdir()
     args, culprit = case(tmp_path / "in")
@@ -295,7 +295,8 @@ def test_matrix_is_large_enough():
     assert len(CASES) >= 25
 
 
-def test_unwritable_runs_dir_is_one_line(tmp_path, capsys, small_dataset):
+def test_unwritable_runs_dir_is_one_line(tmp_path, capsys, small_dataset, ledger):
+    ledger.bad_input()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(SystemExit) as e:
@@ -304,7 +305,7 @@ def test_unwritable_runs_dir_is_one_line(tmp_path, capsys, small_dataset):
     assert e.value.code == 2 and len(err.splitlines()) == 1 and "cannot access" in err, err
 
 
-def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch, ledger):
     """Disk full while writing a checkpoint: the error propagates, the previous file is untouched."""
     from posectl.orchestrator import experiment
     good = tmp_path / "last.pt"
@@ -315,6 +316,25 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(experiment.torch, "save", full)
+    ledger.fault()
     with pytest.raises(OSError, match="No space left"):
         experiment.save_checkpoint(good, {"epoch": 2})
+    assert ledger.lost(good.read_bytes() != before) == 0
     assert good.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_corrupt_last_checkpoint_is_skipped_with_a_warning(tmp_path, ledger):
+    """A truncated last.pt (a crash in the middle of someone else's copy, a bad disk) -> resume falls back
+    to best.pt with a warning instead of failing or starting over."""
+    from posectl.orchestrator import experiment
+    exp = experiment.Experiment(tmp_path / "run")
+    exp.checkpoints.mkdir(parents=True)
+    experiment.save_checkpoint(exp.checkpoints / "best.pt", {"method": "baseline", "epoch": 3})
+    experiment.save_checkpoint(exp.checkpoints / "last.pt", {"method": "baseline", "epoch": 4})
+    data = (exp.checkpoints / "last.pt").read_bytes()
+    (exp.checkpoints / "last.pt").write_bytes(data[: len(data) // 2])
+    ledger.fault()
+    with pytest.warns(UserWarning, match="skipping corrupt checkpoint.*last.pt"):
+        state = experiment.latest_valid_checkpoint(exp, "baseline")
+    assert state["epoch"] == 3
+    ledger.recovered()

@@ -170,3 +170,47 @@ def test_build_backbone_registry_and_errors() -> None:
         build_backbone("simple", 17, 17, receptive_field=27)
     with pytest.raises(ValueError):
         TemporalModel(17, 17, filter_widths=(2, 3))
+
+
+def test_semgcn_graph_weights_shapes_and_size():
+    from posectl.core.skeleton import H36M16, H36M17
+    from posectl.models.semgcn import SemGCN, SemGraphConv, skeleton_adjacency
+    A = skeleton_adjacency(H36M17.parents)
+    assert A.sum() == 17 + 2 * 16 and torch.equal(A, A.T)
+    conv = SemGraphConv(2, 8, A)
+    with torch.no_grad():
+        conv.e.normal_()
+    adj = conv.adjacency()
+    assert torch.allclose(adj.sum(1), torch.ones(17))              # softmax over each joint's neighbourhood
+    assert torch.all(adj[A == 0] == 0)                             # no weight off the skeleton graph
+    # a joint's output depends only on itself and its graph neighbours
+    x = torch.randn(1, 17, 2, requires_grad=True)
+    conv(x)[0, 3].sum().backward()
+    touched = set(torch.nonzero(x.grad[0].abs().sum(1)).flatten().tolist())
+    assert touched == {j for j in range(17) if A[3, j] > 0}
+    # the published configuration: hidden 128, 4 residual blocks, 16 joints, about 0.27 M parameters
+    m = SemGCN(H36M16.parents, hidden=128, blocks=4)
+    n = sum(p.numel() for p in m.parameters())
+    assert 0.25e6 < n < 0.29e6, n
+    y = m(torch.randn(5, 16, 2))
+    assert y.shape == (5, 16, 3) and m(torch.randn(5, 1, 16, 2)).shape == (5, 1, 16, 3)
+    with pytest.raises(ValueError, match="16, 2"):
+        m(torch.randn(5, 17, 2))
+
+
+def test_semgcn_is_a_backbone_for_every_lifting_method(small_dataset):
+    import numpy as np
+
+    from posectl.config import build
+    from posectl.datasets.lifting import LiftingData
+    from posectl.datasets.store import PoseDataset
+    from posectl.methods.base import Context, get_method
+    ds = PoseDataset(small_dataset)
+    data = LiftingData(ds.load("train"), ds.layout)
+    for name, extra in (("baseline", {}), ("dhaug", {"mode": "none"})):
+        cls = get_method(name)
+        cfg = build(cls.Config, {"backbone.name": "semgcn", "backbone.width": 32, "batch_size": 64, **extra})
+        m = cls(cfg, data, Context())
+        out = m.train_epoch(0)
+        assert np.isfinite(out["train_loss_mm"])
+        assert np.isfinite(m.evaluate(LiftingData(ds.load("val"), ds.layout))["mpjpe"])

@@ -45,9 +45,15 @@ def _fail_once(marker, at_epoch, how):
     return hook
 
 
-def test_resume_after_failure_matches_uninterrupted_run(ray_session, small_dataset, tmp_path):
+def _lost(epochs, n):
+    """Epochs missing from or repeated in a run's history of n epochs."""
+    return len(set(range(1, n + 1)) ^ set(epochs)) + len(epochs) - len(set(epochs))
+
+
+def test_resume_after_failure_matches_uninterrupted_run(ray_session, small_dataset, tmp_path, ledger):
     cfg = [{**TINY, "data.path": str(small_dataset), "epochs": 3}]
     ref = train("baseline", cfg, runs_dir=tmp_path, name="ref")
+    ledger.fault()
     with pytest.raises(Exception, match="injected failure"):
         train("baseline", cfg, runs_dir=tmp_path, name="cut",
               fault_hook=_fail_once(str(tmp_path / "m1"), 2, "raise"))
@@ -57,22 +63,28 @@ def test_resume_after_failure_matches_uninterrupted_run(ray_session, small_datas
         train("baseline", [{"epochs": 5}], runs_dir=tmp_path, name="cut", resume=True)
     resumed = train("baseline", [], runs_dir=tmp_path, name="cut", resume=True)
     hist = resumed.experiment.history()
+    assert ledger.lost(_lost([r["epoch"] for r in hist], 3)) == 0
     assert [r["epoch"] for r in hist] == [1, 2, 3]            # every epoch exactly once
     ref_hist = ref.experiment.history()
     for a, b in zip(hist, ref_hist):
         assert a["val_mpjpe"] == pytest.approx(b["val_mpjpe"], abs=1e-3)
     assert resumed.results["test"]["mpjpe"] == pytest.approx(ref.results["test"]["mpjpe"], abs=1e-3)
+    ledger.recovered()
 
 
-def test_killed_worker_is_restarted_from_checkpoint(ray_session, small_dataset, tmp_path):
+def test_killed_worker_is_restarted_from_checkpoint(ray_session, small_dataset, tmp_path, ledger):
+    ledger.fault()
     out = train("baseline", [{**TINY, "data.path": str(small_dataset), "epochs": 3}], runs_dir=tmp_path,
                 name="kill", max_failures=1, fault_hook=_fail_once(str(tmp_path / "m2"), 2, "kill"))
     assert (tmp_path / "m2").exists()
+    assert ledger.lost(_lost([r["epoch"] for r in out.experiment.history()], 3)) == 0
     assert [r["epoch"] for r in out.experiment.history()] == [1, 2, 3]
     assert np.isfinite(out.results["test"]["mpjpe"])
+    ledger.recovered()
 
 
-def test_impossible_resource_plans_fail_fast(ray_session, small_dataset, tmp_path):
+def test_impossible_resource_plans_fail_fast(ray_session, small_dataset, tmp_path, ledger):
+    ledger.bad_input(2)
     with pytest.raises(ResourceError, match=r"asked for 8 GPUs .* 0 GPUs"):
         train("baseline", [{"data.path": str(small_dataset)}], gpus=8, runs_dir=tmp_path)
     with pytest.raises(ResourceError, match=r"asked for 6 CPUs .* 2 CPUs"):
@@ -91,7 +103,7 @@ def test_baseline_beats_mean_pose_on_held_out_subjects(ray_session, synthetic_so
     assert model < 0.5 * trivial, (model, trivial)
 
 
-def test_driver_killed_with_sigkill_resumes_and_reaps_its_ray(ray_session, small_dataset, tmp_path):
+def test_driver_killed_with_sigkill_resumes_and_reaps_its_ray(ray_session, small_dataset, tmp_path, ledger):
     import subprocess
     import sys
     import time
@@ -108,14 +120,17 @@ def test_driver_killed_with_sigkill_resumes_and_reaps_its_ray(ray_session, small
             break
         time.sleep(0.2)
     proc.kill()                       # SIGKILL: no chance to clean up
+    ledger.fault()
     proc.wait()
     done = len(metrics.read_text().splitlines())
     assert 2 <= done < 12
     session = json.loads((tmp_path / "k" / ".ray_session.json").read_text())["session_dir"]
     out = train("baseline", [], runs_dir=tmp_path, name="k", resume=True)
+    assert ledger.lost(_lost([r["epoch"] for r in out.experiment.history()], 12)) == 0
     assert [r["epoch"] for r in out.experiment.history()] == list(range(1, 13))   # every epoch exactly once
     assert cluster.session_processes(session) == []    # the killed driver's Ray was stopped
     assert np.isfinite(out.results["test"]["mpjpe"])
+    ledger.recovered()
 
 
 FOREIGN_RAY = """
@@ -164,5 +179,59 @@ def test_a_second_ray_on_the_machine_does_not_kill_our_run(ray_session, small_da
     ledger.fault()
     out = train("baseline", [{**TINY, "data.path": str(small_dataset), "epochs": 8}], runs_dir=tmp_path,
                 name="beside", fault_hook=_second_ray_during_the_run(8))
-    assert ledger.lost(8 - len(out.experiment.history())) == 0
+    assert ledger.lost(_lost([r["epoch"] for r in out.experiment.history()], 8)) == 0
     assert [r["epoch"] for r in out.experiment.history()] == list(range(1, 9))
+    ledger.recovered()     # the run finished every epoch despite the second Ray
+
+
+def _mount_tmpfs(path) -> bool:
+    import subprocess
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _read_only_after(at_epoch, mnt, real):
+    def hook(epoch, rank):
+        if epoch != at_epoch or rank != 0:
+            return
+        if real:      # the storage really becomes read-only under the running job
+            import subprocess
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        else:         # no permission to mount here: every later write fails as on a read-only mount
+            import errno
+
+            from posectl.orchestrator import experiment
+
+            def refuse(path, write):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            experiment._atomic_write = refuse
+    return hook
+
+
+def test_read_only_storage_fails_clearly_and_keeps_the_last_checkpoint(ray_session, small_dataset, tmp_path, ledger):
+    """Issue #10: the runs directory turns read-only mid-run -> one clear error naming the cause, the last
+    good checkpoint intact and loadable, and --resume (storage writable again) finishes every epoch once."""
+    import subprocess
+
+    from posectl.orchestrator.experiment import load_checkpoint
+    mnt = tmp_path / "mnt"
+    real = _mount_tmpfs(mnt)
+    try:
+        cfg = [{**TINY, "data.path": str(small_dataset), "epochs": 4}]
+        ledger.fault()
+        with pytest.raises(PosectlError, match="Read-only file system.*last good checkpoint is intact"):
+            train("baseline", cfg, runs_dir=mnt, name="ro", fault_hook=_read_only_after(2, mnt, real))
+        exp = Experiment(mnt / "ro")
+        assert [r["epoch"] for r in exp.history()] == [1, 2]
+        assert load_checkpoint(exp.checkpoints / "last.pt", "baseline")["epoch"] == 1      # 0-based: epoch 2
+        if real:
+            subprocess.run(["mount", "-o", "remount,rw", str(mnt)], check=True)
+        out = train("baseline", [], runs_dir=mnt, name="ro", resume=True)
+        epochs = [r["epoch"] for r in out.experiment.history()]
+        assert ledger.lost(_lost(epochs, 4)) == 0
+        assert epochs == [1, 2, 3, 4]
+        ledger.recovered()
+    finally:
+        if real:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

@@ -42,12 +42,14 @@ def test_every_shipped_space_validates():
     ({"parameters": {}}, "non-empty mapping"),
     ({"fixed": {"epochz": 3}}, "unknown parameter 'epochz'"),
 ])
-def test_bad_spaces_fail_with_the_culprit(patch, message):
+def test_bad_spaces_fail_with_the_culprit(patch, message, ledger):
+    ledger.bad_input()
     with pytest.raises(ConfigError, match=message):
         validate_space({**BASE, **patch}, "space.yaml")
 
 
-def test_unsafe_yaml_tag_is_refused(tmp_path):
+def test_unsafe_yaml_tag_is_refused(tmp_path, ledger):
+    ledger.bad_input()
     f = tmp_path / "s.yaml"
     f.write_text("method: !!python/name:os.system\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -137,7 +139,8 @@ def test_concurrent_multiworker_trials(ray_session, small_dataset, tmp_path):
 
 
 @pytest.mark.ray
-def test_plans_that_cannot_run_are_refused(ray_session, small_dataset, tmp_path):
+def test_plans_that_cannot_run_are_refused(ray_session, small_dataset, tmp_path, ledger):
+    ledger.bad_input(2)
     from posectl.errors import ResourceError
     from posectl.orchestrator.tune import tune_search
     with pytest.raises(ResourceError, match=r"asked for 4 CPUs .* x 2 trials\) but the cluster has .* 2 CPUs"):
@@ -149,7 +152,7 @@ def test_plans_that_cannot_run_are_refused(ray_session, small_dataset, tmp_path)
 
 
 @pytest.mark.ray
-def test_interrupted_search_resumes_without_retraining(ray_session, small_dataset, tmp_path):
+def test_interrupted_search_resumes_without_retraining(ray_session, small_dataset, tmp_path, ledger):
     from posectl.orchestrator.trials import load_search
     from posectl.orchestrator.tune import tune_search
     sp = _space(tmp_path, samples=4, concurrent=1, scheduler={"name": "none"})
@@ -171,16 +174,19 @@ def test_interrupted_search_resumes_without_retraining(ray_session, small_datase
             time.sleep(1)
         assert done_before, "the search never finished two trials"
         proc.send_signal(signal.SIGINT)   # Ctrl-C
+        ledger.fault()
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     plan, grid = tune_search("baseline", storage_path=storage, name="r", resume=True, verbose=0)
     s = load_search("r", storage)
+    assert ledger.lost(abs(4 - len(s.trials)) + len(s.trials) - len({t.id for t in s.trials})) == 0
     assert len(s.trials) == 4 and len({t.id for t in s.trials}) == 4     # every trial exactly once
     assert all(t.state == "completed" for t in s.trials)
     for name, lines in done_before.items():  # finished trials were not trained again
         assert len((storage / "r" / name / "result.json").read_text().splitlines()) == lines
+    ledger.recovered()
 
 
 def test_space_round_trips_through_its_saved_form():

@@ -35,7 +35,7 @@ class Baseline(LiftingMethod):
         self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
         J = data.num_joints
-        self.model = ctx.prepare_model(cfg.backbone.build(J, J))
+        self.model = ctx.prepare_model(cfg.backbone.build(J, J, data.layout))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     amsgrad=True)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_decay)
@@ -47,7 +47,7 @@ class Baseline(LiftingMethod):
         batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
         total, n = torch.zeros(()), 0
         rf = cfg.backbone.receptive_field
-        frame_input = rf == 1 and cfg.backbone.name == "simple"   # the MLP takes (B, J, 2): no window copy
+        frame_input = rf == 1 and cfg.backbone.name in ("simple", "semgcn")   # (B, J, 2): no window copy
         for step, idx in enumerate(batches):
             x = data.inputs[idx] if frame_input else data.windows(idx, rf)
             y = data.targets[idx]

@@ -138,7 +138,7 @@ class DHAug(LiftingMethod):
         self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)   # identical initial weights on every worker
         self.frames = cfg.backbone.receptive_field
-        backbone = cfg.backbone.build(16, 16)
+        backbone = cfg.backbone.build(16, 16, H36M16)
         self.model = ctx.prepare_model(SubsetLifter(backbone, KEEP16, 17, fill={9: 8}))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, amsgrad=True)
         e1 = cfg.epochs - cfg.extra_epochs

@@ -9,7 +9,7 @@ import torch
 
 from posectl.config import field
 from posectl.core import metrics
-from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
+from posectl.core.skeleton import EVAL_JOINT_SETS, Layout, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
 from posectl.methods.base import TrainConfig
@@ -18,13 +18,21 @@ from posectl.models import build_backbone
 
 @dataclass
 class BackboneConfig:
-    name: Literal["simple", "videopose"] = field("simple", "SimpleBaseline MLP or VideoPose3D temporal convolutions")
+    name: Literal["simple", "videopose", "semgcn"] = field(
+        "simple", "SimpleBaseline MLP, VideoPose3D temporal convolutions or SemGCN graph convolutions")
     receptive_field: int = field(1, "frames seen per prediction (videopose: 1, 27, 81, 243)")
-    width: int = field(1024, "hidden width (MLP units / conv channels)")
-    blocks: int = field(2, "residual blocks (simple only; videopose derives them from receptive_field)")
+    width: int = field(1024, "hidden width (MLP units / conv channels / graph features; SemGCN's paper: 128)")
+    blocks: int = field(2, "residual blocks (simple, semgcn (paper: 4); videopose derives them from receptive_field)")
     dropout: float = field(0.5, "dropout probability")
 
-    def build(self, joints_in: int, joints_out: int) -> torch.nn.Module:
+    def build(self, joints_in: int, joints_out: int, layout: Layout | None = None) -> torch.nn.Module:
+        if self.name == "semgcn":
+            if self.receptive_field != 1:
+                raise ConfigError("backbone.receptive_field: semgcn is single-frame (use 1)")
+            if layout is None or layout.num_joints != joints_in or joints_in != joints_out:
+                raise ConfigError(f"backbone.name=semgcn: needs a skeleton graph with {joints_in} joints")
+            return build_backbone("semgcn", joints_in, joints_out, parents=layout.parents, hidden=self.width,
+                                  blocks=self.blocks, dropout=self.dropout)
         if self.name == "simple":
             if self.receptive_field != 1:
                 raise ConfigError("backbone.receptive_field: the simple backbone is single-frame (use 1)")

@@ -7,11 +7,13 @@ from typing import Any
 
 from torch import nn
 
+from .semgcn import SemGCN
 from .simple_baseline import SimpleBaseline
 from .videopose import TemporalModel, TemporalModelOptimized1f
 
 __all__ = [
     "BACKBONES",
+    "SemGCN",
     "SimpleBaseline",
     "TemporalModel",
     "TemporalModelOptimized1f",
@@ -57,8 +59,18 @@ def _videopose_1f(
     return TemporalModelOptimized1f(j_in, j_out, filter_widths=_widths(filter_widths, receptive_field), **kw)
 
 
+def _semgcn(j_in: int, j_out: int, parents: tuple[int, ...] = (), receptive_field: int = 1, **kw: Any) -> nn.Module:
+    if receptive_field != 1:
+        raise ValueError(f"backbone 'semgcn' is single-frame (receptive_field=1), got {receptive_field}")
+    if j_in != j_out or len(parents) != j_in:
+        raise ValueError(f"backbone 'semgcn' maps a skeleton graph onto itself: needs the {j_in}-joint parent "
+                         f"list and as many output joints (got {len(parents)} parents, {j_out} outputs)")
+    return SemGCN(tuple(parents), **kw)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "simple": _simple,
+    "semgcn": _semgcn,
     "videopose": _videopose,
     "videopose_1f": _videopose_1f,
 }
@@ -66,6 +78,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 # Keyword arguments each backbone accepts (checked up front for one-line errors).
 _KWARGS: dict[str, frozenset[str]] = {
     "simple": frozenset({"hidden", "blocks", "dropout", "in_features", "receptive_field"}),
+    "semgcn": frozenset({"parents", "hidden", "blocks", "dropout", "in_features", "receptive_field"}),
     "videopose": frozenset(
         {"filter_widths", "receptive_field", "channels", "dropout", "causal", "dense", "in_features"}
     ),
