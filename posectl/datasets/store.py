@@ -91,8 +91,9 @@ class PoseArrays:
 
 
 def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None = None,
-                      where: str = "dataset") -> PoseArrays:
-    """Build PoseArrays from a dict of column arrays (a pyarrow table or a Ray Data numpy batch)."""
+                      where: str = "dataset", with_3d: bool = True) -> PoseArrays:
+    """Build PoseArrays from a dict of column arrays (a pyarrow table or a Ray Data numpy batch).
+    `with_3d=False`: the 3D column is not read (it may be absent); joints_3d is all NaN."""
     col = "keypoints_2d" if keypoints == "gt" else f"keypoints_2d_{keypoints}"
     if col not in batch:
         raise DataError(f"{where}: no 2D keypoints '{keypoints}' (column {col} missing)")
@@ -116,7 +117,8 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
     J = num_joints or kp.shape[1]
     out = PoseArrays(
         keypoints_2d=kp.reshape(-1, J, 2).astype(np.float32, copy=False),
-        joints_3d=tensor("joints_3d", (J, 3)).astype(np.float32, copy=False),
+        joints_3d=(tensor("joints_3d", (J, 3)).astype(np.float32, copy=False) if with_3d
+                   else np.full((len(kp), J, 3), np.nan, np.float32)),
         intrinsics=tensor("intrinsics", (9,)).astype(np.float32, copy=False),
         image_size=tensor("image_size", (2,)).astype(np.int32, copy=False),
         subject=strings("subject"), action=strings("action"), camera=strings("camera"),
@@ -124,6 +126,8 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
         extrinsics=_extrinsics(batch.get("extrinsics")),
     )
     for name in ("keypoints_2d", "joints_3d", "intrinsics"):
+        if name == "joints_3d" and not with_3d:
+            continue
         if not np.isfinite(getattr(out, name)).all():
             raise DataError(f"{where}: column {col if name == 'keypoints_2d' else name} has NaN/Inf values")
     return out
@@ -342,10 +346,11 @@ class PoseDataset:
             if got != f.type:
                 raise DataError(f"{where}: column '{f.name}' has type {got}, expected {f.type}")
 
-    def load(self, split: str, keypoints: str = "gt", subjects: list[str] | None = None) -> PoseArrays:
+    def load(self, split: str, keypoints: str = "gt", subjects: list[str] | None = None,
+             with_3d: bool = True) -> PoseArrays:
         table = self.read_table(split, subjects)
-        return arrays_from_batch({n: table.column(n) for n in table.column_names}, keypoints,
-                                 self.num_joints, where=f"{self.path}:{split}")
+        return arrays_from_batch({n: table.column(n) for n in table.column_names if with_3d or n != "joints_3d"},
+                                 keypoints, self.num_joints, where=f"{self.path}:{split}", with_3d=with_3d)
 
     def summary(self) -> dict:
         m = self.manifest

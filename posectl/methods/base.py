@@ -60,6 +60,25 @@ class TrainConfig:
             raise ConfigError("data.train_stride/eval_stride: must be >= 1")
 
 
+@dataclass(frozen=True)
+class DataInput:
+    """A dataset split a method needs besides `cfg.data`'s train/val/test (e.g. a target domain).
+
+    A method lists them in `inputs(cfg) -> {role: DataInput}`; the orchestrator loads each one whole
+    for every worker and hands it over as `ctx.inputs[role]` (PoseArrays). The role "test" replaces
+    the test split. With `with_3d=False` the 3D column is never read: the arrays carry NaN in its place.
+    """
+    path: str
+    split: str
+    keypoints: str = "gt"
+    with_3d: bool = True
+
+
+def method_inputs(cls: type, cfg: Any) -> dict[str, DataInput]:
+    fn = getattr(cls, "inputs", None)
+    return dict(fn(cfg)) if fn else {}
+
+
 @dataclass
 class Context:
     """What the orchestrator gives a method inside a worker."""
@@ -68,6 +87,7 @@ class Context:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     progress: Callable[[int, int], None] = lambda done, total: None   # steps done / total this epoch
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)   # role -> PoseArrays (see DataInput)
 
     @property
     def is_main(self) -> bool:
@@ -88,7 +108,7 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
-_BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug"}
+_BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug", "gpa": "posectl.methods.gpa"}
 
 
 def register(cls: type) -> type:

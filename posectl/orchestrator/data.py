@@ -29,13 +29,33 @@ def open_dataset(data_cfg, verify: bool = True) -> PoseDataset:
     return ds
 
 
+def open_inputs(inputs: dict, layout_name: str) -> dict:
+    """Validate a method's extra inputs (methods.base.DataInput): {role: (PoseDataset, DataInput)}."""
+    out = {}
+    for role, inp in inputs.items():
+        ds = PoseDataset(resolve_path(inp.path), verify=True)
+        if ds.layout.name != layout_name:
+            raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the training data's "
+                            f"{layout_name} (input '{role}')")
+        if inp.keypoints not in ds.manifest.get("keypoints_2d", ["gt"]):
+            raise DataError(f"{ds.path}: no 2D keypoints '{inp.keypoints}' (input '{role}')")
+        ds.shard_paths(inp.split)
+        out[role] = (ds, inp)
+    return out
+
+
+def input_columns(keypoints: str, with_3d: bool) -> list[str]:
+    return [c for c in (*COLUMNS, keypoint_column(keypoints)) if with_3d or c != "joints_3d"]
+
+
 def keypoint_column(keypoints: str) -> str:
     return "keypoints_2d" if keypoints == "gt" else f"keypoints_2d_{keypoints}"
 
 
-def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0) -> dict:
+def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None = None) -> dict:
     """Materialised Ray datasets per split (read before training starts, so reads never compete
-    with training workers for CPUs: a trainer holding every CPU would otherwise deadlock them)."""
+    with training workers for CPUs: a trainer holding every CPU would otherwise deadlock them).
+    `inputs` (from open_inputs) adds a method's extra roles; "test" among them replaces the test split."""
     import logging
 
     import ray.data
@@ -43,19 +63,25 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0) -> dict:
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     cols = [*COLUMNS, keypoint_column(data_cfg.keypoints)]
     out = {}
+    inputs = inputs or {}
     for role, split in (("train", data_cfg.train_split), ("val", data_cfg.val_split),
                         ("test", data_cfg.test_split)):
+        if role in inputs:
+            continue
         subjects = data_cfg.train_subjects if role == "train" else None
         d = ray.data.read_parquet(ds.shard_paths(split, subjects)).select_columns(cols)
         if role == "train" and data_cfg.max_train_samples:
             d = d.random_shuffle(seed=seed).limit(data_cfg.max_train_samples)
         out[role] = d.materialize()
+    for role, (ids, inp) in inputs.items():
+        out[role] = ray.data.read_parquet(ids.shard_paths(inp.split)).select_columns(
+            input_columns(inp.keypoints, inp.with_3d)).materialize()
     return out
 
 
-def arrays_from_shard(shard, keypoints: str, num_joints: int, where: str) -> PoseArrays:
+def arrays_from_shard(shard, keypoints: str, num_joints: int, where: str, with_3d: bool = True) -> PoseArrays:
     """Materialise one worker's Ray Data shard once as numpy arrays."""
-    parts = [arrays_from_batch(b, keypoints, num_joints, where=where)
+    parts = [arrays_from_batch(b, keypoints, num_joints, where=where, with_3d=with_3d)
              for b in shard.iter_batches(batch_size=16384, batch_format="numpy")]
     if not parts:
         raise DataError(f"{where}: this worker's shard is empty")

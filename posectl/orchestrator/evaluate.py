@@ -10,7 +10,7 @@ from posectl.config import build
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import DataError
-from posectl.methods.base import Context, get_method
+from posectl.methods.base import Context, get_method, method_inputs
 from posectl.orchestrator.experiment import load_checkpoint
 
 
@@ -20,8 +20,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     state = load_checkpoint(checkpoint)
     method_cls = get_method(state["method"])
     overrides: dict[str, Any] = {}
-    if data is not None:
-        overrides["data.path"] = data
     if keypoints is not None:
         overrides["data.keypoints"] = keypoints
     if flip is not None:
@@ -29,12 +27,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if joints is not None:
         overrides["eval_joints"] = joints
     cfg = build(method_cls.Config, state["config"], overrides, context=f"method {state['method']}")
-    split = split or cfg.data.test_split
-    ds = _open_any(cfg.data)  # only the evaluated split has to exist
+    test_input = method_inputs(method_cls, cfg).get("test")
+    if data is None and test_input is not None:      # a method whose test data is its own (a target domain)
+        path, split, kp = test_input.path, split or test_input.split, keypoints or test_input.keypoints
+    else:
+        path, split, kp = data or cfg.data.path, split or cfg.data.test_split, cfg.data.keypoints
+    ds = _open_any(path)  # only the evaluated split has to exist
     layout = get_layout(state["layout"])
     if ds.layout.name != layout.name:
         raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")
-    lifting = LiftingData(ds.load(split, cfg.data.keypoints), layout)
+    lifting = LiftingData(ds.load(split, kp), layout)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     method = method_cls(cfg, lifting, Context())
     method.load_state_dict({"model": state["method_state"]["model"]})
@@ -43,7 +45,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
             "epoch": state["epoch"] + 1, "metrics": metrics}
 
 
-def _open_any(data_cfg):
+def _open_any(path: str):
     from posectl.datasets.store import PoseDataset
     from posectl.orchestrator.data import resolve_path
-    return PoseDataset(resolve_path(data_cfg.path), verify=True)
+    return PoseDataset(resolve_path(path), verify=True)

@@ -1,6 +1,7 @@
 """`train()`: run a method as a Ray Train job (one worker per GPU, or N CPU workers, DDP via Ray)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,9 +20,9 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import PosectlError
-from posectl.methods.base import Context, get_method
+from posectl.methods.base import Context, DataInput, get_method, method_inputs
 from posectl.orchestrator import cluster
-from posectl.orchestrator.data import arrays_from_shard, open_dataset, ray_datasets
+from posectl.orchestrator.data import arrays_from_shard, open_dataset, open_inputs, ray_datasets
 from posectl.orchestrator.experiment import (Experiment, atomic_write_bytes, latest_valid_checkpoint,
                                              load_checkpoint, save_checkpoint)
 from posectl.orchestrator.loop import run_epochs
@@ -124,13 +125,19 @@ def _train_worker(loop_cfg: dict) -> None:
     cfg = build(method_cls.Config, loop_cfg["config"], context=f"method {loop_cfg['method']}")
     layout = get_layout(loop_cfg["layout"])
     kp = cfg.data.keypoints
+    extra = {role: DataInput(**d) for role, d in loop_cfg.get("inputs", {}).items()}
     data = {role: LiftingData(arrays_from_shard(ray.train.get_dataset_shard(role), kp, layout.num_joints,
                                                 where=f"{role} split"), layout)
-            for role in ("train", "val", "test")}
+            for role in ("train", "val", "test") if role not in extra}
+    inputs = {role: arrays_from_shard(ray.train.get_dataset_shard(role), inp.keypoints, layout.num_joints,
+                                      where=f"input '{role}' ({inp.path}:{inp.split})", with_3d=inp.with_3d)
+              for role, inp in extra.items()}
+    if "test" in inputs:
+        data["test"] = LiftingData(inputs.pop("test"), layout)
     events = _Events(loop_cfg.get("queue"), rank)
     device = ray.train.torch.get_device()
     ctx = Context(rank=rank, world_size=world, device=device,
-                  prepare_model=ray.train.torch.prepare_model, progress=events.step)
+                  prepare_model=ray.train.torch.prepare_model, progress=events.step, inputs=inputs)
     method = method_cls(cfg, data["train"], ctx)
     exp = Experiment(loop_cfg["exp_dir"])
     state = None
@@ -194,6 +201,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
             raise PosectlError(f"run '{exp.name}' already exists in {runs_dir}; use --resume or another --name")
     res = cluster.plan_resources(gpus, workers, cpus_per_worker)
     dataset = open_dataset(cfg.data)             # validates manifest, splits, checksums
+    inputs = open_inputs(method_inputs(method_cls, cfg), dataset.layout.name)
     if resume:
         _reap_orphans(exp)
     started = cluster.connect(address)
@@ -203,7 +211,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         if started:
             atomic_write_bytes(exp.root / ".ray_session.json", json.dumps(
                 {"session_dir": cluster.local_session_dir(), "driver_pid": os.getpid()}).encode())
-        return _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have)
+        return _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have, inputs)
     finally:
         if started:
             import ray
@@ -236,19 +244,21 @@ def _pid_alive(pid) -> bool:
         return False
 
 
-def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have) -> TrainResult:
+def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have,
+         inputs=None) -> TrainResult:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
     t0 = time.perf_counter()
-    datasets = ray_datasets(dataset, cfg.data, seed=cfg.seed)
+    datasets = ray_datasets(dataset, cfg.data, seed=cfg.seed, inputs=inputs)
     import uuid
     queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0,
                                                  "name": f"posectl-progress-{exp.name}-{uuid.uuid4().hex[:6]}"})
     loop_cfg = {"method": method_cls.name, "config": to_dict(cfg), "layout": dataset.layout.name,
                 "exp_dir": str(exp.root), "resume": resume, "queue": queue,
-                "threads": max(1, int(res.cpus)), "fault_hook": fault_hook}
+                "threads": max(1, int(res.cpus)), "fault_hook": fault_hook,
+                "inputs": {role: dataclasses.asdict(inp) for role, (_, inp) in (inputs or {}).items()}}
     trainer = TorchTrainer(
         _train_worker, train_loop_config=loop_cfg,
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,

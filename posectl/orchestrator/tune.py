@@ -25,9 +25,9 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, PosectlError
-from posectl.methods.base import Context, get_method
+from posectl.methods.base import Context, get_method, method_inputs
 from posectl.orchestrator import cluster
-from posectl.orchestrator.data import open_dataset
+from posectl.orchestrator.data import open_dataset, open_inputs
 from posectl.orchestrator.experiment import atomic_write_bytes, load_checkpoint, save_checkpoint
 from posectl.orchestrator.loop import run_epochs
 from posectl.orchestrator.spaces import Space, load_space, space_path
@@ -110,14 +110,17 @@ def restore_trial_state(ckpt, method: str) -> tuple[dict | None, dict | None]:
         return load_checkpoint(Path(d) / "state.pt", method), load_checkpoint(Path(d) / "best.pt", method)
 
 
-def load_search_data(dataset, base):
-    """Training and validation arrays of a search (the test split is never loaded)."""
+def load_search_data(dataset, base, inputs: dict | None = None):
+    """Training and validation arrays of a search, and a method's extra inputs (roles from
+    open_inputs). The test split, or a "test" input, is never loaded."""
     import numpy as np
     train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None)
     if base.data.max_train_samples:
         pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
         train = train.take(np.sort(pick))
-    return train, dataset.load(base.data.val_split, base.data.keypoints)
+    extra = {role: ds.load(inp.split, inp.keypoints, with_3d=inp.with_3d)
+             for role, (ds, inp) in (inputs or {}).items() if role != "test"}
+    return train, dataset.load(base.data.val_split, base.data.keypoints), extra
 
 
 def _node_id() -> str:
@@ -126,7 +129,7 @@ def _node_id() -> str:
 
 
 def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, threads: int,
-           train=None, val=None, fault_hook=None) -> None:
+           train=None, val=None, fault_hook=None, inputs=None) -> None:
     """A single-worker trial: the method's epoch loop, in this Tune trial's process."""
     from ray import tune
     torch.set_num_threads(max(1, threads))
@@ -134,9 +137,10 @@ def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, th
     cfg = build(cls.Config, *layers, config, context=f"trial of {method}")
     lay = get_layout(layout)
     data = {"train": LiftingData(train, lay), "val": LiftingData(val, lay)}
-    m = cls(cfg, data["train"], Context())
+    ctx = Context(inputs=inputs or {})
+    m = cls(cfg, data["train"], ctx)
     state, best = restore_trial_state(tune.get_checkpoint(), method)
-    run_epochs(m, cfg, data, Context(), state, SearchReporter(tune.report, 0, best, fault_hook))
+    run_epochs(m, cfg, data, ctx, state, SearchReporter(tune.report, 0, best, fault_hook))
 
 
 def _resolve_space(method: str, space: str | Path | None) -> Space:
@@ -225,14 +229,15 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sp = plan.space
-    train, val = load_search_data(dataset, base)
+    train, val, extra = load_search_data(dataset, base, open_inputs(method_inputs(cls, base), dataset.layout.name))
     threads = max(1, int(plan.resources.cpus))
     if plan.resources.workers > 1 or plan.resources.gpus:
         from posectl.orchestrator.tune_train import multiworker_trainable
-        trainable = multiworker_trainable(plan, cls, layers, dataset.layout.name, train, val)
+        trainable = multiworker_trainable(plan, cls, layers, dataset.layout.name, train, val, extra)
     else:
         trainable = tune.with_parameters(posectl_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
-                                         threads=threads, train=train, val=val, fault_hook=fault_hook)
+                                         threads=threads, train=train, val=val, fault_hook=fault_hook,
+                                         inputs=extra)
         trainable = tune.with_resources(trainable, {"cpu": plan.resources.cpus})
     run_config = tune.RunConfig(
         name=plan.name, storage_path=str(plan.path.parent), verbose=verbose,

@@ -37,14 +37,14 @@ def _worker(cfg: dict) -> None:
     idx = torch.arange(len(train)).tensor_split(world)[rank].numpy()
     data = {"train": LiftingData(train.take(idx), layout), "val": LiftingData(ray.get(cfg["val"]), layout)}
     ctx = Context(rank=rank, world_size=world, device=ray.train.torch.get_device(),
-                  prepare_model=ray.train.torch.prepare_model)
+                  prepare_model=ray.train.torch.prepare_model, inputs=ray.get(cfg["inputs"]))
     method = cls(mcfg, data["train"], ctx)
     state, best = restore_trial_state(ray.train.get_checkpoint() or cfg.get("resume_checkpoint"), cls.name)
     run_epochs(method, mcfg, data, ctx, state, SearchReporter(ray.train.report, rank, best))
 
 
 def posectl_train_trial(config: dict, method: str, layers: list, layout: str, resources, train_ref, val_ref,
-                  storage: str) -> None:
+                        storage: str, inputs_ref=None) -> None:
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -53,6 +53,7 @@ def posectl_train_trial(config: dict, method: str, layers: list, layout: str, re
     trial_id = tune.get_context().get_trial_id()
     loop_cfg = {"method": method, "layers": layers, "params": config, "layout": layout,
                 "threads": max(1, int(resources.cpus)), "train": train_ref[0], "val": val_ref[0],
+                "inputs": inputs_ref[0],
                 "resume_checkpoint": tune.get_checkpoint()}
     per_worker = {"CPU": resources.cpus, **({"GPU": resources.gpus} if resources.gpus else {})}
     trainer = TorchTrainer(
@@ -64,10 +65,10 @@ def posectl_train_trial(config: dict, method: str, layers: list, layout: str, re
     trainer.fit()
 
 
-def multiworker_trainable(plan, cls, layers, layout: str, train, val):
+def multiworker_trainable(plan, cls, layers, layout: str, train, val, inputs=None):
     import ray
     from ray import tune
     fn = tune.with_parameters(posectl_train_trial, method=cls.name, layers=layers, layout=layout,
                               resources=plan.resources, train_ref=[ray.put(train)], val_ref=[ray.put(val)],
-                              storage=str(plan.path / "_train"))
+                              storage=str(plan.path / "_train"), inputs_ref=[ray.put(inputs or {})])
     return tune.with_resources(fn, {"cpu": DRIVER_CPU})
