@@ -43,15 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-    from posectl.config import build
-    from posectl.core.skeleton import H36M16, H36M17
     from posectl.datasets.h36m import cached_h36m
-    from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
-    from posectl.methods.base import Context, get_method
-    from posectl.orchestrator.evaluate import evaluate_checkpoint
-    from posectl.orchestrator.experiment import load_checkpoint
-    from posectl.orchestrator.plots import skeleton_grid
+    from posectl.orchestrator.evaluate import evaluate_checkpoint, sample_checkpoint
     from posectl.orchestrator.train import train
 
     t0 = time.perf_counter()
@@ -94,18 +88,9 @@ def main() -> None:
                       f"(val {row['val_mpjpe']:.2f}, best epoch {row['best_epoch']}, {row['wall_s']:.0f} s)", flush=True)
                 (out / "results.json").write_text(json.dumps(results, indent=1))
                 if mode == "gan" and not grid_done:
-                    state = load_checkpoint(run.experiment.checkpoints / "last.pt")
-                    cls = get_method("dhaug")
-                    mcfg = build(cls.Config, state["config"])
-                    data = LiftingData(ds.load("train", subjects=subjects or None), H36M17)
-                    method = cls(mcfg, data, Context())
-                    method.load_state_dict(state["method_state"])
-                    poses = method.sample_poses(18)
-                    png = skeleton_grid(poses.numpy(), H36M16, out / "dhaug_generated.png",
-                                        f"DH-AUG generated poses ({name}, epoch {state['epoch'] + 1})")
+                    png = sample_checkpoint(run.experiment.root, 18, out / "dhaug_generated.png")
                     print(f"generated skeletons: {png}")
                     grid_done = True
-                    del data, method
 
     print()
     print(f"DH-AUG effect: SimpleBaseline (width 1024) on the 16-joint skeleton, GT 2D, {args.epochs} epochs "

@@ -202,3 +202,12 @@ def test_dhaug_trains_through_ray_train_with_two_workers(ray_session, small_data
     assert "16 joints" in res["test"]["protocol"] and np.isfinite(res["test"]["mpjpe"])
     state = torch.load(out.experiment.checkpoints / "last.pt", weights_only=True)
     assert set(state["method_state"]["nets"]) == {"G", "D3", "D2"}
+    # `posectl samples RUN` draws from the trained generator and writes a PNG grid
+    from posectl.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["samples", str(out.experiment.root), "--n", "6"])
+        raise SystemExit(0)
+    assert e.value.code == 0 and (out.experiment.root / "generated_poses.png").stat().st_size > 1000
+    with pytest.raises(SystemExit) as e:        # best.pt holds only the lifting weights: a clear error
+        main(["samples", str(out.experiment.checkpoints / "best.pt")])
+    assert e.value.code == 2

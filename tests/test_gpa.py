@@ -90,3 +90,19 @@ def test_gpa_trains_with_two_workers_evaluates_on_the_target_and_resumes(ray_ses
     ev = evaluate_checkpoint(out.experiment.checkpoints / "best.pt")             # the same data by default
     assert ev["metrics"]["mpjpe"] == pytest.approx(test["mpjpe"], abs=1e-3)
     assert os.path.samefile(PoseDataset(target_dataset).path, target_dataset)
+
+
+@pytest.mark.ray
+def test_gpa_search_passes_the_target_input_to_trials(ray_session, small_dataset, target_dataset, tmp_path):
+    import yaml
+
+    from posectl.orchestrator.tune import tune_search
+    space = tmp_path / "s.yaml"
+    space.write_text(yaml.safe_dump({
+        "method": "gpa", "samples": 2, "concurrent": 2, "scheduler": {"name": "none"},
+        "resources": {"cpus": 1, "workers": 1}, "fixed": {"epochs": 1, **SMALL, "mode": "gpa_local"},
+        "parameters": {"gpa_prob": {"type": "choice", "values": [0.5, 1.0]}}}))
+    plan, grid = tune_search("gpa", space=space, storage_path=tmp_path / "tune", name="g", verbose=0,
+                             overrides={"data.path": str(small_dataset), "target.path": str(target_dataset)})
+    assert len(grid) == 2 and grid.num_errors == 0
+    assert all(r.metrics["aligned_share"] > 0.3 and np.isfinite(r.metrics["val_mpjpe"]) for r in grid)

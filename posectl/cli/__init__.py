@@ -296,7 +296,7 @@ def cluster_down():
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint file (best.pt / last.pt) or a run directory."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset to evaluate on (default: the run's dataset)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset to evaluate on (default: the run's test data - its dataset's test split, or a method's own test input such as gpa's target domain)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate (default: the run's test split)."),
     keypoints: Optional[str] = typer.Option(None, "--keypoints", help="2D source (default: the run's)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Flip test-time augmentation."),
@@ -317,6 +317,18 @@ def eval_cmd(
         console.print(per_action_table(out["metrics"]["per_action"], f"{out['split']}, per action"))
     if json_out:
         json_out.write_text(json.dumps(out, indent=2))
+
+
+@app.command()
+def samples(
+    run: Path = typer.Argument(..., help="A run directory (or its last.pt) of a generative method such as dhaug."),
+    n: int = typer.Option(18, "--n", min=1, max=96, help="Number of poses to draw."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: RUN/generated_poses.png)."),
+):
+    """Draw poses from a trained generator (DH-AUG) and save a grid of skeletons to look at."""
+    from posectl.cli.render import console
+    from posectl.orchestrator.evaluate import sample_checkpoint
+    console.print(f"wrote {sample_checkpoint(run, n, out)}")
 
 
 @app.command()

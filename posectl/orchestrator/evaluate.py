@@ -49,3 +49,31 @@ def _open_any(path: str):
     from posectl.datasets.store import PoseDataset
     from posectl.orchestrator.data import resolve_path
     return PoseDataset(resolve_path(path), verify=True)
+
+
+def sample_checkpoint(checkpoint: str | Path, n: int = 18, out: str | Path | None = None) -> Path:
+    """Draw `n` poses from a generative method's checkpoint (e.g. DH-AUG's generator) and save them
+    as a PNG grid of skeletons. Needs the full state of `last.pt` (a run directory picks it)."""
+    from posectl.core.skeleton import LAYOUTS
+    from posectl.errors import PosectlError
+    from posectl.orchestrator.plots import skeleton_grid
+    p = Path(checkpoint)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
+    state = load_checkpoint(p)
+    cls = get_method(state["method"])
+    if not hasattr(cls, "sample_poses"):
+        raise PosectlError(f"method '{state['method']}' does not generate poses")
+    if "optimizer" not in state["method_state"]:
+        raise PosectlError(f"{p}: holds only the lifting weights; sample from last.pt or the run directory")
+    cfg = build(cls.Config, state["config"], context=f"method {state['method']}")
+    ds = _open_any(cfg.data.path)
+    data = LiftingData(ds.load(cfg.data.train_split, cfg.data.keypoints, cfg.data.train_subjects or None),
+                       get_layout(state["layout"]))
+    method = cls(cfg, data, Context())
+    method.load_state_dict(state["method_state"])
+    poses = method.sample_poses(n).numpy()
+    layout = next(lay for lay in LAYOUTS.values() if lay.num_joints == poses.shape[1] and lay.name.startswith("h36m"))
+    out = Path(out) if out else p.parent.parent / "generated_poses.png"
+    return skeleton_grid(poses, layout, out, f"{state['method']} generated poses (epoch {state['epoch'] + 1}, "
+                                             f"{cfg.data.path.rsplit('/', 1)[-1]})")
