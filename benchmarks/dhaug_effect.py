@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--settings", nargs="+", default=["limited", "cross"], choices=["limited", "cross"])
-    ap.add_argument("--rows", type=int, default=28000, help="training rows per epoch (frames are strided to this)")
+    ap.add_argument("--rows", type=int, default=14000, help="training rows per epoch (frames are strided to this)")
     ap.add_argument("--eval-stride", type=int, default=5)
     ap.add_argument("--out", default=None, help="directory for runs, results.json and the PNG")
     args = ap.parse_args()

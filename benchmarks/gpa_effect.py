@@ -11,7 +11,7 @@ Each run is the plugin's own epoch loop in this process (the loop a Tune trial r
 54 runs of the full grid fit on a laptop CPU. Mean +- std over seeds.
 
     python benchmarks/gpa_effect.py [--sources synthetic h36m] [--backbones simple videopose semgcn]
-        [--modes source_only gpa gpa_local] [--seeds 0 1 2] [--epochs 8] [--rows 28000] [--out DIR]
+        [--modes source_only gpa gpa_local] [--seeds 0 1 2] [--epochs 5] [--rows 14000] [--out DIR]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 BACKBONES = {   # the paper's lifting networks at their usual sizes
     "simple": {"backbone.name": "simple", "backbone.width": 1024, "backbone.dropout": 0.5},
     "videopose": {"backbone.name": "videopose", "backbone.receptive_field": 1, "backbone.width": 1024,
-                  "backbone.dropout": 0.25},
+                  "backbone.blocks": 4, "backbone.dropout": 0.25},     # PoseAug's single-frame VideoPose
     "semgcn": {"backbone.name": "semgcn", "backbone.width": 128, "backbone.blocks": 4, "backbone.dropout": 0.0},
 }
 
@@ -63,10 +63,10 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["source_only", "gpa", "gpa_local"],
                     choices=["source_only", "gpa", "local", "gpa_local"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--rows", type=int, default=28000, help="training rows per epoch (frames are strided to this)")
-    ap.add_argument("--eval-stride", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--rows", type=int, default=14000, help="training rows per epoch (frames are strided to this)")
+    ap.add_argument("--eval-stride", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -90,7 +90,8 @@ def main() -> None:
     test = LiftingData(tgt.load("test"), tgt.layout)          # what it is judged on
     sources = {"synthetic": str(cached_synthetic("source")),
                "h36m": str(Path(args.prepared) if args.prepared else cached_h36m(args.data_3d))}
-    results: list[dict] = []
+    done = out / "results.json"           # an interrupted benchmark continues where it stopped
+    results: list[dict] = json.loads(done.read_text()) if done.exists() else []
     for source in args.sources:
         ds = PoseDataset(sources[source])
         stride = max(1, round(ds.manifest["splits"]["train"]["rows"] / args.rows))
@@ -100,6 +101,9 @@ def main() -> None:
         for bb in args.backbones:
             for mode in args.modes:
                 for seed in args.seeds:
+                    if any((r["source"], r["backbone"], r["mode"], r["seed"]) == (source, bb, mode, seed)
+                           for r in results):
+                        continue
                     cfg = build(cls.Config, BACKBONES[bb], {
                         "mode": mode, "seed": seed, "epochs": args.epochs, "lr": 1e-3, "lr_decay": 0.9,
                         "data.path": sources[source], "data.train_stride": stride, "data.eval_stride": args.eval_stride,

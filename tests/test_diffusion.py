@@ -95,7 +95,7 @@ def test_lora_starts_as_identity_and_leaves_frozen_weights_bit_identical():
     x, t, c = torch.randn(3, 1, 17, 3), torch.tensor([1, 50, 900]), torch.randn(3, 1, 17, 2)
     y0 = model(x, t, c)
     params = inject_lora(model, rank=4, where=lambda name, m: isinstance(m, Attention))
-    assert len(params) == 2 * 2 * 2 * 2          # (spatial + temporal) x depth 2 x (qkv, proj) x (A, B)
+    assert len(params) == 2 * 2 * 2              # depth 2 x (qkv, proj) x (A, B); one frame: no temporal blocks
     assert torch.equal(model(x, t, c), y0)       # B = 0: exactly the source model
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert {id(p) for p in trainable} == {id(p) for p in params}

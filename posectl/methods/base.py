@@ -72,6 +72,7 @@ class DataInput:
     split: str
     keypoints: str = "gt"
     with_3d: bool = True
+    subjects: tuple[str, ...] = ()     # restrict to these subjects (empty: all)
 
 
 def method_inputs(cls: type, cfg: Any) -> dict[str, DataInput]:
@@ -108,7 +109,8 @@ class Method(Protocol):
 
 
 _REGISTRY: dict[str, type] = {}
-_BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug", "gpa": "posectl.methods.gpa"}
+_BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug", "gpa": "posectl.methods.gpa",
+             "posynda": "posectl.methods.posynda"}
 
 
 def register(cls: type) -> type:

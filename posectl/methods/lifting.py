@@ -22,7 +22,8 @@ class BackboneConfig:
         "simple", "SimpleBaseline MLP, VideoPose3D temporal convolutions or SemGCN graph convolutions")
     receptive_field: int = field(1, "frames seen per prediction (videopose: 1, 27, 81, 243)")
     width: int = field(1024, "hidden width (MLP units / conv channels / graph features; SemGCN's paper: 128)")
-    blocks: int = field(2, "residual blocks (simple, semgcn (paper: 4); videopose derives them from receptive_field)")
+    blocks: int = field(2, "residual blocks: simple, semgcn (paper: 4), videopose with receptive_field 1 (PoseAug: 4); "
+                           "videopose derives them from receptive_field otherwise")
     dropout: float = field(0.5, "dropout probability")
 
     def build(self, joints_in: int, joints_out: int, layout: Layout | None = None) -> torch.nn.Module:
@@ -40,6 +41,9 @@ class BackboneConfig:
                                   dropout=self.dropout)
         if self.receptive_field not in (1, 3, 9, 27, 81, 243):
             raise ConfigError("backbone.receptive_field: must be one of 1, 3, 9, 27, 81, 243")
+        if self.receptive_field == 1:     # single frame: `blocks` pointwise residual blocks (PoseAug's VPose 1f)
+            return build_backbone("videopose_1f", joints_in, joints_out, filter_widths=(1,) * (self.blocks + 1),
+                                  channels=self.width, dropout=self.dropout)
         return build_backbone("videopose_1f", joints_in, joints_out, receptive_field=self.receptive_field,
                               channels=self.width, dropout=self.dropout)
 

@@ -66,7 +66,8 @@ class MixSTEDenoiser(nn.Module):
         nn.init.trunc_normal_(self.frame_pos, std=0.02)
         self.t_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.spatial = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
-        self.temporal = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth))
+        # single-frame models have no temporal blocks (unused parameters would break DDP)
+        self.temporal = nn.ModuleList(Block(width, heads, mlp_ratio, dropout) for _ in range(depth if frames > 1 else 0))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 3)
 
@@ -77,8 +78,8 @@ class MixSTEDenoiser(nn.Module):
                              f"{tuple(x_t.shape)} and {tuple(cond.shape)}")
         h = self.embed(torch.cat([x_t, cond], -1)) + self.joint_pos + self.frame_pos
         h = h + self.t_mlp(timestep_embedding(t, self.width))[:, None, None, :]
-        for sp, tp in zip(self.spatial, self.temporal):
+        for i, sp in enumerate(self.spatial):
             h = sp(h.reshape(B * T, J, -1)).view(B, T, J, -1)
             if T > 1:
-                h = tp(h.transpose(1, 2).reshape(B * J, T, -1)).view(B, J, T, -1).transpose(1, 2)
+                h = self.temporal[i](h.transpose(1, 2).reshape(B * J, T, -1)).view(B, J, T, -1).transpose(1, 2)
         return self.head(self.norm(h))

@@ -39,7 +39,7 @@ def open_inputs(inputs: dict, layout_name: str) -> dict:
                             f"{layout_name} (input '{role}')")
         if inp.keypoints not in ds.manifest.get("keypoints_2d", ["gt"]):
             raise DataError(f"{ds.path}: no 2D keypoints '{inp.keypoints}' (input '{role}')")
-        ds.shard_paths(inp.split)
+        ds.shard_paths(inp.split, list(inp.subjects) or None)
         out[role] = (ds, inp)
     return out
 
@@ -74,7 +74,7 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None =
             d = d.random_shuffle(seed=seed).limit(data_cfg.max_train_samples)
         out[role] = d.materialize()
     for role, (ids, inp) in inputs.items():
-        out[role] = ray.data.read_parquet(ids.shard_paths(inp.split)).select_columns(
+        out[role] = ray.data.read_parquet(ids.shard_paths(inp.split, list(inp.subjects) or None)).select_columns(
             input_columns(inp.keypoints, inp.with_3d)).materialize()
     return out
 

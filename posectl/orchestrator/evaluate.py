@@ -30,13 +30,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     test_input = method_inputs(method_cls, cfg).get("test")
     if data is None and test_input is not None:      # a method whose test data is its own (a target domain)
         path, split, kp = test_input.path, split or test_input.split, keypoints or test_input.keypoints
+        subjects = list(test_input.subjects) or None
     else:
         path, split, kp = data or cfg.data.path, split or cfg.data.test_split, cfg.data.keypoints
+        subjects = None
     ds = _open_any(path)  # only the evaluated split has to exist
     layout = get_layout(state["layout"])
     if ds.layout.name != layout.name:
         raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")
-    lifting = LiftingData(ds.load(split, kp), layout)
+    lifting = LiftingData(ds.load(split, kp, subjects), layout)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     method = method_cls(cfg, lifting, Context())
     method.load_state_dict({"model": state["method_state"]["model"]})

@@ -21,8 +21,7 @@ import yaml
 
 from posectl.errors import ConfigError, PosectlError
 
-CHECKPOINT_FORMAT = "posectl-checkpoint"
-CHECKPOINT_VERSION = 1
+from posectl.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint  # noqa: F401 - re-exported
 
 
 def default_runs_dir() -> Path:
@@ -112,27 +111,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     _atomic_write(Path(path), lambda f: torch.save(
         {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f))
-
-
-def load_checkpoint(path: str | Path, method: str | None = None) -> dict[str, Any]:
-    """Load a posectl checkpoint safely (weights_only); clear errors for foreign or corrupt files."""
-    p = Path(path)
-    if p.is_dir():
-        for cand in (p / "checkpoints" / "best.pt", p / "best.pt", p / "state.pt"):
-            if cand.is_file():
-                p = cand
-                break
-    if not p.is_file():
-        raise PosectlError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise PosectlError(f"{p}: not a readable checkpoint ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise PosectlError(f"{p}: not a posectl checkpoint")
-    if method is not None and state.get("method") != method:
-        raise PosectlError(f"{p}: checkpoint of method '{state.get('method')}', expected '{method}'")
-    return state
 
 
 def latest_valid_checkpoint(exp: Experiment, method: str) -> dict | None:

@@ -118,7 +118,7 @@ def load_search_data(dataset, base, inputs: dict | None = None):
     if base.data.max_train_samples:
         pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
         train = train.take(np.sort(pick))
-    extra = {role: ds.load(inp.split, inp.keypoints, with_3d=inp.with_3d)
+    extra = {role: ds.load(inp.split, inp.keypoints, list(inp.subjects) or None, with_3d=inp.with_3d)
              for role, (ds, inp) in (inputs or {}).items() if role != "test"}
     return train, dataset.load(base.data.val_split, base.data.keypoints), extra
 

@@ -1,0 +1,436 @@
+"""`posynda`: multi-hypothesis pose synthesis for domain adaptation (PoSynDA; Liu et al., ACM MM 2023).
+
+Docs methods.md §7. Two stages, each a `posectl train posynda stage=...` run:
+
+pretrain  a diffusion lifting model on the labelled source: a MixSTE-style denoiser predicts the clean
+          root-relative 3D pose x0 from its noised version x_t (cosine schedule, T steps) and the 2D
+          input; loss MPJPE(x0_hat, x0) with random flips.
+adapt     the pretrained source model is frozen and gets LoRA adapters (rank r) on its attention
+          projections, plus a per-pose refinement transformer; only those train. A teacher (an EMA copy
+          of adapters + refiner) samples H hypotheses by K-step DDIM on *unlabelled* target 2D, refines
+          them, estimates the root trajectory from the 2D (least squares; never from ground truth) and
+          aggregates per joint by reprojection (JPMA): the pseudo-label. The student then samples H
+          hypotheses for the same 2D and for source poses moved into the target's 2D scale/position
+          distribution (global position alignment, core.alignment, through the target cameras):
+            target loss = w_t2d * (min-over-hypotheses 2D reprojection error, px / 100)
+                        + w_t3d * MPJPE(every hypothesis, pseudo-label)
+            source loss = w_s3d * MPJPE(every hypothesis, source 3D) + w_s2d * (min 2D error, px / 100)
+          The released code calls backward with the loss as upstream gradient (so it minimises loss^2/2);
+          that is reproduced only with `legacy_backward=true`.
+Prediction: H hypotheses by K-step DDIM with flip averaging at every step, then JPMA (root estimated from
+the 2D). Evaluation adds P-Best (best hypothesis per sample) and P-Agg (mean hypothesis). Target 3D is
+read only by the test split; the target 2D used for adaptation comes from a different split.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from posectl.checkpoint import load_checkpoint
+from posectl.config import field
+from posectl.core import metrics
+from posectl.core.alignment import global_position_alignment
+from posectl.core.camera import normalize_screen, project
+from posectl.core.diffusion import Diffusion, estimate_root, jpma
+from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
+from posectl.datasets.lifting import LiftingData
+from posectl.errors import ConfigError
+from posectl.methods.base import Context, DataInput, TrainConfig, register, seed_everything
+from posectl.models.lora import LoRALinear, inject_lora, lora_state
+from posectl.models.mixste import Attention, MixSTEDenoiser
+
+
+@dataclass
+class DenoiserConfig:
+    width: int = field(128, "token width (published: 512)")
+    depth: int = field(4, "spatial + temporal block pairs (published: 8)")
+    heads: int = field(4, "attention heads (published: 8)")
+    frames: int = field(1, "frames per clip (published: 243; 1 = single-frame)")
+    dropout: float = field(0.1, "dropout in attention and MLPs")
+
+
+@dataclass
+class RefinerConfig:
+    width: int = field(64, "token width of the per-pose refinement transformer (published: 512)")
+    depth: int = field(2, "encoder layers (published: 8)")
+    heads: int = field(4, "attention heads")
+
+
+@dataclass
+class PoSyndaTarget:
+    path: str = field("synthetic:target", "target-domain dataset (its 2D adapts the model; its 3D is only tested)")
+    split: str = field("train", "target split whose unlabelled 2D poses are used for adaptation")
+    subjects: list[str] = field([], "restrict the adaptation 2D to these subjects (e.g. [S5, S6, S7, S8])")
+    test_split: str = field("test", "target split evaluated at the end (a different split from `split`)")
+    keypoints: str = field("gt", "target 2D source")
+
+
+@dataclass
+class PoSyndaConfig(TrainConfig):
+    stage: Literal["pretrain", "adapt"] = field("pretrain", "pretrain: supervised source diffusion; adapt: LoRA adaptation")
+    source_checkpoint: str = field("", "adapt: a `posynda stage=pretrain` checkpoint (best.pt or its run directory)")
+    timesteps: int = field(1000, "diffusion steps T of the cosine schedule")
+    scale: float = field(1.0, "signal scale of the diffusion")
+    hypotheses: int = field(3, "hypotheses H sampled in parallel (README: 3)")
+    sampling_steps: int = field(2, "DDIM steps K")
+    lora_rank: int = field(4, "adapt: LoRA rank r on the attention projections")
+    ema: float = field(0.99, "adapt: EMA momentum of the teacher")
+    w_t2d: float = field(0.5, "adapt: weight of the target 2D reprojection term")
+    w_t3d: float = field(1.0, "adapt: weight of the target pseudo-label term")
+    w_s3d: float = field(1.0, "adapt: weight of the GPA-styled source 3D term")
+    w_s2d: float = field(0.1, "adapt: weight of the source 2D reprojection term")
+    legacy_backward: bool = field(False, "adapt/pretrain: backward with the loss as upstream gradient (released code)")
+    train_flip: bool = field(True, "random horizontal flips in training")
+    test_flip: bool = field(True, "flip averaging at every DDIM step")
+    eval_joints: Literal["all", "16", "14"] = field("all", "evaluation joint set")
+    denoiser: DenoiserConfig = field(DenoiserConfig, "the diffusion denoiser")
+    refiner: RefinerConfig = field(RefinerConfig, "adapt: the per-pose refinement transformer")
+    target: PoSyndaTarget = field(PoSyndaTarget, "adapt: the unlabelled target domain, and the test data")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.stage == "adapt" and not self.source_checkpoint:
+            raise ConfigError("source_checkpoint: stage=adapt needs a `posynda stage=pretrain` checkpoint")
+        for name in ("timesteps", "hypotheses", "sampling_steps", "lora_rank"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1")
+        if self.sampling_steps > self.timesteps:
+            raise ConfigError("sampling_steps: at most `timesteps`")
+        if not 0 <= self.ema < 1:
+            raise ConfigError("ema: must be in [0, 1)")
+        if self.denoiser.frames not in (1, 3, 9, 27, 81, 243):
+            raise ConfigError("denoiser.frames: one of 1, 3, 9, 27, 81, 243")
+        if self.target.split == self.target.test_split:
+            raise ConfigError("target.split: the adaptation 2D and the test data must be different splits")
+        overlap = set(self.target.subjects) & set(self.data.train_subjects)
+        if overlap and self.target.path == self.data.path and self.target.split == self.data.train_split:
+            raise ConfigError(f"target.subjects: {sorted(overlap)} are also labelled source subjects")
+
+
+class Refiner(nn.Module):
+    """Per-pose transformer over joint tokens: pose (N, J, 3) -> pose + correction (starts as identity)."""
+
+    def __init__(self, joints: int, width: int, depth: int, heads: int):
+        super().__init__()
+        self.inp = nn.Linear(3, width)
+        self.pos = nn.Parameter(torch.zeros(1, joints, width))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=width, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.out = nn.Linear(width, 3)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        return pose + self.out(self.enc(self.inp(pose) + self.pos))
+
+
+def _mpjpe_all(hyp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean joint error of every hypothesis (H, B, J, 3) against y (B, J, 3)."""
+    return (hyp - y[None]).norm(dim=-1).mean()
+
+
+@register
+class PoSynDA:
+    name = "posynda"
+    description = "PoSynDA: diffusion multi-hypothesis pose synthesis for domain adaptation (MM'23)"
+    Config = PoSyndaConfig
+    smoke_overrides = {"epochs": 1}
+
+    @staticmethod
+    def inputs(cfg: PoSyndaConfig) -> dict[str, DataInput]:
+        t = cfg.target
+        out = {"test": DataInput(t.path, t.test_split, t.keypoints, with_3d=True)}
+        if cfg.stage == "adapt":
+            out["target"] = DataInput(t.path, t.split, t.keypoints, with_3d=False, subjects=tuple(t.subjects))
+        return out
+
+    def __init__(self, cfg: PoSyndaConfig, data: LiftingData, ctx: Context):
+        self.cfg, self.data, self.ctx = cfg, data, ctx
+        self.layout = data.layout
+        self.gen = seed_everything(cfg.seed + ctx.rank)
+        torch.manual_seed(cfg.seed)
+        d = cfg.denoiser
+        self.diffusion = Diffusion(cfg.timesteps, cfg.scale)
+        net = MixSTEDenoiser(data.num_joints, d.frames, d.width, d.depth, d.heads, dropout=d.dropout)
+        self.refiner: nn.Module | None = None
+        self.teacher: dict[str, torch.Tensor] | None = None
+        self._source_loaded = cfg.stage == "pretrain"     # adapt: the source weights are loaded on first use
+        if cfg.stage == "adapt":                           # (a resumed or evaluated run brings its own)
+            self.lora_params = inject_lora(net, cfg.lora_rank, lambda name, m: isinstance(m, Attention))
+            r = cfg.refiner
+            self.refiner = ctx.prepare_model(Refiner(data.num_joints, r.width, r.depth, r.heads))
+        self.model = ctx.prepare_model(net)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.refiner is not None:
+            params += list(self.refiner.parameters())
+        if cfg.stage == "pretrain":
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.1)
+        else:
+            self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_decay)
+        if cfg.stage == "adapt":
+            self.teacher = {k: v.detach().clone() for k, v in self._student_state().items()}
+        a = data.arrays
+        self.intr = torch.from_numpy(a.intrinsics.astype(np.float32))
+        self.kp_px = torch.from_numpy(a.keypoints_2d.astype(np.float32))
+        self.root = torch.from_numpy(a.joints_3d[:, data.layout.root].astype(np.float32))
+        self.target: dict[str, Any] | None = None
+
+    # -- parts -------------------------------------------------------------------------------------
+    def _load_source(self) -> None:
+        """Put the pretrained source weights under the (frozen) adapted network."""
+        if self._source_loaded:
+            return
+        state = load_checkpoint(self.cfg.source_checkpoint, "posynda")
+        if state["config"].get("stage") != "pretrain":
+            raise ConfigError(f"source_checkpoint: {self.cfg.source_checkpoint} is not a stage=pretrain checkpoint")
+        keys = ("width", "depth", "heads", "frames")
+        src_d, mine = state["config"]["denoiser"], dataclasses.asdict(self.cfg.denoiser)
+        if any(src_d[k] != mine[k] for k in keys):
+            raise ConfigError(f"denoiser: must match the source model's ({ {k: src_d[k] for k in keys} })")
+        net = self._inner(self.model)
+        wrapped = {n for n, m in net.named_modules() if isinstance(m, LoRALinear)}
+        src = {}
+        for k, v in state["method_state"]["model"].items():
+            k = k.removeprefix("net.")
+            if k.startswith("refiner."):
+                continue
+            mod, _, leaf = k.rpartition(".")
+            src[f"{mod}.base.{leaf}" if mod in wrapped else k] = v
+        missing, unexpected = net.load_state_dict(src, strict=False)
+        if unexpected or any(".lora_" not in k for k in missing):
+            raise ConfigError(f"source_checkpoint: weights do not fit the denoiser ({(missing + unexpected)[:3]})")
+        self._source_loaded = True
+
+    def _inner(self, m: nn.Module) -> nn.Module:
+        return getattr(m, "module", m)
+
+    def _student_state(self) -> dict[str, torch.Tensor]:
+        out = {f"lora.{k}": v for k, v in lora_state(self._inner(self.model)).items()}
+        out.update({f"refiner.{k}": v for k, v in self._inner(self.refiner).state_dict().items()})
+        return out
+
+    def _ema_update(self) -> None:
+        with torch.no_grad():
+            for k, v in self._student_state().items():
+                if v.dtype.is_floating_point:
+                    self.teacher[k].mul_(self.cfg.ema).add_(v.detach(), alpha=1 - self.cfg.ema)
+
+    def _swap_in(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Load (teacher) weights into the student modules; returns the weights they replaced."""
+        old = {k: v.detach().clone() for k, v in self._student_state().items()}
+        m, r = self._inner(self.model), self._inner(self.refiner)
+        m.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lora.")}, strict=False)
+        r.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("refiner.")})
+        return old
+
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, flip: bool) -> torch.Tensor:
+        y = self.model(x, t, cond)
+        if flip:
+            yf = self.model(flip_poses(x, self.layout), t, flip_poses(cond, self.layout))
+            y = (y + flip_poses(yf, self.layout)) / 2
+        return y
+
+    def _hypotheses(self, cond: torch.Tensor, grad: bool, flip: bool) -> torch.Tensor:
+        """(H, B, J, 3) centre-frame hypotheses by K-step DDIM from noise (DDIM eta = 1, as released)."""
+        cfg, H = self.cfg, self.cfg.hypotheses
+        B, T = cond.shape[:2]
+        c = cond.repeat(H, 1, 1, 1)
+        shape = (H * B, *cond.shape[1:-1], 3)
+        with torch.set_grad_enabled(grad):
+            x = torch.randn(shape, generator=self.gen).to(cond)
+            d = self.diffusion
+            for t, t_next in d.ddim_times(cfg.sampling_steps):
+                tt = torch.full((H * B,), t, dtype=torch.long, device=cond.device)
+                x0 = (self._denoise(x, tt, c, flip) * d.scale).clamp(-1.1 * d.scale, 1.1 * d.scale)
+                noise = torch.randn(shape, generator=self.gen).to(cond)
+                x = d.ddim_step(x, x0, t, t_next, 1.0, noise)
+            x = x / d.scale
+        out = x[:, T // 2].view(H, B, *x.shape[2:])
+        if self.refiner is not None:
+            with torch.set_grad_enabled(grad):
+                out = self.refiner(out.flatten(0, 1)).view_as(out)
+        return out
+
+    def _reproject(self, hyp: torch.Tensor, kp_px: torch.Tensor, intr: torch.Tensor, root: torch.Tensor | None):
+        """JPMA pose and per-joint min 2D error (px); the root is estimated from the 2D unless given."""
+        if root is None:
+            with torch.no_grad():
+                root = estimate_root(hyp.mean(0), kp_px, intr[:, :2], intr[:, 2:4])
+        return jpma(hyp, root, intr, kp_px)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if self.cfg.legacy_backward:
+            loss.backward(loss.detach())     # the released code's quirk: gradient of loss^2 / 2
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
+        self.opt.step()
+
+    def _target_arrays(self) -> dict[str, Any]:
+        if self.target is None:
+            t = self.ctx.inputs.get("target")
+            if t is None:
+                raise ConfigError("posynda adapt: no target input (the orchestrator loads it from target.path)")
+            tl = LiftingData(t, self.layout)          # sorted by sequence; 3D is NaN (never read from disk)
+            self.target = {"data": tl, "kp": torch.from_numpy(tl.arrays.keypoints_2d.astype(np.float32)),
+                           "intr": torch.from_numpy(tl.arrays.intrinsics.astype(np.float32)),
+                           "wh": torch.from_numpy(tl.arrays.image_size.astype(np.float32))}
+        return self.target
+
+    # -- training ----------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        return self._pretrain_epoch() if self.cfg.stage == "pretrain" else self._adapt_epoch()
+
+    def _pretrain_epoch(self) -> dict[str, float]:
+        cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
+        self.model.train()
+        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
+        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        total, n = torch.zeros(()), 0
+        for step, idx in enumerate(batches):
+            cond = data.windows(idx, T)
+            x0 = data.windows(idx, T, inputs=data.targets)
+            if cfg.train_flip:
+                flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[:, None, None, None]
+                cond = torch.where(flip, flip_poses(cond, self.layout), cond)
+                x0 = torch.where(flip, flip_poses(x0, self.layout), x0)
+            t = torch.randint(cfg.timesteps, (len(idx),), generator=self.gen)
+            noise = torch.randn(x0.shape, generator=self.gen)
+            cond, x0, t, noise = cond.to(dev), x0.to(dev), t.to(dev), noise.to(dev)
+            x_t = self.diffusion.q_sample(x0, t, noise)
+            pred = self.model(x_t, t, cond)
+            loss = (pred - x0).norm(dim=-1).mean()
+            self._backward(loss)
+            total += loss.detach().cpu() * len(idx)
+            n += len(idx)
+            self.ctx.progress(step + 1, len(batches))
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n}
+
+    def _adapt_epoch(self) -> dict[str, float]:
+        cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
+        self._load_source()
+        tgt = self._target_arrays()
+        tdata: LiftingData = tgt["data"]
+        self.model.train()
+        self.refiner.train()
+        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
+        t_batches = list(tdata.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        stats = {"target_loss": 0.0, "source_loss": 0.0, "target_min2d_px": 0.0, "pseudo_vs_mean_mm": 0.0}
+        n = 0
+        for step, tidx in enumerate(t_batches):
+            # target step: teacher pseudo-labels by JPMA, student pulled towards them
+            cond = tdata.windows(tidx, T).to(dev)
+            kp, intr = tgt["kp"][tidx].to(dev), tgt["intr"][tidx].to(dev)
+            student = self._swap_in(self.teacher)
+            with torch.no_grad():
+                hyp_t = self._hypotheses(cond, grad=False, flip=cfg.test_flip)
+                pseudo, _ = self._reproject(hyp_t, kp, intr, None)
+            self._swap_in(student)
+            hyp = self._hypotheses(cond, grad=True, flip=False)
+            _, err2d = self._reproject(hyp, kp, intr, None)
+            loss_t = cfg.w_t2d * err2d.mean() / 100 + cfg.w_t3d * _mpjpe_all(hyp, pseudo)
+            # source step: source poses moved into the target's 2D scale/position, target cameras
+            sidx = torch.randint(len(data), (len(tidx),), generator=self.gen)
+            y = data.targets[sidx]
+            pick = torch.randint(len(tgt["kp"]), (len(sidx),), generator=self.gen)
+            t_intr = tgt["intr"][pick]
+            moved = global_position_alignment(y + self.root[sidx][:, None], tgt["kp"][pick], t_intr[:, :2],
+                                              t_intr[:, 2:4], self.layout.root)
+            s_px = project(moved, t_intr)
+            s_cond = normalize_screen(s_px, tgt["wh"][pick, 0], tgt["wh"][pick, 1])[:, None].expand(-1, T, -1, -1)
+            hyp_s = self._hypotheses(s_cond.to(dev), grad=True, flip=False)
+            _, err_s = self._reproject(hyp_s, s_px.to(dev), t_intr.to(dev), moved[:, self.layout.root].to(dev))
+            loss_s = cfg.w_s3d * _mpjpe_all(hyp_s, y.to(dev)) + cfg.w_s2d * err_s.mean() / 100
+            self._backward(loss_t + loss_s)
+            self._ema_update()
+            stats["target_loss"] += loss_t.item()
+            stats["source_loss"] += loss_s.item()
+            stats["target_min2d_px"] += err2d.mean().item()
+            stats["pseudo_vs_mean_mm"] += 1000 * float((pseudo - hyp_t.mean(0)).norm(dim=-1).mean())
+            n += len(tidx)
+            self.ctx.progress(step + 1, len(t_batches))
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        out = {k: v / max(len(t_batches), 1) for k, v in stats.items()}
+        out.update({"lr": lr, "train_samples": n, "train_loss_mm": 1000 * out["source_loss"]})
+        return out
+
+    # -- prediction and evaluation -------------------------------------------------------------------
+    def predict_hypotheses(self, data: LiftingData, stride: int = 1, batch_size: int = 1024):
+        """(H, N, J, 3) hypotheses, (N, J, 3) JPMA poses and the row indices, for every stride-th row."""
+        self.model.eval()
+        if self.refiner is not None:
+            self.refiner.eval()
+        dev = self.ctx.device
+        intr_all = torch.from_numpy(data.arrays.intrinsics.astype(np.float32))
+        kp_all = torch.from_numpy(data.arrays.keypoints_2d.astype(np.float32))
+        hyps, poses, rows = [], [], []
+        with torch.no_grad():
+            for idx in data.batches(batch_size, shuffle=False, stride=stride):
+                cond = data.windows(idx, self.cfg.denoiser.frames).to(dev)
+                h = self._hypotheses(cond, grad=False, flip=self.cfg.test_flip)
+                p, _ = self._reproject(h, kp_all[idx].to(dev), intr_all[idx].to(dev), None)
+                h[..., data.layout.root, :] = 0
+                p[..., data.layout.root, :] = 0
+                hyps.append(h.cpu())
+                poses.append(p.cpu())
+                rows.append(idx)
+        self.model.train()
+        return torch.cat(hyps, 1).numpy(), torch.cat(poses).numpy(), torch.cat(rows).numpy()
+
+    def evaluate(self, data: LiftingData, stride: int = 1, detailed: bool = False) -> dict[str, Any]:
+        hyp, pred, rows = self.predict_hypotheses(data, stride)
+        gt = data.targets[rows].numpy()
+        joints = None
+        if self.cfg.eval_joints != "all":
+            joints = list(EVAL_JOINT_SETS[self.cfg.eval_joints])
+        res = metrics.evaluate_poses(pred, gt, actions=data.actions[rows], root=data.layout.root, joints=joints)
+        sel = joints or list(range(data.layout.num_joints))
+        per_h = np.linalg.norm(hyp[..., sel, :] - gt[None][..., sel, :], axis=-1).mean(-1)     # (H, N)
+        res["p_best"] = 1000 * float(per_h.min(0).mean())
+        res["p_agg"] = 1000 * float(np.linalg.norm(hyp.mean(0)[:, sel] - gt[:, sel], axis=-1).mean())
+        res["protocol"] = (f"{data.layout.name} ({len(sel)} joints), root-relative, 2D {self.cfg.data.keypoints}, "
+                           f"JPMA over {self.cfg.hypotheses} hypotheses x {self.cfg.sampling_steps} DDIM steps "
+                           f"(root estimated from 2D), flip {'on' if self.cfg.test_flip else 'off'}"
+                           f"{f', every {stride}th frame' if stride > 1 else ''}")
+        if not detailed:
+            res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
+        return res
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """Everything prediction needs (denoiser, adapters, refiner): the checkpoint's "model" entry."""
+        w = {f"net.{k}": v for k, v in self._inner(self.model).state_dict().items()}
+        if self.refiner is not None:
+            w.update({f"refiner.{k}": v for k, v in self._inner(self.refiner).state_dict().items()})
+        return w
+
+    def state_dict(self) -> dict[str, Any]:
+        st = {"model": self._weights(), "optimizer": self.opt.state_dict(),
+              "scheduler": self.sched.state_dict(), "generator": self.gen.get_state()}
+        if self.teacher is not None:
+            st["teacher"] = {k: v.clone() for k, v in self.teacher.items()}
+        return st
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        w = state["model"]
+        self._inner(self.model).load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("net.")})
+        if self.refiner is not None:
+            self._inner(self.refiner).load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("refiner.")})
+        self._source_loaded = True
+        if "optimizer" in state:
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.gen.set_state(state["generator"])
+            if self.refiner is not None:
+                self.teacher = {k: v.clone() for k, v in state["teacher"].items()}

@@ -1,0 +1,92 @@
+"""The `posynda` plugin: both stages, frozen source weights, no target 3D in adaptation, Ray Train + resume."""
+import numpy as np
+import pytest
+import torch
+
+from posectl.config import build, to_dict
+from posectl.datasets.lifting import LiftingData
+from posectl.datasets.store import PoseDataset
+from posectl.datasets.synthetic import SynthConfig, write_synthetic
+from posectl.errors import ConfigError
+from posectl.methods.base import Context, get_method
+from posectl.orchestrator.experiment import save_checkpoint
+
+TINY = {"denoiser.width": 32, "denoiser.depth": 1, "denoiser.heads": 4, "hypotheses": 2, "sampling_steps": 1,
+        "refiner.width": 16, "refiner.depth": 1, "batch_size": 64}
+
+
+@pytest.fixture(scope="module")
+def target_dataset(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("pt") / "target", SynthConfig(domain="target", subjects=3,
+                                                                                  frames=40))
+
+
+def test_config_guards():
+    cls = get_method("posynda")
+    with pytest.raises(ConfigError, match="needs a `posynda stage=pretrain` checkpoint"):
+        build(cls.Config, {"stage": "adapt"})
+    with pytest.raises(ConfigError, match="different splits"):
+        build(cls.Config, {"target.split": "test"})
+    with pytest.raises(ConfigError, match="also labelled source subjects"):
+        build(cls.Config, {"data.path": "/d", "target.path": "/d", "data.train_subjects": ["S1"],
+                           "target.subjects": ["S1", "S5"]})
+    spec = cls.inputs(build(cls.Config, {"stage": "adapt", "source_checkpoint": "x", "target.subjects": ["S5"]}))
+    assert spec["target"].with_3d is False and spec["target"].subjects == ("S5",)
+    assert spec["test"].split == "test" and spec["target"].split == "train"
+
+
+def test_adaptation_freezes_the_source_and_never_reads_target_3d(small_dataset, target_dataset, tmp_path):
+    cls = get_method("posynda")
+    src = PoseDataset(small_dataset)
+    train = LiftingData(src.load("train"), src.layout)
+    cfg = build(cls.Config, {**TINY, "data.path": str(small_dataset)})
+    pre = cls(cfg, train, Context())
+    assert np.isfinite(pre.train_epoch(0)["train_loss_mm"])
+    save_checkpoint(tmp_path / "src.pt", {"method": "posynda", "config": to_dict(cfg), "epoch": 0,
+                                          "method_state": pre.state_dict()})
+    src_weights = {k[4:]: v.clone() for k, v in pre.state_dict()["model"].items()}
+    cfg2 = build(cls.Config, {**TINY, "stage": "adapt", "source_checkpoint": str(tmp_path / "src.pt"),
+                              "data.path": str(small_dataset), "target.path": str(target_dataset), "lr": 1e-3})
+    target = PoseDataset(target_dataset).load("train", with_3d=False)
+    assert np.isnan(target.joints_3d).all()            # NaN would poison any loss it reached
+    m = cls(cfg2, train, Context(inputs={"target": target}))
+    out = m.train_epoch(0)
+    assert all(np.isfinite(v) for v in out.values()), out
+    net = m.model.state_dict()
+    for k, v in src_weights.items():                   # the source model under the adapters: bit-identical
+        mod, _, leaf = k.rpartition(".")
+        key = k if k in net else f"{mod}.base.{leaf}"
+        assert torch.equal(net[key], v), k
+    lora = {k: v for k, v in net.items() if ".lora_B" in k}
+    assert lora and any(v.abs().sum() > 0 for v in lora.values())        # the adapters moved
+    # the teacher is an EMA of the student, not the student itself
+    student = m._student_state()
+    assert any(not torch.equal(m.teacher[k], student[k]) for k in student)
+    ev = m.evaluate(LiftingData(src.load("val"), src.layout))
+    assert np.isfinite(ev["mpjpe"]) and np.isfinite(ev["p_best"]) and np.isfinite(ev["p_agg"])
+
+
+@pytest.mark.ray
+def test_both_stages_through_ray_train_with_two_workers_and_resume(ray_session, small_dataset, target_dataset,
+                                                                    tmp_path, ledger):
+    from posectl.orchestrator.train import train
+    base = {**TINY, "data.path": str(small_dataset), "target.path": str(target_dataset), "data.train_stride": 2}
+    pre = train("posynda", [{**base, "epochs": 1}], workers=2, runs_dir=tmp_path, name="pre")
+    assert np.isfinite(pre.results["test"]["mpjpe"]) and "JPMA" in pre.results["test"]["protocol"]
+    cfg = [{**base, "stage": "adapt", "source_checkpoint": str(pre.experiment.root), "epochs": 2}]
+    marker = tmp_path / "failed"
+
+    def fail_once(epoch, rank):
+        if epoch == 1 and rank == 0 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("injected failure")
+    ledger.fault()
+    with pytest.raises(Exception, match="injected failure"):
+        train("posynda", cfg, workers=2, runs_dir=tmp_path, name="adapt", fault_hook=fail_once)
+    out = train("posynda", [], workers=2, runs_dir=tmp_path, name="adapt", resume=True)
+    epochs = [r["epoch"] for r in out.experiment.history()]
+    assert ledger.lost(len({1, 2} ^ set(epochs)) + len(epochs) - len(set(epochs))) == 0
+    assert epochs == [1, 2] and np.isfinite(out.results["test"]["mpjpe"])
+    ledger.recovered()
+    n_test = PoseDataset(target_dataset).manifest["splits"]["test"]["rows"]
+    assert sum(a["n"] for a in out.results["test"]["per_action"].values()) == n_test
