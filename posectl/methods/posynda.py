@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -94,8 +95,6 @@ class PoSyndaConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.stage == "adapt" and not self.source_checkpoint:
-            raise ConfigError("source_checkpoint: stage=adapt needs a `posynda stage=pretrain` checkpoint")
         for name in ("timesteps", "hypotheses", "sampling_steps", "lora_rank"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1")
@@ -146,7 +145,11 @@ class PoSynDA:
     def inputs(cfg: PoSyndaConfig) -> dict[str, DataInput]:
         t = cfg.target
         out = {"test": DataInput(t.path, t.test_split, t.keypoints, with_3d=True)}
-        if cfg.stage == "adapt":
+        if cfg.stage == "adapt":       # checked here, before any job starts (a search space cannot name it)
+            if not cfg.source_checkpoint:
+                raise ConfigError("source_checkpoint: stage=adapt needs a `posynda stage=pretrain` checkpoint")
+            if not Path(cfg.source_checkpoint).expanduser().exists():
+                raise ConfigError(f"source_checkpoint: {cfg.source_checkpoint} does not exist")
             out["target"] = DataInput(t.path, t.split, t.keypoints, with_3d=False, subjects=tuple(t.subjects))
         return out
 
