@@ -150,7 +150,7 @@ def test_tiny_model_overfits(name: str, kwargs: dict, t: int) -> None:
 
 
 def test_build_backbone_registry_and_errors() -> None:
-    assert set(BACKBONES) == {"simple", "videopose", "videopose_1f"}
+    assert set(BACKBONES) == {"simple", "videopose", "videopose_1f", "semgcn"}
     assert isinstance(build_backbone("simple", 16, 17, hidden=32), SimpleBaseline)
     assert isinstance(build_backbone("videopose", 17, 17, filter_widths=[3, 3], channels=8), TemporalModel)
     assert isinstance(build_backbone("videopose_1f", 17, 17, channels=8), TemporalModelOptimized1f)
