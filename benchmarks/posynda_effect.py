@@ -1,0 +1,156 @@
+"""Does PoSynDA's adaptation help? Source-only (the pretrained diffusion model) vs adapted, per protocol.
+
+Protocols (docs methods.md §7; Human3.6M from ../shared/data/h36m, GT 2D):
+  cross-subject  labelled S1; unlabelled 2D of S5-S8 (train split, read without 3D); test S9.
+                 Also a target-supervised reference: the same model pretrained on S5-S8 *with* labels.
+  cross-domain   labelled S1, S5-S8; unlabelled 2D of the synthetic shifted target (train split);
+                 test on the synthetic target's test split.
+Model selection uses the source validation split (no target labels). Metrics: MPJPE and P-MPJPE of the
+JPMA pose (root estimated from 2D), P-Best and P-Agg over hypotheses; 17 joints, root-relative.
+Each run is the plugin's epoch loop in this process (the loop a Tune trial runs). Mean +- std over seeds.
+
+    python benchmarks/posynda_effect.py [--protocols subject domain] [--seeds 0 1 2]
+        [--pretrain-epochs 10] [--adapt-epochs 3] [--rows 14000] [--adapt-rows 2000] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def _ms(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else f"{xs[0]:.1f}"
+
+
+class _Keep:
+    final_eval = True
+
+    def __init__(self):
+        self.best, self.full = None, None
+
+    def epoch(self, row, state_fn, improved):
+        if improved or self.best is None:
+            self.full = state_fn()
+            self.best = {"method_state": {"model": {k: v.clone() for k, v in self.full["method_state"]["model"].items()}}}
+
+    def best_state(self):
+        return self.best
+
+    def finish(self, results):
+        self.results = results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    here = Path(__file__).resolve().parents[1]
+    ap.add_argument("--data-3d", default=str(here.parent / "shared" / "data" / "h36m" / "data_3d_h36m.npz"))
+    ap.add_argument("--prepared", default=None, help="an already prepared Human3.6M dataset directory")
+    ap.add_argument("--protocols", nargs="+", default=["subject", "domain"], choices=["subject", "domain"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--pretrain-epochs", type=int, default=10)
+    ap.add_argument("--adapt-epochs", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=14000, help="source rows per pretraining epoch")
+    ap.add_argument("--adapt-rows", type=int, default=2000, help="target rows per adaptation epoch")
+    ap.add_argument("--eval-stride", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    from posectl.config import build, to_dict
+    from posectl.datasets.h36m import cached_h36m
+    from posectl.datasets.lifting import LiftingData
+    from posectl.datasets.store import PoseDataset
+    from posectl.datasets.synthetic import cached_synthetic
+    from posectl.methods.base import Context, get_method
+    from posectl.orchestrator.experiment import save_checkpoint
+    from posectl.orchestrator.loop import run_epochs
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    out = Path(args.out or tempfile.mkdtemp(prefix="posectl-posynda-"))
+    out.mkdir(parents=True, exist_ok=True)
+    cls = get_method("posynda")
+    h36m = str(Path(args.prepared) if args.prepared else cached_h36m(args.data_3d))
+    hds = PoseDataset(h36m)
+    synth = str(cached_synthetic("target"))
+    sds = PoseDataset(synth)
+    settings = {
+        "subject": {"source": ["S1"], "target": (h36m, ["S5", "S6", "S7", "S8"]), "test": (hds, "test")},
+        "domain": {"source": [], "target": (synth, []), "test": (sds, "test")},
+    }
+    results: list[dict] = []
+
+    def run(cfg, train, val, inputs, test):
+        ctx = Context(inputs=inputs)
+        m = cls(cfg, train, ctx)
+        rep = _Keep()
+        run_epochs(m, cfg, {"train": train, "val": val, "test": test}, ctx, None, rep)
+        return rep
+
+    for proto in args.protocols:
+        s = settings[proto]
+        train_arrays = hds.load("train", subjects=s["source"] or None)
+        train = LiftingData(train_arrays, hds.layout)
+        val = LiftingData(hds.load("val", subjects=s["source"] or None), hds.layout)   # source subjects only
+        stride = max(1, round(len(train) / args.rows))
+        tpath, tsubj = s["target"]
+        tds = PoseDataset(tpath)
+        target_2d = tds.load("train", subjects=tsubj or None, with_3d=False)
+        tstride = max(1, round(len(target_2d) / args.adapt_rows))
+        test = LiftingData(s["test"][0].load(s["test"][1]), hds.layout)
+        common = {"data.path": h36m, "data.train_subjects": s["source"], "data.eval_stride": args.eval_stride,
+                  "target.path": tpath, "target.subjects": tsubj}
+        for seed in args.seeds:
+            t1 = time.perf_counter()
+            pre_cfg = build(cls.Config, common, {"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
+                                                 "data.train_stride": stride})
+            pre = run(pre_cfg, train, val, {}, test)
+            ckpt = out / f"{proto}-pretrain-s{seed}.pt"
+            save_checkpoint(ckpt, {"method": "posynda", "config": to_dict(pre_cfg), "epoch": 0,
+                                   "method_state": pre.best["method_state"]})
+            rows = [("source_only", pre.results)]
+            ad_cfg = build(cls.Config, common, {"stage": "adapt", "seed": seed, "epochs": args.adapt_epochs,
+                                                "source_checkpoint": str(ckpt), "lr": 1e-4, "lr_decay": 0.993,
+                                                "data.train_stride": tstride})
+            rows.append(("posynda", run(ad_cfg, train, val, {"target": target_2d}, test).results))
+            if proto == "subject":    # target-supervised reference: labelled S5-S8
+                sup_arrays = hds.load("train", subjects=tsubj)
+                sup = LiftingData(sup_arrays, hds.layout)
+                sup_cfg = build(cls.Config, common, {"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
+                                                     "data.train_subjects": tsubj, "target.subjects": [],
+                                                     "data.train_stride": max(1, round(len(sup) / args.rows))})
+                sup_val = LiftingData(hds.load("val", subjects=tsubj), hds.layout)
+                rows.append(("target_supervised", run(sup_cfg, sup, sup_val, {}, test).results))
+                del sup, sup_arrays
+            for mode, r in rows:
+                t = r["test"]
+                results.append({"protocol": proto, "mode": mode, "seed": seed, "mpjpe": t["mpjpe"],
+                                "p_mpjpe": t["p_mpjpe"], "p_best": t["p_best"], "p_agg": t["p_agg"],
+                                "best_epoch": r["best_epoch"], "test_protocol": t["protocol"]})
+                print(f"{proto:8s} {mode:17s} seed {seed}: MPJPE {t['mpjpe']:.1f} mm, P-MPJPE {t['p_mpjpe']:.1f}, "
+                      f"P-Best {t['p_best']:.1f}, P-Agg {t['p_agg']:.1f} ({time.perf_counter() - t1:.0f} s so far)",
+                      flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+        del train, val, train_arrays, target_2d, test
+
+    print()
+    print(f"PoSynDA effect: pretrain {args.pretrain_epochs} epochs (~{args.rows} rows), adapt {args.adapt_epochs} "
+          f"epochs (~{args.adapt_rows} target rows), seeds {args.seeds}; test every {args.eval_stride}th frame")
+    print(f"protocol: {results[0]['test_protocol']}")
+    print(f"{'protocol':10s}{'mode':19s}{'MPJPE':>14s}{'P-MPJPE':>14s}{'P-Best':>14s}{'P-Agg':>14s}")
+    for proto in args.protocols:
+        for mode in ("source_only", "posynda", "target_supervised"):
+            r = [x for x in results if x["protocol"] == proto and x["mode"] == mode]
+            if r:
+                print(f"{proto:10s}{mode:19s}" + "".join(f"{_ms([x[k] for x in r]):>14s}"
+                                                          for k in ("mpjpe", "p_mpjpe", "p_best", "p_agg")))
+    print(f"wall time {time.perf_counter() - t0:.0f} s; results {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
