@@ -149,8 +149,9 @@ class GPA(LiftingMethod):
             P = y[aligned] + self.root[idx[aligned]][:, None]
             intr = t["intr"][pick]
             P = global_position_alignment(P, t["kp"][pick], intr[:, :2], intr[:, 2:4], layout.root)
-            if cfg.depth_jitter > 0:
-                P = P * torch.exp(torch.randn(n, 1, 1, generator=self.gen) * cfg.depth_jitter)
+            if cfg.depth_jitter > 0:       # slide the root along its viewing ray; the pose keeps its size
+                r = P[:, layout.root:layout.root + 1]
+                P = P - r + r * torch.exp(torch.randn(n, 1, 1, generator=self.gen) * cfg.depth_jitter)
             x[aligned] = normalize_screen(project(P, intr), t["wh"][pick, 0], t["wh"][pick, 1])
         counts["aligned"], counts["local"] = int(aligned.sum()), int(local.sum())
         return x, y, counts
