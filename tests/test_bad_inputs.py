@@ -259,8 +259,14 @@ def case_checkpoint_unsafe_pickle(tmp):
 
 def case_checkpoint_other_method(tmp):
     p = tmp / "other.pt"
+    torch.save({"format": "posectl-checkpoint", "version": 1, "method": "nosuchmethod", "config": {}}, p)
+    return ["eval", str(p)], "unknown method 'nosuchmethod'"
+
+
+def case_checkpoint_incomplete(tmp):
+    p = tmp / "partial.pt"
     torch.save({"format": "posectl-checkpoint", "version": 1, "method": "gpa", "config": {}}, p)
-    return ["eval", str(p)], "unknown method 'gpa'"
+    return ["eval", str(p)], "incomplete posectl checkpoint (no layout, epoch, method_state)"
 
 
 def case_checkpoint_foreign(tmp):

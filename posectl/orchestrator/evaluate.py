@@ -19,6 +19,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
                         joints: str | None = None) -> dict[str, Any]:
     state = load_checkpoint(checkpoint)
     method_cls = get_method(state["method"])
+    _require(state, checkpoint)
     overrides: dict[str, Any] = {}
     if keypoints is not None:
         overrides["data.keypoints"] = keypoints
@@ -47,6 +48,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
             "epoch": state["epoch"] + 1, "metrics": metrics}
 
 
+def _require(state: dict, where) -> None:
+    missing = [k for k in ("config", "layout", "epoch", "method_state") if k not in state]
+    if missing:
+        from posectl.errors import PosectlError
+        raise PosectlError(f"{where}: an incomplete posectl checkpoint (no {', '.join(missing)})")
+
+
 def _open_any(path: str):
     from posectl.datasets.store import PoseDataset
     from posectl.orchestrator.data import resolve_path
@@ -64,6 +72,7 @@ def sample_checkpoint(checkpoint: str | Path, n: int = 18, out: str | Path | Non
         p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
     state = load_checkpoint(p)
     cls = get_method(state["method"])
+    _require(state, p)
     if not hasattr(cls, "sample_poses"):
         raise PosectlError(f"method '{state['method']}' does not generate poses")
     if "optimizer" not in state["method_state"]:
