@@ -332,6 +332,20 @@ def samples(
 
 
 @app.command()
+def meshes(
+    run: Path = typer.Argument(..., help="A run directory (or a checkpoint) of a mesh method such as pose2mesh."),
+    n: int = typer.Option(4, "--n", min=1, max=24, help="Number of frames, evenly spaced over the split."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to draw from (default: the run's test split)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Another dataset with the same joint layout."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the OBJ files and meshes.png (default: RUN/meshes)."),
+):
+    """Write predicted and ground-truth meshes (OBJ) and a PNG of both, to look at a Pose2Mesh run."""
+    from posectl.cli.render import console
+    from posectl.orchestrator.evaluate import export_meshes
+    console.print(f"wrote predicted and ground-truth OBJ files and meshes.png to {export_meshes(run, n, split, data, out)}")
+
+
+@app.command()
 def methods(method: Optional[str] = typer.Argument(None, help="Show this method's parameters.")):
     """List method plugins, or one method's parameters with types and defaults."""
     from rich.table import Table

@@ -110,7 +110,7 @@ class Method(Protocol):
 
 _REGISTRY: dict[str, type] = {}
 _BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug", "gpa": "posectl.methods.gpa",
-             "posynda": "posectl.methods.posynda"}
+             "posynda": "posectl.methods.posynda", "pose2mesh": "posectl.methods.pose2mesh"}
 
 
 def register(cls: type) -> type:

@@ -88,3 +88,38 @@ def sample_checkpoint(checkpoint: str | Path, n: int = 18, out: str | Path | Non
     out = Path(out) if out else p.parent.parent / "generated_poses.png"
     return skeleton_grid(poses, layout, out, f"{state['method']} generated poses (epoch {state['epoch'] + 1}, "
                                              f"{cfg.data.path.rsplit('/', 1)[-1]})")
+
+
+def export_meshes(checkpoint: str | Path, n: int = 4, split: str | None = None, data: str | None = None,
+                  out: str | Path | None = None) -> Path:
+    """Predict meshes for `n` evenly spaced frames of a split with a mesh method's checkpoint (Pose2Mesh):
+    write predicted and ground-truth meshes as OBJ files and a PNG of both. Returns the output folder."""
+    import numpy as np
+
+    from posectl.core.mesh import write_obj
+    from posectl.errors import PosectlError
+    from posectl.orchestrator.plots import mesh_grid
+    p = Path(checkpoint)
+    if p.is_dir():
+        p = p / "checkpoints" / "best.pt" if (p / "checkpoints").is_dir() else p / "best.pt"
+    state = load_checkpoint(p)
+    cls = get_method(state["method"])
+    _require(state, p)
+    if not hasattr(cls, "predict_meshes"):
+        raise PosectlError(f"method '{state['method']}' does not predict meshes")
+    cfg = build(cls.Config, state["config"], context=f"method {state['method']}")
+    split = split or cfg.data.test_split
+    ds = _open_any(data or cfg.data.path)
+    lifting = LiftingData(ds.load(split, cfg.data.keypoints), get_layout(state["layout"]))
+    method = cls(cfg, lifting, Context())
+    method.load_state_dict({"model": state["method_state"]["model"]})
+    rows = np.unique(np.linspace(0, len(lifting) - 1, n).round().astype(np.int64))
+    pred, gt, faces = method.predict_meshes(lifting, rows)
+    folder = Path(out) if out else p.parent.parent / "meshes"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(rows):
+        write_obj(folder / f"{split}_{r:06d}_pred.obj", pred[i], faces)
+        write_obj(folder / f"{split}_{r:06d}_gt.obj", gt[i], faces)
+    mesh_grid(gt, pred, faces, folder / "meshes.png",
+              f"{state['method']} epoch {state['epoch'] + 1}: {ds.name} {split}, rows {', '.join(map(str, rows))}")
+    return folder
