@@ -110,7 +110,8 @@ class Method(Protocol):
 
 _REGISTRY: dict[str, type] = {}
 _BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.dhaug", "gpa": "posectl.methods.gpa",
-             "posynda": "posectl.methods.posynda", "pose2mesh": "posectl.methods.pose2mesh"}
+             "posynda": "posectl.methods.posynda", "pose2mesh": "posectl.methods.pose2mesh",
+             "l2d": "posectl.methods.l2d"}
 
 
 def register(cls: type) -> type:

@@ -1,0 +1,125 @@
+"""Images of posed skeletons, for training 2D detectors where no photographs are at hand (L2D).
+
+A pose is drawn as an articulated figure: every bone a shaded capsule, the head a disc, hidden
+surfaces removed per pixel by depth (a z-buffer over the bones), on a random smooth background.
+The image is a square crop around the 2D pose, with optional random scale, shift and in-plane
+rotation (the usual detector augmentation); `CropTransform` maps screen-normalised 2D coordinates
+(posectl.core.camera.normalize_screen, i.e. where the camera model projects the joints) into crop
+pixels and back, so detector outputs return to the coordinates a lifting network expects.
+
+Pure torch, batched, deterministic for a given torch.Generator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from posectl.core.skeleton import Layout
+
+
+@dataclass
+class CropTransform:
+    """uv (screen-normalised) -> crop pixels: p = (rot @ (uv - centre)) / size * res + res / 2."""
+    centre: torch.Tensor     # (B, 2) uv
+    size: torch.Tensor       # (B,) side of the crop in uv units
+    rot: torch.Tensor        # (B, 2, 2) rotation applied about the centre
+    res: int                 # crop side in pixels
+
+    def to_crop(self, uv: torch.Tensor) -> torch.Tensor:
+        d = torch.einsum("bij,bkj->bki", self.rot, uv - self.centre[:, None])
+        return d / self.size[:, None, None] * self.res + self.res / 2
+
+    def to_uv(self, px: torch.Tensor) -> torch.Tensor:
+        d = (px - self.res / 2) * self.size[:, None, None] / self.res
+        return torch.einsum("bji,bkj->bki", self.rot, d) + self.centre[:, None]     # rot^T: the inverse
+
+
+def crop_around(uv: torch.Tensor, res: int, padding: float = 1.5, generator: torch.Generator | None = None,
+                scale_jitter: float = 0.0, shift_jitter: float = 0.0, max_rotation_deg: float = 0.0) -> CropTransform:
+    """A square crop around each pose's 2D bounding box (padding x its longer side), optionally jittered."""
+    lo, hi = uv.amin(1), uv.amax(1)
+    centre = (lo + hi) / 2
+    size = (hi - lo).amax(1).clamp_min(1e-3) * padding
+    B = len(uv)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator) * 2 - 1
+    if scale_jitter:
+        size = size * (1 + scale_jitter * rand(B))
+    if shift_jitter:
+        centre = centre + shift_jitter * size[:, None] * rand(B, 2)
+    angle = torch.deg2rad(torch.tensor(max_rotation_deg)) * rand(B) if max_rotation_deg else torch.zeros(B)
+    c, s = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+    return CropTransform(centre, size, rot, res)
+
+
+def _bone_colours(layout: Layout) -> torch.Tensor:
+    """Right limbs reddish, left limbs bluish, the trunk grey-green: sides a detector can tell apart."""
+    cols = []
+    for parent, child in layout.bones:
+        if child in layout.right:
+            cols.append((0.85, 0.30, 0.25))
+        elif child in layout.left:
+            cols.append((0.25, 0.40, 0.85))
+        else:
+            cols.append((0.55, 0.70, 0.45))
+    return torch.tensor(cols)
+
+
+def _background(B: int, res: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, 3, res, res): a random colour gradient plus blurred noise, darker than the figure on average."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, res), torch.linspace(0, 1, res), indexing="ij")
+    a = torch.rand(B, 3, 1, 1, generator=generator) * 0.5
+    b = torch.rand(B, 3, 1, 1, generator=generator) * 0.5
+    t = torch.rand(B, 1, 1, 1, generator=generator)
+    grad = a + (b - a) * (xx * t + yy * (1 - t))
+    noise = torch.rand(B, 3, res // 4, res // 4, generator=generator) * 0.3
+    noise = torch.nn.functional.interpolate(noise, size=(res, res), mode="bilinear", align_corners=False)
+    return (grad + noise - 0.15).clamp(0, 1)
+
+
+def render(uv: torch.Tensor, depth: torch.Tensor, layout: Layout, crop: CropTransform,
+           generator: torch.Generator | None = None, limb_radius: float = 0.035, head_radius: float = 0.075,
+           background: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw (B, J) poses. uv: (B, J, 2) screen-normalised 2D; depth: (B, J) camera-frame z (any offset).
+
+    Returns (images (B, 3, res, res) in [0, 1], joints in crop pixels (B, J, 2), figure mask (B, res, res)).
+    Radii are fractions of the crop side.
+    """
+    res = crop.res
+    B = len(uv)
+    px = crop.to_crop(uv)                                          # (B, J, 2)
+    grid = torch.stack(torch.meshgrid(torch.arange(res, dtype=torch.float32) + 0.5,
+                                      torch.arange(res, dtype=torch.float32) + 0.5, indexing="xy"), -1)
+    g = grid.view(1, 1, -1, 2)                                     # (1, 1, P, 2) pixel centres (x, y)
+    bones = torch.tensor(layout.bones)
+    a, b = px[:, bones[:, 0]], px[:, bones[:, 1]]                  # (B, M, 2)
+    za, zb = depth[:, bones[:, 0]], depth[:, bones[:, 1]]
+    ab = b - a
+    t = ((g - a[:, :, None]) * ab[:, :, None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)[:, :, None]
+    t = t.clamp(0, 1)                                              # (B, M, P)
+    closest = a[:, :, None] + t[..., None] * ab[:, :, None]
+    dist = (g - closest).norm(dim=-1)                              # (B, M, P)
+    radius = limb_radius * res
+    z = za[:, :, None] + t * (zb - za)[:, :, None]
+    head = layout.joints.index("Head") if "Head" in layout.joints else None
+    if head is not None:                                           # the head: a disc, one more "bone"
+        dh = (g[:, 0] - px[:, head, None]).norm(dim=-1)[:, None]   # (B, 1, P)
+        dist = torch.cat([dist, dh * (radius / (head_radius * res))], 1)
+        z = torch.cat([z, depth[:, head, None, None].expand(B, 1, dist.shape[-1])], 1)
+    cover = dist < radius
+    zbuf = torch.where(cover, z, torch.full_like(z, float("inf")))
+    front = zbuf.argmin(1)                                         # (B, P) index of the visible part
+    mask = cover.any(1)
+    colours = _bone_colours(layout)
+    if head is not None:
+        colours = torch.cat([colours, torch.tensor([[0.90, 0.75, 0.60]])])
+    col = colours[front]                                           # (B, P, 3)
+    d = dist.gather(1, front[:, None]).squeeze(1) / radius         # 0 on the axis, 1 at the rim
+    shade = (1 - d.clamp(0, 1) ** 2).sqrt() * 0.7 + 0.3            # a lit cylinder
+    fig = (col * shade[..., None]).permute(0, 2, 1).reshape(B, 3, res, res)
+    m = mask.view(B, 1, res, res)
+    bg = _background(B, res, generator) if background else torch.zeros(B, 3, res, res)
+    return torch.where(m, fig, bg), px, mask.view(B, res, res)
