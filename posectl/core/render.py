@@ -93,33 +93,29 @@ def render(uv: torch.Tensor, depth: torch.Tensor, layout: Layout, crop: CropTran
     px = crop.to_crop(uv)                                          # (B, J, 2)
     grid = torch.stack(torch.meshgrid(torch.arange(res, dtype=torch.float32) + 0.5,
                                       torch.arange(res, dtype=torch.float32) + 0.5, indexing="xy"), -1)
-    g = grid.view(1, 1, -1, 2)                                     # (1, 1, P, 2) pixel centres (x, y)
-    bones = torch.tensor(layout.bones)
-    a, b = px[:, bones[:, 0]], px[:, bones[:, 1]]                  # (B, M, 2)
-    za, zb = depth[:, bones[:, 0]], depth[:, bones[:, 1]]
-    ab = b - a
-    t = ((g - a[:, :, None]) * ab[:, :, None]).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)[:, :, None]
-    t = t.clamp(0, 1)                                              # (B, M, P)
-    closest = a[:, :, None] + t[..., None] * ab[:, :, None]
-    dist = (g - closest).norm(dim=-1)                              # (B, M, P)
+    g = grid.view(1, -1, 2)                                        # (1, P, 2) pixel centres (x, y)
     radius = limb_radius * res
-    z = za[:, :, None] + t * (zb - za)[:, :, None]
-    head = layout.joints.index("Head") if "Head" in layout.joints else None
-    if head is not None:                                           # the head: a disc, one more "bone"
-        dh = (g[:, 0] - px[:, head, None]).norm(dim=-1)[:, None]   # (B, 1, P)
-        dist = torch.cat([dist, dh * (radius / (head_radius * res))], 1)
-        z = torch.cat([z, depth[:, head, None, None].expand(B, 1, dist.shape[-1])], 1)
-    cover = dist < radius
-    zbuf = torch.where(cover, z, torch.full_like(z, float("inf")))
-    front = zbuf.argmin(1)                                         # (B, P) index of the visible part
-    mask = cover.any(1)
     colours = _bone_colours(layout)
-    if head is not None:
-        colours = torch.cat([colours, torch.tensor([[0.90, 0.75, 0.60]])])
-    col = colours[front]                                           # (B, P, 3)
-    d = dist.gather(1, front[:, None]).squeeze(1) / radius         # 0 on the axis, 1 at the rim
-    shade = (1 - d.clamp(0, 1) ** 2).sqrt() * 0.7 + 0.3            # a lit cylinder
-    fig = (col * shade[..., None]).permute(0, 2, 1).reshape(B, 3, res, res)
+    parts = [(a, b, colours[i]) for i, (a, b) in enumerate(layout.bones)]
+    head = layout.joints.index("Head") if "Head" in layout.joints else None
+    if head is not None:                                           # the head: a disc around the Head joint
+        parts.append((head, head, torch.tensor([0.90, 0.75, 0.60])))
+    P = g.shape[1]
+    zbest = torch.full((B, P), float("inf"))                       # z-buffer, one part at a time
+    fig = torch.zeros(B, P, 3)
+    for a, b, colour in parts:
+        pa, pb = px[:, a, None], px[:, b, None]                    # (B, 1, 2)
+        ab = pb - pa
+        t = (((g - pa) * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-6)).clamp(0, 1)    # (B, P)
+        d = (g - pa - t[..., None] * ab).norm(dim=-1)
+        r = head_radius * res if a == b else radius
+        z = depth[:, a, None] + t * (depth[:, b] - depth[:, a])[:, None]
+        win = (d < r) & (z < zbest)
+        zbest = torch.where(win, z, zbest)
+        shade = (1 - (d / r).clamp(0, 1) ** 2).sqrt() * 0.7 + 0.3  # a lit cylinder: bright on the axis
+        fig = torch.where(win[..., None], colour * shade[..., None], fig)
+    mask = torch.isfinite(zbest)
+    fig = fig.permute(0, 2, 1).reshape(B, 3, res, res)
     m = mask.view(B, 1, res, res)
     bg = _background(B, res, generator) if background else torch.zeros(B, 3, res, res)
     return torch.where(m, fig, bg), px, mask.view(B, res, res)
