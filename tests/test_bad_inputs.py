@@ -275,6 +275,23 @@ def case_checkpoint_foreign(tmp):
     return ["eval", str(p)], "not a posectl checkpoint"
 
 
+def case_l2d_without_lifters(tmp):
+    return ["train", "l2d"], "lifters: name at least one frozen lifting checkpoint"
+
+
+def case_l2d_lifter_not_a_checkpoint(tmp):
+    p = tmp / "lifter.pt"
+    p.write_bytes(b"not torch")
+    return ["train", "l2d", f"lifters=[{p}]"], "lifters: " + str(p)
+
+
+def case_l2d_lifter_without_a_lifting_network(tmp):
+    p = tmp / "mesh.pt"
+    torch.save({"format": "posectl-checkpoint", "version": 1, "method": "pose2mesh", "config": {},
+                "method_state": {"model": {"posenet": {}, "meshnet": {}}}}, p)
+    return ["train", "l2d", f"lifters=[{p}]"], "checkpoint without a lifting network"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

@@ -116,6 +116,12 @@ def check_lifters(cfg: L2DConfig) -> None:
     for p in cfg.lifters:
         if not Path(p).expanduser().exists():
             raise ConfigError(f"lifters: {p} does not exist")
+        try:
+            state = load_checkpoint(Path(p).expanduser())
+        except PosectlError as e:
+            raise ConfigError(f"lifters: {e}") from None
+        if "backbone" not in state.get("config", {}) or not isinstance(state.get("method_state", {}).get("model"), dict):
+            raise ConfigError(f"lifters: {p} is a '{state.get('method')}' checkpoint without a lifting network")
 
 
 class FrozenLifter(torch.nn.Module):
