@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import KeepBest, mean_std
+
 BACKBONES = {   # the paper's lifting networks at their usual sizes
     "simple": {"backbone.name": "simple", "backbone.width": 1024, "backbone.dropout": 0.5},
     "videopose": {"backbone.name": "videopose", "backbone.receptive_field": 1, "backbone.width": 1024,
@@ -29,29 +31,6 @@ BACKBONES = {   # the paper's lifting networks at their usual sizes
     "semgcn": {"backbone.name": "semgcn", "backbone.width": 128, "backbone.blocks": 4, "backbone.dropout": 0.0,
                "batch_size": 64},      # SemGCN's own batch: 4x the steps per epoch, at about the same cost
 }
-
-
-def _ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else f"{xs[0]:.1f}"
-
-
-class _Keep:
-    """In-memory reporter for run_epochs: keeps the best-validation weights, evaluates test at the end."""
-    final_eval = True
-
-    def __init__(self):
-        self.best = None
-
-    def epoch(self, row, state_fn, improved):
-        if improved or self.best is None:
-            s = state_fn()
-            self.best = {"method_state": {"model": {k: v.clone() for k, v in s["method_state"]["model"].items()}}}
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        self.results = results
 
 
 def main() -> None:
@@ -112,7 +91,7 @@ def main() -> None:
                     t1 = time.perf_counter()
                     ctx = Context(inputs={"target": target_2d})
                     method = cls(cfg, train, ctx)
-                    rep = _Keep()
+                    rep = KeepBest()
                     run_epochs(method, cfg, {"train": train, "val": val, "test": test}, ctx, None, rep)
                     r = rep.results
                     row = {"source": source, "backbone": bb, "mode": mode, "seed": seed, "train_stride": stride,
@@ -137,7 +116,7 @@ def main() -> None:
             cells = []
             for mode in args.modes:
                 r = [x for x in results if (x["source"], x["backbone"], x["mode"]) == (source, bb, mode)]
-                cells.append(f"{_ms([x['mpjpe'] for x in r])} / {statistics.mean(x['pck150'] for x in r):.1f}"
+                cells.append(f"{mean_std([x['mpjpe'] for x in r], 1)} / {statistics.mean(x['pck150'] for x in r):.1f}"
                              f" / {statistics.mean(x['auc'] for x in r):.1f}")
             print(f"{source:10s}{bb:10s}" + "".join(f"{c:>26s}" for c in cells))
     print(f"wall time {time.perf_counter() - t0:.0f} s; results {out / 'results.json'}")

@@ -19,42 +19,18 @@ Each run is the plugin's own epoch loop in this process (no Ray).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from _common import KeepBest, mean_std
+
 LIFTERS = {"simple": {"backbone.name": "simple", "backbone.width": 1024, "backbone.dropout": 0.5},
            "videopose": {"backbone.name": "videopose", "backbone.width": 1024, "backbone.blocks": 2,
                          "backbone.dropout": 0.25}}
 SUBJECTS = ["S1", "S5", "S6", "S7", "S8"]
-
-
-def _ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
-
-
-class _Keep:
-    """In-memory reporter for run_epochs: keeps the best-validation weights, evaluates test at the end."""
-    final_eval = True
-
-    def __init__(self, verbose: bool = True):
-        self.best, self.verbose = None, verbose
-
-    def epoch(self, row, state_fn, improved):
-        if improved or self.best is None:
-            self.best = {"method_state": {"model": copy.deepcopy(state_fn()["method_state"]["model"])}}
-        if self.verbose:
-            print(f"    epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm, 2D {row.get('val_err_2d_px', 0):.1f}"
-                  f" px ({row['epoch_time_s']:.0f} s)", flush=True)
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        self.results = results
 
 
 def main() -> None:
@@ -104,7 +80,7 @@ def main() -> None:
                                             "data.train_subjects": SUBJECTS, "data.train_stride": max(1, stride // 4),
                                             "data.eval_stride": 20})
             m = base(cfg, train, Context())
-            rep = _Keep(verbose=False)
+            rep = KeepBest()
             run_epochs(m, cfg, {"train": train, "val": val}, Context(), None, rep)
             m.load_state_dict({"model": rep.best["method_state"]["model"]})
             save_checkpoint(p, {"method": "baseline", "config": to_dict(cfg), "epoch": args.lifter_epochs - 1,
@@ -129,7 +105,9 @@ def main() -> None:
             print(f"{mode} seed {seed}: {len(train) // stride} rows/epoch", flush=True)
             ctx = Context()
             method = cls(cfg, train, ctx)
-            rep = _Keep()
+            rep = KeepBest(lambda row: print(
+                f"    epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm, 2D {row.get('val_err_2d_px', 0):.1f}"
+                f" px ({row['epoch_time_s']:.0f} s)", flush=True))
             run_epochs(method, cfg, {"train": train, "val": val}, ctx, None, rep)
             method.load_state_dict({"model": rep.best["method_state"]["model"]})
             t = method.evaluate(test, stride=args.eval_stride)
@@ -154,8 +132,8 @@ def main() -> None:
         r = [x for x in results if x["mode"] == mode]
         rel = (f"{(statistics.mean(x['mpjpe'] for x in r) / statistics.mean(ref) - 1) * 100:+.1f} %"
                if ref and mode != "2d" else "")
-        print(f"{mode:8s}{_ms([x['mpjpe'] for x in r]):>18s}{_ms([x['p_mpjpe'] for x in r]):>18s}"
-              f"{_ms([x['err_2d_px'] for x in r]):>16s}{_ms([x['pdj'] for x in r]):>16s}{rel:>10s}")
+        print(f"{mode:8s}{mean_std([x['mpjpe'] for x in r]):>18s}{mean_std([x['p_mpjpe'] for x in r]):>18s}"
+              f"{mean_std([x['err_2d_px'] for x in r]):>16s}{mean_std([x['pdj'] for x in r]):>16s}{rel:>10s}")
     print(f"wall time {time.perf_counter() - t0:.0f} s; results {done}")
 
 

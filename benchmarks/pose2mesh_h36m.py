@@ -19,39 +19,14 @@ Each run is the plugin's own epoch loop in this process (the loop a Tune trial r
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from _common import KeepBest, mean_std
+
 PAPER = {"mpjpe": 51.28, "p_mpjpe": 35.61}
-
-
-def _ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
-
-
-class _Keep:
-    """In-memory reporter for run_epochs: keeps the best-validation weights, evaluates test at the end."""
-    final_eval = True
-
-    def __init__(self):
-        self.best = None
-
-    def epoch(self, row, state_fn, improved):
-        if improved or self.best is None:
-            self.best = {"method_state": {"model": copy.deepcopy(state_fn()["method_state"]["model"])}}
-        print(f"    epoch {row['epoch']}: val mesh-joint MPJPE {row['val_mpjpe']:.1f} mm, MPVPE "
-              f"{row.get('val_mpvpe', float('nan')):.1f} mm, PoseNet {row.get('val_posenet_mpjpe', float('nan')):.1f}"
-              f" mm ({row['epoch_time_s']:.0f} s)", flush=True)
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        self.results = results
 
 
 def main() -> None:
@@ -110,7 +85,10 @@ def main() -> None:
             print(f"{setting} seed {seed}: {len(train) // stride} rows/epoch, {args.epochs} epochs", flush=True)
             ctx = Context()
             method = cls(cfg, train, ctx)
-            rep = _Keep()
+            rep = KeepBest(lambda row: print(
+                f"    epoch {row['epoch']}: val mesh-joint MPJPE {row['val_mpjpe']:.1f} mm, MPVPE "
+                f"{row.get('val_mpvpe', float('nan')):.1f} mm, PoseNet {row.get('val_posenet_mpjpe', float('nan')):.1f}"
+                f" mm ({row['epoch_time_s']:.0f} s)", flush=True))
             run_epochs(method, cfg, {"train": train, "val": val}, ctx, None, rep)
             r = rep.results
             t = method.evaluate(test, stride=args.eval_stride)      # best-validation weights are loaded
@@ -134,7 +112,7 @@ def main() -> None:
     print(f"{'setting':10s}{'MPJPE-14':>18s}{'PA-MPJPE-14':>18s}{'MPJPE-17':>18s}{'MPVPE':>18s}{'PoseNet':>18s}")
     for setting in args.settings:
         r = [x for x in results if x["setting"] == setting]
-        print(f"{setting:10s}" + "".join(f"{_ms([x[k] for x in r]):>18s}"
+        print(f"{setting:10s}" + "".join(f"{mean_std([x[k] for x in r]):>18s}"
                                          for k in ("mpjpe", "p_mpjpe", "mpjpe_all17", "mpvpe", "posenet_mpjpe")))
     print(f"paper (Human3.6M S9+S11, GT 2D, SMPL): MPJPE {PAPER['mpjpe']} mm, PA-MPJPE {PAPER['p_mpjpe']} mm")
     print(f"wall time {time.perf_counter() - t0:.0f} s; results {done}")
