@@ -259,6 +259,14 @@ class DatasetWriter:
             self.abort()
 
 
+def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet shard (optionally only `columns`), with a one-line error for an unreadable file."""
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise DataError(f"{path}: unreadable Parquet shard ({str(e).splitlines()[0]})") from None
+
+
 class PoseDataset:
     """A validated on-disk dataset. Opening it checks the manifest; `verify()` checks checksums."""
 
@@ -329,10 +337,7 @@ class PoseDataset:
     def read_table(self, split: str, subjects: list[str] | None = None) -> pa.Table:
         tables = []
         for p in self.shard_paths(split, subjects):
-            try:
-                t = pq.read_table(p)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise DataError(f"{p}: unreadable Parquet shard ({str(e).splitlines()[0]})") from None
+            t = read_shard(p)
             self.check_schema(t.schema, p)
             tables.append(t)
         return pa.concat_tables(tables)

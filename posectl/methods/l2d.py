@@ -107,13 +107,14 @@ class L2DConfig(TrainConfig):
                 raise ConfigError(f"{name}: must be >= 0")
 
 
-def check_lifters(cfg: L2DConfig) -> None:
+def check_lifters(cfg: L2DConfig, read: bool = True) -> None:
+    """Lifters named (two or more for multi); with `read`, each exists and holds a lifting network."""
     if not cfg.lifters:
         raise ConfigError("lifters: name at least one frozen lifting checkpoint (e.g. lifters=[runs/sb]); "
                           "every mode evaluates through them")
     if cfg.mode == "multi" and len(cfg.lifters) < 2:
         raise ConfigError("lifters: mode=multi needs at least two lifters")
-    for p in cfg.lifters:
+    for p in cfg.lifters if read else ():
         if not Path(p).expanduser().exists():
             raise ConfigError(f"lifters: {p} does not exist")
         try:
@@ -199,7 +200,7 @@ class L2D:
         self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)                  # identical initial weights on every worker
         layout = data.layout
-        check_lifters(cfg)
+        check_lifters(cfg, read=False)                  # FrozenLifter reads each file once
         self.lifters = [FrozenLifter(p, layout).to(ctx.device) for p in cfg.lifters]
         self.train_lifters = {"2d": [], "single": self.lifters[:1], "multi": self.lifters}[cfg.mode]
         d = cfg.detector

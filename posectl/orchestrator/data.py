@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posectl.datasets.store import PoseArrays, PoseDataset, arrays_from_batch
+from posectl.datasets.store import PoseArrays, PoseDataset, arrays_from_batch, read_shard
 from posectl.errors import DataError
 
 COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size", "extrinsics")
@@ -84,7 +84,7 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None =
     def one(role):
         paths, columns = plan[role]
         if total <= DRIVER_READ_BYTES:
-            d = ray.data.from_arrow([_read_columns(p, columns) for p in paths])
+            d = ray.data.from_arrow([read_shard(p, columns) for p in paths])
         else:
             d = ray.data.read_parquet(paths).select_columns(columns)
         if role == "train" and data_cfg.max_train_samples:
@@ -93,15 +93,6 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None =
 
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:
         return dict(zip(plan, pool.map(one, plan)))
-
-
-def _read_columns(path: str, columns: list[str]):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    try:
-        return pq.read_table(path, columns=columns)
-    except (pa.ArrowInvalid, OSError, KeyError) as e:
-        raise DataError(f"{path}: unreadable Parquet shard ({str(e).splitlines()[0]})") from None
 
 
 def arrays_from_shard(shard, keypoints: str, num_joints: int, where: str, with_3d: bool = True) -> PoseArrays:
