@@ -16,32 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-
-def _ms(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else f"{xs[0]:.1f}"
-
-
-class _Keep:
-    final_eval = True
-
-    def __init__(self):
-        self.best, self.full = None, None
-
-    def epoch(self, row, state_fn, improved):
-        if improved or self.best is None:
-            self.full = state_fn()
-            self.best = {"method_state": {"model": {k: v.clone() for k, v in self.full["method_state"]["model"].items()}}}
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        self.results = results
+from _common import KeepBest, mean_std
 
 
 def main() -> None:
@@ -88,7 +67,7 @@ def main() -> None:
     def run(cfg, train, val, inputs, test):
         ctx = Context(inputs=inputs)
         m = cls(cfg, train, ctx)
-        rep = _Keep()
+        rep = KeepBest()
         run_epochs(m, cfg, {"train": train, "val": val, "test": test}, ctx, None, rep)
         return rep
 
@@ -147,7 +126,7 @@ def main() -> None:
         for mode in ("source_only", "posynda", "target_supervised"):
             r = [x for x in results if x["protocol"] == proto and x["mode"] == mode]
             if r:
-                print(f"{proto:10s}{mode:19s}" + "".join(f"{_ms([x[k] for x in r]):>14s}"
+                print(f"{proto:10s}{mode:19s}" + "".join(f"{mean_std([x[k] for x in r], 1):>14s}"
                                                           for k in ("mpjpe", "p_mpjpe", "p_best", "p_agg")))
     print(f"wall time {time.perf_counter() - t0:.0f} s; results {out / 'results.json'}")
 
