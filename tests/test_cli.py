@@ -52,6 +52,10 @@ def test_data_synth_and_info(tmp_path, capsys):
     assert code == 0 and "verified" in out
     code, _, err = run_main(capsys, "data", "synth", "--out", str(tmp_path / "d"))
     assert code == 2 and "already exists" in err
+    code, _, err = run_main(capsys, "data", "attach-images", str(tmp_path / "d"), "--out", str(tmp_path / "i"),
+                            "--pattern", "{subject}/{frame:06d}.png", "--root", str(tmp_path))
+    assert code == 2 and "images not found, e.g." in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "i").exists()
 
 
 @pytest.mark.ray

@@ -1,5 +1,8 @@
-"""The `l2d` plugin: soft-argmax, the renderer, OHKLM, DWA, frozen lifters, training and resume (also via Ray)."""
+"""The `l2d` plugin: soft-argmax, the renderer, OHKLM, DWA, frozen lifters, training and resume (also via Ray),
+and the image column: frames attached to a dataset (as files or embedded) feed the same detector path."""
 import copy
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,11 +11,13 @@ import torch
 from posectl.config import build, to_dict
 from posectl.core.camera import normalize_screen, project
 from posectl.core.heatmap import gaussian_heatmaps, joints_mse, soft_argmax
-from posectl.core.render import _bone_colours, crop_around, render
+from posectl.core.camera import image_coordinates
+from posectl.core.render import CropTransform, _bone_colours, crop_around, crop_frames, render
 from posectl.core.skeleton import H36M16, H36M17
+from posectl.datasets.images import attach_images, decode
 from posectl.datasets.lifting import LiftingData
-from posectl.datasets.store import PoseDataset
-from posectl.errors import ConfigError
+from posectl.datasets.store import DatasetWriter, PoseDataset, table_from_arrays
+from posectl.errors import ConfigError, DataError
 from posectl.methods.base import Context, get_method
 from posectl.methods.l2d import FrozenLifter, dwa_weights, hard_joints
 from posectl.models.hrnet import HRNet
@@ -38,6 +43,45 @@ def lifters(small_dataset, tmp_path_factory):
                                                 "method_state": m.state_dict()})
         paths.append(str(out / f"lifter{i}.pt"))
     return paths
+
+
+PHOTO = 100           # side of the photographs in the photo dataset (the small dataset's frames, scaled 1:10)
+PATTERN = "{subject}/{action}.{camera}/{frame:06d}.png"
+
+
+@pytest.fixture(scope="module")
+def photo_dataset(small_dataset, tmp_path_factory):
+    """Every 3rd frame of the small dataset at 1/10 scale (100 x 100 px frames) with a photograph per row: the figure drawn
+    full-frame on black, saved as PNG files and attached with `attach_images` (paths). Returns
+    (dataset with images, the same dataset without, the frames' root)."""
+    from PIL import Image
+    src = PoseDataset(small_dataset)
+    root = tmp_path_factory.mktemp("photos")
+    frames, plain = root / "frames", root / "plain"
+    with DatasetWriter(plain, "small-photo", src.manifest["joint_layout"]) as w:
+        for split in src.splits:
+            a = src.load(split)
+            a = a.take(np.arange(0, len(a), 3))                                  # every 3rd frame: fewer files
+            s = PHOTO / a.image_size[:, :1].astype(np.float32)                   # per-row scale to 100 px wide
+            a.keypoints_2d = a.keypoints_2d * s[:, :, None]
+            a.intrinsics = a.intrinsics.copy()
+            a.intrinsics[:, :4] *= s
+            a.image_size = np.full_like(a.image_size, PHOTO)
+            w.add_split(split, table_from_arrays(a, "small-photo", "source"))
+            uv = torch.from_numpy(normalize_screen(a.keypoints_2d, PHOTO, PHOTO).astype(np.float32))
+            depth = torch.from_numpy(a.joints_3d[..., 2].copy())
+            for lo in range(0, len(a), 512):
+                n = len(uv[lo: lo + 512])
+                full = CropTransform(torch.zeros(n, 2), torch.full((n,), 2.0), torch.eye(2).expand(n, 2, 2), PHOTO)
+                img, _, _ = render(uv[lo: lo + 512], depth[lo: lo + 512], src.layout, full, background=False)
+                for k, im in enumerate((img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()):
+                    i = lo + k
+                    f = frames / PATTERN.format(subject=a.subject[i], action=a.action[i], camera=a.camera[i],
+                                                frame=a.frame[i])
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(im).save(f)
+        w.commit()
+    return attach_images(plain, root / "with-images", PATTERN, root=frames), plain, frames
 
 
 def test_soft_argmax_recovers_a_subpixel_peak_and_passes_gradients():
@@ -95,6 +139,88 @@ def test_the_nearer_limb_hides_the_farther_one():
         img, _, _ = render(uv, depth, layout, crop, background=False)
         pixel = img[0, :, 16, 16]                                  # the crossing, on both axes: full shade
         assert torch.allclose(pixel / pixel.max(), colours[bone] / colours[bone].max(), atol=0.05)
+
+
+def test_crop_frames_resamples_each_crop_pixel_from_where_the_camera_model_puts_it():
+    B, W, H = 3, 40, 30
+    xs, ys = torch.meshgrid(torch.arange(W) + 0.5, torch.arange(H) + 0.5, indexing="xy")
+    frame = torch.stack([xs / W, ys / H, torch.ones(H, W)])                      # a frame that encodes (x, y)
+    uv = normalize_screen(torch.tensor([[[12.0, 9.0], [25.0, 21.0]]]).expand(B, 2, 2), W, H)
+    crop = crop_around(uv, 16, generator=torch.Generator().manual_seed(0), scale_jitter=0.3, max_rotation_deg=40)
+    out = crop_frames([frame] * B, torch.tensor([[W, H]] * B), crop)
+    c = torch.arange(16, dtype=torch.float32) + 0.5
+    centres = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1).view(1, -1, 2).expand(B, -1, -1)
+    xy = image_coordinates(crop.to_uv(centres), W, H).view(B, 16, 16, 2)       # independent: the camera module
+    inner = (xy[..., 0] > 0.5) & (xy[..., 0] < W - 0.5) & (xy[..., 1] > 0.5) & (xy[..., 1] < H - 0.5)
+    assert inner.float().mean() > 0.5
+    assert torch.allclose(out[:, 0][inner], (xy[..., 0] / W)[inner], atol=1e-5)
+    assert torch.allclose(out[:, 1][inner], (xy[..., 1] / H)[inner], atol=1e-5)
+    outside = (xy[..., 0] < -1) | (xy[..., 0] > W + 1) | (xy[..., 1] < -1) | (xy[..., 1] > H + 1)
+    assert (out[:, 2][outside] == 0).all()                                       # nothing beyond the frame
+    with pytest.raises(ValueError, match="40x30 px, its row says 41x30"):
+        crop_frames([frame] * B, torch.tensor([[41, H]] * B), crop)
+
+
+def test_attach_images_links_or_embeds_frames_and_rejects_bad_ones(photo_dataset, tmp_path, ledger):
+    with_images, plain, frames = photo_dataset
+    ds = PoseDataset(with_images)
+    assert ds.images == "paths" and ds.summary()["images"] == "paths" and PoseDataset(plain).images is None
+    assert ds.load("val").image is None                                          # read only when asked for
+    a = ds.load("val", images=True)
+    assert len(a) == len(PoseDataset(plain).load("val")) and all(Path(p).is_file() for p in a.image[:5])
+    assert decode(a.image[0]).shape == (PHOTO, PHOTO, 3)
+    emb = PoseDataset(attach_images(plain, tmp_path / "emb", PATTERN, root=frames, embed=True))
+    e = emb.load("val", images=True)
+    assert emb.images == "embedded" and e.image[3] == Path(a.image[3]).read_bytes()
+    # relative paths in the column resolve against the dataset directory
+    rel = a.take(np.arange(4))
+    rel.image = np.array([str(Path(p).relative_to(frames)) for p in rel.image], dtype=object)
+    with DatasetWriter(tmp_path / "rel", "rel", ds.manifest["joint_layout"]) as w:
+        w.add_split("val", table_from_arrays(rel, "rel", "source"))
+        out = w.commit()
+    shutil.copytree(frames, out, dirs_exist_ok=True)
+    assert (decode(PoseDataset(out).load("val", images=True).image[0]) == decode(a.image[0])).all()
+    # bad input: a pattern with an unknown field, missing files, frames of the wrong size, undecodable bytes
+    ledger.bad_input(4)
+    with pytest.raises(DataError, match="unknown: sequence"):
+        attach_images(plain, tmp_path / "x", "{sequence}.png", root=frames)
+    with pytest.raises(DataError, match=r"images not found, e\.g\."):
+        attach_images(plain, tmp_path / "x", "{subject}/{frame}.png", root=frames)
+    small = tmp_path / "small"
+    shutil.copytree(frames, small)
+    from PIL import Image
+    first = sorted(small.rglob("*.png"))[0]
+    Image.new("RGB", (64, 64)).save(first)
+    with pytest.raises(DataError, match="64x64 px, but its row's image_size is 100x100"):
+        attach_images(plain, tmp_path / "x", PATTERN, root=small)
+    with pytest.raises(DataError, match="embedded image: cannot be decoded"):
+        decode(b"not a png")
+    assert not (tmp_path / "x").exists()                                          # nothing half-written
+
+
+def test_l2d_crops_the_dataset_photos_and_trains_on_them(photo_dataset, lifters):
+    with_images, plain, _ = photo_dataset
+    ds = PoseDataset(with_images)
+    train = LiftingData(ds.load("train", images=True), ds.layout)
+    cls = get_method("l2d")
+    assert cls.reads_images(build(cls.Config, {})) and not cls.reads_images(build(cls.Config, {"images": "render"}))
+    cfg = build(cls.Config, {**TINY, "mode": "single", "images": "dataset", "lifters": lifters,
+                             "data.train_stride": 3})
+    m = cls(cfg, train, Context())
+    idx = torch.arange(0, 64)
+    img, px, crop, uv, _ = m._images(idx, train, torch.Generator().manual_seed(1), augment=True)
+    assert img.shape == (64, 3, 32, 32) and torch.allclose(crop.to_uv(px), uv, atol=1e-5)
+    ij = px.floor().long()
+    inside = ((ij >= 0) & (ij < 32)).all(-1)
+    b, j = inside.nonzero(as_tuple=True)
+    on_figure = img[b, :, ij[b, j, 1], ij[b, j, 0]].amax(-1) > 0.1              # the photo's figure, not black
+    assert inside.float().mean() > 0.9 and on_figure.float().mean() > 0.9
+    r = m.train_epoch(0)
+    assert np.isfinite(r["loss"]) and r["xy"] > 0
+    ev = m.evaluate(LiftingData(ds.load("val", images=True), ds.layout), stride=3)
+    assert np.isfinite(ev["mpjpe"]) and "crops of the dataset's images" in ev["protocol"]
+    with pytest.raises(ConfigError, match="images=dataset: the data has no image column"):
+        cls(cfg, LiftingData(PoseDataset(plain).load("train"), ds.layout), Context())
 
 
 def test_ohklm_picks_the_worst_joints_and_dwa_weights_sum_to_one():
@@ -166,11 +292,12 @@ def test_2d_mode_trains_without_lifters_in_the_loss_and_resumes_exactly(small_da
 
 
 @pytest.mark.ray
-def test_l2d_trains_through_ray_train_with_two_workers_and_resumes(ray_session, small_dataset, lifters, tmp_path,
+def test_l2d_trains_through_ray_train_with_two_workers_and_resumes(ray_session, photo_dataset, lifters, tmp_path,
                                                                     ledger):
+    """On the photo dataset: the image column travels through the Ray Data ingest to both workers."""
     from posectl.orchestrator.train import train
-    cfg = [{**TINY, "mode": "multi", "lifters": lifters, "epochs": 2, "data.train_stride": 8,
-            "data.eval_stride": 8}]
+    cfg = [{**TINY, "mode": "multi", "lifters": lifters, "epochs": 2, "data.train_stride": 3,
+            "data.eval_stride": 3, "data.path": str(photo_dataset[0]), "images": "dataset"}]
     marker = tmp_path / "failed"
 
     def fail_once(epoch, rank):
@@ -184,4 +311,5 @@ def test_l2d_trains_through_ray_train_with_two_workers_and_resumes(ray_session, 
     epochs = [r["epoch"] for r in out.experiment.history()]
     assert ledger.lost(len({1, 2} ^ set(epochs)) + len(epochs) - len(set(epochs))) == 0
     assert epochs == [1, 2] and np.isfinite(out.results["test"]["mpjpe"])
+    assert "crops of the dataset's images" in out.results["test"]["protocol"]
     ledger.recovered()

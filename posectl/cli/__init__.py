@@ -446,6 +446,25 @@ def prepare_3dhp_cmd(
     _print_info(p)
 
 
+@data_app.command("attach-images")
+def data_attach_images(
+    path: str = typer.Argument(..., help="Dataset directory to copy (e.g. a prepared Human3.6M)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
+    pattern: str = typer.Option(..., "--pattern", help="Image file per row, formatted with {split} {subject} {action} "
+                                "{camera} {frame}, e.g. '{subject}/{action}.{camera}/{frame:06d}.jpg'."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Directory the pattern is relative to (default: here)."),
+    embed: bool = typer.Option(False, "--embed/--link", help="Store the encoded bytes in the shards instead of paths."),
+):
+    """Add an image column to a dataset: every row gets its frame (a path, or the bytes with --embed).
+    Methods that read images (l2d) then crop these frames instead of rendering figures."""
+    from posectl.cli.render import console
+    from posectl.datasets.images import attach_images
+    from posectl.orchestrator.data import resolve_path
+    p = attach_images(resolve_path(path), out, pattern, root=root, embed=embed,
+                      progress=lambda m: console.print(f"[dim]{m}[/]"))
+    _print_info(p)
+
+
 @data_app.command("info")
 def data_info(path: str = typer.Argument(..., help="Dataset directory, or 'synthetic' / 'synthetic:target'."),
               verify: bool = typer.Option(True, "--verify/--no-verify", help="Check shard checksums.")):
@@ -467,6 +486,7 @@ def _print_info(path, verify: bool = True) -> None:
         t.add_row(split, f"{e['rows']:,}", str(e["shards"]), ", ".join(e["subjects"]))
     console.print(t)
     console.print(f"joint layout: {s['joint_layout']}   2D sources: {', '.join(s['keypoints_2d'])}"
+                  f"   images: {s['images'] or 'none'}"
                   f"   checksums: {'verified' if verify else 'not checked'}")
     info = {k: v for k, v in s["info"].items() if not isinstance(v, (dict, list))}
     if info:

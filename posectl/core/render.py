@@ -119,3 +119,27 @@ def render(uv: torch.Tensor, depth: torch.Tensor, layout: Layout, crop: CropTran
     m = mask.view(B, 1, res, res)
     bg = _background(B, res, generator) if background else torch.zeros(B, 3, res, res)
     return torch.where(m, fig, bg), px, mask.view(B, res, res)
+
+
+def crop_frames(frames: list[torch.Tensor], image_size: torch.Tensor, crop: CropTransform) -> torch.Tensor:
+    """Resample whole frames (photographs) into the crops: the same geometry `render` draws with.
+
+    frames: B tensors (3, H, W) in [0, 1], each of its row's image_size (W, H) in pixels (pixel i covers
+    [i, i+1)); image_size: (B, 2). Returns (B, 3, res, res), bilinear, zeros outside the frame.
+    """
+    res = crop.res
+    centres = torch.arange(res, dtype=torch.float32) + 0.5
+    grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"), -1).view(1, -1, 2)
+    uv = crop.to_uv(grid.expand(len(frames), -1, -1))                       # (B, P, 2) screen-normalised
+    wh = image_size.to(torch.float32)
+    w, h = wh[:, 0, None], wh[:, 1, None]
+    x, y = (uv[..., 0] + 1) * w / 2, (uv[..., 1] + h / w) * w / 2           # image pixels (posectl.core.camera)
+    norm = torch.stack([x / w * 2 - 1, y / h * 2 - 1], -1)                  # grid_sample, align_corners=False
+    out = []
+    for b, f in enumerate(frames):
+        if tuple(f.shape[1:]) != (int(h[b]), int(w[b])):
+            raise ValueError(f"frame {b} is {f.shape[2]}x{f.shape[1]} px, its row says {int(w[b])}x{int(h[b])}")
+        g = norm[b].view(1, res, res, 2)
+        out.append(torch.nn.functional.grid_sample(f[None], g, mode="bilinear", padding_mode="zeros",
+                                                   align_corners=False)[0])
+    return torch.stack(out)

@@ -12,6 +12,9 @@ One row per (subject, action, camera, frame). Pose columns are pyarrow's canonic
   intrinsics          [9]    float32  fx, fy, cx, cy, k1, k2, k3, p1, p2 (pixels)
   image_size          [2]    int32    width, height
   extrinsics          [12]   float32  R (row-major, world->camera) and t (metres); nullable
+  image               optional: the frame as encoded bytes (PNG/JPEG; `binary`) or as a path to the file
+                      (`string`; relative to the dataset directory, or absolute). Read only by methods that
+                      ask for images (L2D); `posectl data attach-images` adds it to an existing dataset.
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ SCHEMA_VERSION = 1
 FORMAT = "posectl-poses"
 MANIFEST = "manifest.json"
 META_COLUMNS = ("dataset", "domain", "subject", "action", "camera", "frame")
+IMAGE_COLUMN = "image"
+IMAGE_TYPES = {pa.binary(): "embedded", pa.large_binary(): "embedded", pa.string(): "paths",
+               pa.large_string(): "paths"}
 
 
 def pose_schema(num_joints: int, detections: tuple[str, ...] = ()) -> pa.Schema:
@@ -67,6 +73,7 @@ class PoseArrays:
     camera: np.ndarray         # (N,) str
     frame: np.ndarray          # (N,) int
     extrinsics: np.ndarray | None = None   # (N, 12) world->camera R (row-major) and t, when known
+    image: np.ndarray | None = None        # (N,) object: encoded bytes or absolute paths, when asked for
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -91,9 +98,11 @@ class PoseArrays:
 
 
 def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None = None,
-                      where: str = "dataset", with_3d: bool = True) -> PoseArrays:
+                      where: str = "dataset", with_3d: bool = True, image_root: str | Path | None = None
+                      ) -> PoseArrays:
     """Build PoseArrays from a dict of column arrays (a pyarrow table or a Ray Data numpy batch).
-    `with_3d=False`: the 3D column is not read (it may be absent); joints_3d is all NaN."""
+    `with_3d=False`: the 3D column is not read (it may be absent); joints_3d is all NaN.
+    An `image` column in the batch is kept (relative paths resolved against `image_root`)."""
     col = "keypoints_2d" if keypoints == "gt" else f"keypoints_2d_{keypoints}"
     if col not in batch:
         raise DataError(f"{where}: no 2D keypoints '{keypoints}' (column {col} missing)")
@@ -124,6 +133,7 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
         subject=strings("subject"), action=strings("action"), camera=strings("camera"),
         frame=np.asarray(tensor("frame", ())).astype(np.int64),
         extrinsics=_extrinsics(batch.get("extrinsics")),
+        image=_images(batch.get(IMAGE_COLUMN), image_root, where),
     )
     for name in ("keypoints_2d", "joints_3d", "intrinsics"):
         if name == "joints_3d" and not with_3d:
@@ -148,6 +158,24 @@ def _extrinsics(v) -> np.ndarray | None:
         v = np.stack(list(v))
     v = v.reshape(-1, 12).astype(np.float32, copy=False)
     return v if np.isfinite(v).all() else None
+
+
+def _images(v, root, where: str) -> np.ndarray | None:
+    """(N,) object array of bytes (embedded) or absolute path strings; None when there is no column."""
+    if v is None:
+        return None
+    vals = v.to_pylist() if isinstance(v, (pa.ChunkedArray, pa.Array)) else list(v)
+    if any(x is None or len(x) == 0 for x in vals):
+        raise DataError(f"{where}: column image has empty or null entries")
+    out = np.empty(len(vals), dtype=object)
+    for i, x in enumerate(vals):
+        if isinstance(x, (bytes, bytearray, memoryview)):
+            out[i] = bytes(x)
+        elif isinstance(x, str):
+            out[i] = x if root is None or os.path.isabs(x) else os.path.join(str(root), x)
+        else:
+            raise DataError(f"{where}: column image holds {type(x).__name__}, not bytes or a path")
+    return out
 
 
 def _column_to_numpy(col) -> np.ndarray:
@@ -192,6 +220,10 @@ def table_from_arrays(a: PoseArrays, dataset: str, domain: str, extrinsics: np.n
         "extrinsics": (pa.FixedSizeListArray.from_arrays(pa.array(extrinsics.astype(np.float32).reshape(-1)), 12)
                        if extrinsics is not None else pa.nulls(n, pa.list_(pa.float32(), 12))),
     }
+    if a.image is not None:
+        kind = pa.binary() if isinstance(a.image[0], bytes) else pa.string()
+        cols[IMAGE_COLUMN] = pa.array(list(a.image), type=kind)
+        schema = schema.append(pa.field(IMAGE_COLUMN, kind, nullable=False))
     return pa.table(cols, schema=schema)
 
 
@@ -221,6 +253,11 @@ class DatasetWriter:
                      ("frame", "ascending")]
         table = table.sort_by(sort_keys)
         dets = sorted(c[len("keypoints_2d_"):] for c in table.column_names if c.startswith("keypoints_2d_"))
+        if IMAGE_COLUMN in table.column_names:
+            kind = IMAGE_TYPES.get(table.schema.field(IMAGE_COLUMN).type)
+            if kind is None or self.manifest.get("images", kind) != kind:
+                raise DataError(f"split '{split}': column image must be binary or string, the same in every split")
+            self.manifest["images"] = kind
         self.manifest["keypoints_2d"] = ["gt", *sorted(set(self.manifest["keypoints_2d"][1:]) | set(dets))]
         entry = self.manifest["splits"].setdefault(split, {"subjects": [], "rows": 0, "shards": []})
         subjects_col = table.column("subject").to_numpy(zero_copy_only=False)
@@ -334,10 +371,18 @@ class PoseDataset:
             shards = [s for s in shards if self.manifest["shards"][s].get("subject") in subjects]
         return [str(self.path / s) for s in shards]
 
-    def read_table(self, split: str, subjects: list[str] | None = None) -> pa.Table:
+    @property
+    def images(self) -> str | None:
+        """'embedded' or 'paths' when the shards carry an image column, else None."""
+        return self.manifest.get("images")
+
+    def read_table(self, split: str, subjects: list[str] | None = None, images: bool = True) -> pa.Table:
         tables = []
+        columns = None
+        if not images and self.images:          # never read (possibly large) images nobody asked for
+            columns = pose_schema(self.num_joints, tuple(self.manifest.get("keypoints_2d", ["gt"])[1:])).names
         for p in self.shard_paths(split, subjects):
-            t = read_shard(p)
+            t = read_shard(p, columns)
             self.check_schema(t.schema, p)
             tables.append(t)
         return pa.concat_tables(tables)
@@ -350,17 +395,22 @@ class PoseDataset:
             got = schema.field(f.name).type
             if got != f.type:
                 raise DataError(f"{where}: column '{f.name}' has type {got}, expected {f.type}")
+        if IMAGE_COLUMN in schema.names and schema.field(IMAGE_COLUMN).type not in IMAGE_TYPES:
+            raise DataError(f"{where}: column 'image' has type {schema.field(IMAGE_COLUMN).type}, expected "
+                            f"binary (encoded image) or string (path)")
 
     def load(self, split: str, keypoints: str = "gt", subjects: list[str] | None = None,
-             with_3d: bool = True) -> PoseArrays:
-        table = self.read_table(split, subjects)
+             with_3d: bool = True, images: bool = False) -> PoseArrays:
+        """One split as arrays; the image column only with `images` (for methods that read images)."""
+        table = self.read_table(split, subjects, images=images)
         return arrays_from_batch({n: table.column(n) for n in table.column_names if with_3d or n != "joints_3d"},
-                                 keypoints, self.num_joints, where=f"{self.path}:{split}", with_3d=with_3d)
+                                 keypoints, self.num_joints, where=f"{self.path}:{split}", with_3d=with_3d,
+                                 image_root=self.path)
 
     def summary(self) -> dict:
         m = self.manifest
         return {"name": self.name, "path": str(self.path), "joint_layout": m["joint_layout"],
-                "keypoints_2d": m.get("keypoints_2d", ["gt"]),
+                "keypoints_2d": m.get("keypoints_2d", ["gt"]), "images": m.get("images"),
                 "splits": {s: {"rows": e["rows"], "subjects": e["subjects"], "shards": len(e["shards"])}
                            for s, e in m["splits"].items()},
                 "info": m.get("info", {})}

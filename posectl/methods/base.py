@@ -80,6 +80,12 @@ def method_inputs(cls: type, cfg: Any) -> dict[str, DataInput]:
     return dict(fn(cfg)) if fn else {}
 
 
+def reads_images(cls: type, cfg: Any) -> bool:
+    """Whether a method reads the dataset's optional image column (`reads_images(cfg)` on the class)."""
+    fn = getattr(cls, "reads_images", None)
+    return bool(fn(cfg)) if fn else False
+
+
 @dataclass
 class Context:
     """What the orchestrator gives a method inside a worker."""

@@ -2,9 +2,11 @@
 Lee, ACCV 2024; docs methods.md §8).
 
 Per batch, top to bottom:
-  1. Images: each pose is rendered as an articulated figure (posectl.core.render: shaded limbs, z-buffered,
-     random background) in a square crop around its 2D pose, with random scale / shift / rotation.
-     The 2D it is drawn from is the dataset's projected 2D (the camera model's), so labels are exact.
+  1. Images: a square crop around each 2D pose, with random scale / shift / rotation. When the dataset has
+     an image column (photographs, e.g. Human3.6M frames attached with `posectl data attach-images`) the
+     crop is resampled from the row's frame (posectl.core.render.crop_frames); otherwise (`images=render`,
+     or no column) the pose is rendered as an articulated figure (posectl.core.render: shaded limbs,
+     z-buffered, random background). Labels are the dataset's 2D through the same crop.
   2. The detector (a compact HRNet, posectl.models.hrnet) predicts per-joint heatmaps; the 2D loss is
      HRNet's JointsMSE against Gaussian targets (joints outside the crop weigh 0).
   3. Modes `single` / `multi`: a differentiable soft-argmax (softmax of beta x heatmap) gives the 2D
@@ -41,9 +43,10 @@ from posectl.checkpoint import load_checkpoint
 from posectl.config import build, field
 from posectl.core import metrics
 from posectl.core.heatmap import gaussian_heatmaps, joints_mse, pdj, soft_argmax
-from posectl.core.render import crop_around, render
+from posectl.core.render import crop_around, crop_frames, render
+from posectl.datasets.images import decode
 from posectl.datasets.lifting import LiftingData
-from posectl.errors import ConfigError, PosectlError
+from posectl.errors import ConfigError, DataError, PosectlError
 from posectl.methods.base import Context, TrainConfig, get_method, register, seed_everything
 from posectl.models.hrnet import HRNet
 
@@ -72,6 +75,9 @@ class L2DConfig(TrainConfig):
         "single", "2d: heatmap loss only; single: 3D guidance from the first lifter; multi: from every lifter")
     lifters: list[str] = field([], "frozen lifting networks: checkpoints or run directories of single-frame "
                                    "`posectl train baseline|gpa` runs on the same skeleton (all are used to evaluate)")
+    images: Literal["auto", "dataset", "render"] = field(
+        "auto", "auto: the dataset's image column when it has one, else rendered figures; dataset: require it; "
+                "render: always render")
     detector: DetectorConfig = field(DetectorConfig, "the 2D detector")
     augment: AugmentConfig = field(AugmentConfig, "training-image augmentation")
     beta: float = field(15.0, "soft-argmax sharpness (softmax of beta x heatmap). The paper's 100 (at sigma 3, "
@@ -184,10 +190,14 @@ def hard_joints(errors: torch.Tensor, k: int) -> torch.Tensor:
 @register
 class L2D:
     name = "l2d"
-    description = "L2D: a 2D detector trained on rendered images through frozen 3D lifters (ACCV'24)"
+    description = "L2D: a 2D detector on photographs or rendered figures, trained through frozen 3D lifters (ACCV'24)"
     Config = L2DConfig
     smoke_overrides = {"epochs": 1, "detector.width": 8, "detector.stages": 2, "detector.blocks": 1,
                        "detector.image_size": 32, "batch_size": 32, "data.train_stride": 4, "data.eval_stride": 8}
+
+    @staticmethod
+    def reads_images(cfg: L2DConfig) -> bool:
+        return cfg.images != "render"
 
     @staticmethod
     def inputs(cfg: L2DConfig) -> dict:
@@ -197,6 +207,7 @@ class L2D:
 
     def __init__(self, cfg: L2DConfig, data: LiftingData, ctx: Context):
         self.cfg, self.data, self.ctx = cfg, data, ctx
+        self._uses_photos(data)
         self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)                  # identical initial weights on every worker
         layout = data.layout
@@ -218,14 +229,31 @@ class L2D:
     def _from_heatmap(xy: torch.Tensor) -> torch.Tensor:
         return xy * 2 + 1
 
+    def _uses_photos(self, data: LiftingData) -> bool:
+        if self.cfg.images == "render":
+            return False
+        if data.arrays.image is None and self.cfg.images == "dataset":
+            raise ConfigError("images=dataset: the data has no image column (add one with `posectl data "
+                              "attach-images`, or use images=auto to render figures)")
+        return data.arrays.image is not None
+
     def _images(self, idx: torch.Tensor, data: LiftingData, generator: torch.Generator, augment: bool):
         uv, y = data.inputs[idx], data.targets[idx]
         a = self.cfg.augment
         crop = crop_around(uv, self.cfg.detector.image_size, generator=generator,
                            scale_jitter=a.scale if augment else 0.0, shift_jitter=a.shift if augment else 0.0,
                            max_rotation_deg=a.rotation_deg if augment else 0.0)
-        images, px, _ = render(uv, y[..., 2], data.layout, crop, generator=generator)
-        return images, px, crop, uv, y
+        if not self._uses_photos(data):
+            images, px, _ = render(uv, y[..., 2], data.layout, crop, generator=generator)
+            return images, px, crop, uv, y
+        rows = idx.numpy()
+        frames = [torch.from_numpy(decode(data.arrays.image[r])).permute(2, 0, 1).float() / 255 for r in rows]
+        try:
+            images = crop_frames(frames, torch.from_numpy(data.arrays.image_size[rows]), crop)
+        except ValueError as e:
+            raise DataError(f"image column: {e} (rows {data.arrays.subject[rows[0]]}/{data.arrays.action[rows[0]]}"
+                            f"/{data.arrays.camera[rows[0]]}...)") from None
+        return images, crop.to_crop(uv), crop, uv, y
 
     def _lr(self, epoch: int) -> float:
         cfg = self.cfg
@@ -350,8 +378,9 @@ class L2D:
             res["per_action"] = {a: {k: float(np.mean([r["per_action"][a][k] for r in per])) for k in ("mpjpe", "p_mpjpe")}
                                  | {"n": per[0]["per_action"][a]["n"]} for a in per[0]["per_action"]}
             res["lifters"] = [lf.name for lf in self.lifters]
+        source = "the dataset's images" if self._uses_photos(data) else "rendered figures"
         res["protocol"] = (f"{layout.name} (all {layout.num_joints} joints), root-relative, 2D from the detector on "
-                           f"rendered {self.cfg.detector.image_size}px crops (soft-argmax), lifted by "
+                           f"{self.cfg.detector.image_size}px crops of {source} (soft-argmax), lifted by "
                            f"{len(self.lifters)} frozen lifter(s), MPJPE averaged over lifters, per-sample mean, "
                            f"no flip{f', every {stride}th frame' if stride > 1 else ''}")
         return res

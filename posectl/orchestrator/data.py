@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posectl.datasets.store import PoseArrays, PoseDataset, arrays_from_batch, read_shard
+from posectl.datasets.store import IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch, read_shard
 from posectl.errors import DataError
 
 COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size", "extrinsics")
@@ -59,17 +59,19 @@ def keypoint_column(keypoints: str) -> str:
 DRIVER_READ_BYTES = 256 * 2**20
 
 
-def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None = None) -> dict:
+def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None = None,
+                 images: bool = False) -> dict:
     """Materialised Ray datasets per split (read before training starts, so reads never compete
     with training workers for CPUs: a trainer holding every CPU would otherwise deadlock them).
-    `inputs` (from open_inputs) adds a method's extra roles; "test" among them replaces the test split."""
+    `inputs` (from open_inputs) adds a method's extra roles; "test" among them replaces the test split.
+    `images`: the train/val/test splits also carry the dataset's image column (when it has one)."""
     import logging
     from concurrent.futures import ThreadPoolExecutor
 
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    cols = [*COLUMNS, keypoint_column(data_cfg.keypoints)]
+    cols = [*COLUMNS, keypoint_column(data_cfg.keypoints), *([IMAGE_COLUMN] if images and ds.images else [])]
     inputs = inputs or {}
     plan = {}                                        # role -> (shard paths, columns)
     for role, split in (("train", data_cfg.train_split), ("val", data_cfg.val_split),
@@ -95,9 +97,10 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None =
         return dict(zip(plan, pool.map(one, plan)))
 
 
-def arrays_from_shard(shard, keypoints: str, num_joints: int, where: str, with_3d: bool = True) -> PoseArrays:
-    """Materialise one worker's Ray Data shard once as numpy arrays."""
-    parts = [arrays_from_batch(b, keypoints, num_joints, where=where, with_3d=with_3d)
+def arrays_from_shard(shard, keypoints: str, num_joints: int, where: str, with_3d: bool = True,
+                      image_root: str | None = None) -> PoseArrays:
+    """Materialise one worker's Ray Data shard once as numpy arrays (image paths resolved against image_root)."""
+    parts = [arrays_from_batch(b, keypoints, num_joints, where=where, with_3d=with_3d, image_root=image_root)
              for b in shard.iter_batches(batch_size=16384, batch_format="numpy")]
     if not parts:
         raise DataError(f"{where}: this worker's shard is empty")

@@ -20,7 +20,7 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import PosectlError
-from posectl.methods.base import Context, DataInput, get_method, method_inputs
+from posectl.methods.base import Context, DataInput, get_method, method_inputs, reads_images
 from posectl.orchestrator import cluster
 from posectl.orchestrator.data import arrays_from_shard, open_dataset, open_inputs, ray_datasets
 from posectl.orchestrator.experiment import (Experiment, atomic_write_bytes, latest_valid_checkpoint,
@@ -127,7 +127,8 @@ def _train_worker(loop_cfg: dict) -> None:
     kp = cfg.data.keypoints
     extra = {role: DataInput(**d) for role, d in loop_cfg.get("inputs", {}).items()}
     data = {role: LiftingData(arrays_from_shard(ray.train.get_dataset_shard(role), kp, layout.num_joints,
-                                                where=f"{role} split"), layout)
+                                                where=f"{role} split", image_root=loop_cfg.get("image_root")),
+                              layout)
             for role in ("train", "val", "test") if role not in extra}
     inputs = {role: arrays_from_shard(ray.train.get_dataset_shard(role), inp.keypoints, layout.num_joints,
                                       where=f"input '{role}' ({inp.path}:{inp.split})", with_3d=inp.with_3d)
@@ -251,12 +252,14 @@ def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fau
     from ray.util.queue import Queue
 
     t0 = time.perf_counter()
-    datasets = ray_datasets(dataset, cfg.data, seed=cfg.seed, inputs=inputs)
+    images = reads_images(method_cls, cfg)
+    datasets = ray_datasets(dataset, cfg.data, seed=cfg.seed, inputs=inputs, images=images)
     import uuid
     queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0,
                                                  "name": f"posectl-progress-{exp.name}-{uuid.uuid4().hex[:6]}"})
     loop_cfg = {"method": method_cls.name, "config": to_dict(cfg), "layout": dataset.layout.name,
                 "exp_dir": str(exp.root), "resume": resume, "queue": queue,
+                "image_root": str(dataset.path) if images else None,
                 "threads": max(1, int(res.cpus)), "fault_hook": fault_hook,
                 "inputs": {role: dataclasses.asdict(inp) for role, (_, inp) in (inputs or {}).items()}}
     trainer = TorchTrainer(

@@ -25,7 +25,7 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, PosectlError
-from posectl.methods.base import Context, get_method, method_inputs
+from posectl.methods.base import Context, get_method, method_inputs, reads_images
 from posectl.orchestrator import cluster
 from posectl.orchestrator.data import open_dataset, open_inputs
 from posectl.orchestrator.experiment import atomic_write_bytes, load_checkpoint, save_checkpoint
@@ -110,17 +110,18 @@ def restore_trial_state(ckpt, method: str) -> tuple[dict | None, dict | None]:
         return load_checkpoint(Path(d) / "state.pt", method), load_checkpoint(Path(d) / "best.pt", method)
 
 
-def load_search_data(dataset, base, inputs: dict | None = None):
+def load_search_data(dataset, base, inputs: dict | None = None, images: bool = False):
     """Training and validation arrays of a search, and a method's extra inputs (roles from
     open_inputs). The test split, or a "test" input, is never loaded."""
     import numpy as np
-    train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None)
+    train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None,
+                         images=images)
     if base.data.max_train_samples:
         pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
         train = train.take(np.sort(pick))
     extra = {role: ds.load(inp.split, inp.keypoints, list(inp.subjects) or None, with_3d=inp.with_3d)
              for role, (ds, inp) in (inputs or {}).items() if role != "test"}
-    return train, dataset.load(base.data.val_split, base.data.keypoints), extra
+    return train, dataset.load(base.data.val_split, base.data.keypoints, images=images), extra
 
 
 def _node_id() -> str:
@@ -229,7 +230,8 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sp = plan.space
-    train, val, extra = load_search_data(dataset, base, open_inputs(method_inputs(cls, base), dataset.layout.name))
+    train, val, extra = load_search_data(dataset, base, open_inputs(method_inputs(cls, base), dataset.layout.name),
+                                         images=reads_images(cls, base))
     threads = max(1, int(plan.resources.cpus))
     if plan.resources.workers > 1 or plan.resources.gpus:
         from posectl.orchestrator.tune_train import multiworker_trainable

@@ -1,0 +1,85 @@
+"""A dataset's optional image column: decoding frames, and attaching image files to a dataset.
+
+The column (posectl.datasets.store) holds each row's frame as encoded bytes (PNG/JPEG, `binary`) or a
+path (`string`, relative to the dataset directory or absolute). Frames are decoded with Pillow when a
+method reads them (L2D's detector), never at import. `attach_images` writes a new dataset whose rows
+point at (or embed) the user's frames, e.g. the extracted Human3.6M videos.
+"""
+from __future__ import annotations
+
+import io
+import string
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from posectl.datasets.store import IMAGE_COLUMN, DatasetWriter, PoseDataset
+from posectl.errors import DataError
+
+FIELDS = ("split", "subject", "action", "camera", "frame")
+
+
+def decode(value) -> np.ndarray:
+    """One frame (encoded bytes or a path) -> (H, W, 3) uint8 RGB; a one-line DataError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+    what = f"image {value}" if isinstance(value, str) else "embedded image"
+    try:
+        with Image.open(io.BytesIO(value) if isinstance(value, bytes) else value) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"{what}: file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{what}: cannot be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def check_pattern(pattern: str) -> None:
+    names = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    unknown = [n for n in names if n.split(".")[0].split("[")[0] not in FIELDS]
+    if unknown or not names:
+        raise DataError(f"--pattern: use fields {', '.join('{' + f + '}' for f in FIELDS)}"
+                        f"{'' if not unknown else f' (unknown: {unknown[0]})'}, e.g. "
+                        "'{subject}/{action}.{camera}/{frame:06d}.jpg'")
+
+
+def attach_images(src: str | Path, out: str | Path, pattern: str, root: str | Path | None = None,
+                  embed: bool = False, progress: Callable[[str], None] | None = None) -> Path:
+    """Write a copy of dataset `src` at `out` with an image column: per row the file `root/pattern`
+    (formatted with the row's split, subject, action, camera and frame). Every file must exist; the first
+    frame of every sequence must have the row's image_size. `embed`: store the encoded bytes instead of
+    the (absolute) path. Nothing is written at `out` unless every split succeeds."""
+    from PIL import Image
+    check_pattern(pattern)
+    ds = PoseDataset(src, verify=True)
+    base = Path(root).expanduser().resolve() if root else Path.cwd()
+    say = progress or (lambda m: None)
+    info = {**ds.manifest.get("info", {}), "images_from": str(base / pattern), "images_of": str(ds.path)}
+    with DatasetWriter(out, ds.name, ds.manifest["joint_layout"], info=info) as w:
+        for split in ds.splits:
+            t = ds.read_table(split, images=False)
+            cols = {k: t.column(k).to_pylist() for k in FIELDS[1:]}
+            size = t.column("image_size").to_pylist()
+            paths = [base / pattern.format(split=split, **{k: cols[k][i] for k in cols}) for i in range(t.num_rows)]
+            missing = [p for p in paths if not p.is_file()]
+            if missing:
+                raise DataError(f"{len(missing)} of {len(paths)} '{split}' images not found, e.g. {missing[0]}")
+            seen = set()
+            for i, p in enumerate(paths):
+                key = (cols["subject"][i], cols["action"][i], cols["camera"][i])
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    with Image.open(p) as im:
+                        wh = list(im.size)
+                except OSError:
+                    raise DataError(f"{p}: not an image Pillow can read") from None
+                if wh != list(size[i]):
+                    raise DataError(f"{p}: {wh[0]}x{wh[1]} px, but its row's image_size is {size[i][0]}x{size[i][1]}")
+            column = (pa.array([p.read_bytes() for p in paths], pa.binary()) if embed
+                      else pa.array([str(p) for p in paths], pa.string()))
+            w.add_split(split, t.append_column(pa.field(IMAGE_COLUMN, column.type, nullable=False), column),
+                        ds.manifest["splits"][split]["subjects"])
+            say(f"{split}: {t.num_rows:,} rows, {'embedded' if embed else 'linked'} images")
+        return w.commit()
