@@ -11,6 +11,11 @@ import pytest
 pytestmark = pytest.mark.ray
 
 
+def _last_json(stdout: str) -> dict:
+    """The script's JSON line: Ray may print worker log lines to the driver's stdout after it."""
+    return json.loads(next(line for line in reversed(stdout.strip().splitlines()) if line.startswith("{")))
+
+
 def _session_procs(session):
     from posectl.orchestrator.cluster import session_processes
     return session_processes(session)
@@ -19,9 +24,12 @@ def _session_procs(session):
 def test_cluster_up_status_down(tmp_path, monkeypatch):
     from posectl.orchestrator import head
     monkeypatch.setenv("POSECTL_HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray" / "auth_token"))   # a machine without a token
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     warnings = []
     st = head.up(port=6397, dashboard_port=8297, num_cpus=1, warn=warnings.append)
     try:
+        assert head.token_path().stat().st_mode & 0o777 == 0o600                # created, owner-only
         assert not warnings  # loopback: no warning
         assert st["dashboard"] == "http://127.0.0.1:8297" and st["session_dir"]
         assert head._http_status(st["dashboard"] + "/api/version") == 401      # token auth is on
@@ -78,7 +86,7 @@ def test_search_on_two_nodes_uses_both(tmp_path, small_dataset):
     out = subprocess.run([sys.executable, str(script), str(space), str(tmp_path / "storage"), str(small_dataset)],
                          capture_output=True, text=True, timeout=600, env={**os.environ})
     assert out.returncode == 0, out.stderr[-2000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = _last_json(out.stdout)
     assert res["nodes"] == 2 and res["errors"] == 0
     assert len(res["trial_nodes"]) == 2        # trials were placed on both nodes
     trials = list((tmp_path / "storage" / "mn").glob("trial_*/result.json"))
@@ -113,6 +121,10 @@ NODE_LOSS = textwrap.dedent("""
     from posectl.orchestrator.tune import tune_search
     plan, grid = tune_search("baseline", space=space, storage_path=storage, name="nl",
                              overrides={"data.path": data}, verbose=0, fault_hook=hold_on_victim)
+    for _ in range(120):           # the GCS marks a killed node dead after its health checks fail
+        if sum(n["Alive"] for n in ray.nodes()) == 1:
+            break
+        time.sleep(1)
     print(json.dumps({"victim": victim, "alive": sum(n["Alive"] for n in ray.nodes()), "errors": grid.num_errors}))
     ray.shutdown(); c.shutdown()
 """)
@@ -133,7 +145,7 @@ def test_node_loss_retries_its_trial_elsewhere_and_the_search_completes(tmp_path
     out = subprocess.run([sys.executable, str(script), str(space), str(tmp_path / "storage"), str(small_dataset),
                           str(marker)], capture_output=True, text=True, timeout=900, env={**os.environ})
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res = _last_json(out.stdout)
     assert marker.exists() and res["alive"] == 1 and res["errors"] == 0
     rows = {d.name: [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
             for d in (tmp_path / "storage" / "nl").glob("trial_*")}

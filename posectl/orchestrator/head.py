@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,21 @@ def state_file() -> Path:
 
 def token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+
+
+def ensure_token() -> Path:
+    """The cluster's auth token file, created (256 random bits, owner-only) when there is none: `ray start`
+    with token auth refuses to start without one, e.g. on a fresh machine."""
+    p = token_path()
+    if os.environ.get("RAY_AUTH_TOKEN") or p.is_file():
+        return p
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.replace(tmp, p)
+    return p
 
 
 def read_state() -> dict | None:
@@ -71,6 +87,7 @@ def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.
              "reach that port can run code on this machine (token authentication is on; keep the token secret)")
     log = state_file().parent / "cluster.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    ensure_token()
     cmd = [_ray_bin(), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--include-dashboard=true", f"--dashboard-host={dashboard_host}", f"--dashboard-port={dashboard_port}",
            "--disable-usage-stats"]
