@@ -133,8 +133,9 @@ def crop_frames(frames: list[torch.Tensor], image_size: torch.Tensor, crop: Crop
     uv = crop.to_uv(grid.expand(len(frames), -1, -1))                       # (B, P, 2) screen-normalised
     wh = image_size.to(torch.float32)
     w, h = wh[:, 0, None], wh[:, 1, None]
-    x, y = (uv[..., 0] + 1) * w / 2, (uv[..., 1] + h / w) * w / 2           # image pixels (posectl.core.camera)
-    norm = torch.stack([x / w * 2 - 1, y / h * 2 - 1], -1)                  # grid_sample, align_corners=False
+    # grid_sample's [-1, 1] frame (align_corners=False) is screen-normalised uv with v rescaled by w / h:
+    # u = x / w * 2 - 1 and v = y / w * 2 - h / w (posectl.core.camera.normalize_screen)
+    norm = torch.stack([uv[..., 0], uv[..., 1] * w / h], -1)
     out = []
     for b, f in enumerate(frames):
         if tuple(f.shape[1:]) != (int(h[b]), int(w[b])):

@@ -57,7 +57,7 @@ def attach_images(src: str | Path, out: str | Path, pattern: str, root: str | Pa
     info = {**ds.manifest.get("info", {}), "images_from": str(base / pattern), "images_of": str(ds.path)}
     with DatasetWriter(out, ds.name, ds.manifest["joint_layout"], info=info) as w:
         for split in ds.splits:
-            t = ds.read_table(split, images=False)
+            t = ds.read_table(split)
             cols = {k: t.column(k).to_pylist() for k in FIELDS[1:]}
             size = t.column("image_size").to_pylist()
             paths = [base / pattern.format(split=split, **{k: cols[k][i] for k in cols}) for i in range(t.num_rows)]

@@ -376,7 +376,7 @@ class PoseDataset:
         """'embedded' or 'paths' when the shards carry an image column, else None."""
         return self.manifest.get("images")
 
-    def read_table(self, split: str, subjects: list[str] | None = None, images: bool = True) -> pa.Table:
+    def read_table(self, split: str, subjects: list[str] | None = None, images: bool = False) -> pa.Table:
         tables = []
         columns = None
         if not images and self.images:          # never read (possibly large) images nobody asked for
