@@ -45,6 +45,14 @@ def small_dataset(tmp_path_factory) -> Path:
     return write_synthetic(tmp_path_factory.mktemp("data") / "small", SynthConfig(subjects=4, frames=40))
 
 
+@pytest.fixture(scope="session")
+def anny_dataset(tmp_path_factory) -> Path:
+    """A small synthetic dataset posed with the anny body (3 subjects, 20 frames/sequence): per-row body
+    parameters, exact meshes (the first anny build on a machine takes about 90 s)."""
+    from posectl.datasets.synthetic import SynthConfig, write_synthetic
+    return write_synthetic(tmp_path_factory.mktemp("data") / "anny", SynthConfig(subjects=3, frames=20, body="anny"))
+
+
 # -- the fault-injection ledger (issue #10): tests record what they inject and what they check; the
 #    summary line is printed at the end of every pytest run.
 LEDGER = {"faults injected": 0, "runs recovered": 0, "bad inputs tried": 0, "data lost": 0}

@@ -154,15 +154,19 @@ def test_training_in_process_learns_meshes_and_resumes_exactly(small_dataset):
 
 
 @pytest.mark.ray
-def test_pose2mesh_trains_through_ray_train_with_two_workers(ray_session, small_dataset, tmp_path):
+def test_pose2mesh_trains_through_ray_train_with_two_workers(ray_session, anny_dataset, tmp_path):
+    """On the anny-posed synthetic set with the anny body: the body_params column goes through the Ray Data
+    ingest to both workers, whose ground-truth meshes are then exact (no fitting)."""
     from posectl.orchestrator.evaluate import evaluate_checkpoint
     from posectl.orchestrator.train import train
-    out = train("pose2mesh", [{**TINY, "data.path": str(small_dataset), "epochs": 2, "posenet_epochs": 1,
-                               "data.train_stride": 2, "data.eval_stride": 4}], workers=2, runs_dir=tmp_path, name="pm")
+    tiny = {k: v for k, v in TINY.items() if not k.startswith("body.")}
+    out = train("pose2mesh", [{**tiny, "body.model": "anny", "data.path": str(anny_dataset), "epochs": 2,
+                               "posenet_epochs": 1, "data.eval_stride": 4}], workers=2, runs_dir=tmp_path, name="pm")
     hist = out.experiment.history()
     assert [r["epoch"] for r in hist] == [1, 2] and np.isfinite(hist[1]["vertex_l1_mm"])
+    assert hist[1]["body_fits_new"] == 0 and hist[1]["body_fit_valid"] == 1
     test = out.results["test"]
-    assert np.isfinite(test["mpjpe"]) and np.isfinite(test["mpvpe"]) and "mesh" in test["protocol"]
+    assert np.isfinite(test["mpjpe"]) and np.isfinite(test["mpvpe"]) and "body parameters" in test["protocol"]
     ev = evaluate_checkpoint(out.experiment.checkpoints / "best.pt", split="val", stride=4, joints="all")
     assert "17 joints evaluated" in ev["metrics"]["protocol"]
     # predicted and ground-truth meshes to look at

@@ -85,3 +85,17 @@ def load_npz(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str,
         raise DataError(f"{p}: not a valid .npz file (truncated or corrupt zip)") from None
     except (EOFError, OSError, zipfile.LargeZipFile) as e:
         raise DataError(f"{p}: unreadable ({type(e).__name__})") from None
+
+
+def load_pickle(path: str | Path) -> Any:
+    """Unpickle a file with the restricted unpickler (arrays and plain containers only)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"file not found: {p}")
+    try:
+        with open(p, "rb") as f:
+            return _RestrictedUnpickler(f, encoding="latin1").load()
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{p}: {e} (only arrays and plain containers are allowed)") from None
+    except (ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ImportError) as e:
+        raise DataError(f"{p}: corrupt pickle ({type(e).__name__}: {str(e)[:80]})") from None

@@ -38,6 +38,8 @@ FORMAT = "posectl-poses"
 MANIFEST = "manifest.json"
 META_COLUMNS = ("dataset", "domain", "subject", "action", "camera", "frame")
 IMAGE_COLUMN = "image"
+BODY_COLUMN = "body_params"      # optional: per-row body-model parameters (list<float32>), manifest "body_params"
+BODY_TYPE = pa.list_(pa.float32())
 IMAGE_TYPES = {pa.binary(): "embedded", pa.large_binary(): "embedded", pa.string(): "paths",
                pa.large_string(): "paths"}
 
@@ -74,6 +76,7 @@ class PoseArrays:
     frame: np.ndarray          # (N,) int
     extrinsics: np.ndarray | None = None   # (N, 12) world->camera R (row-major) and t, when known
     image: np.ndarray | None = None        # (N,) object: encoded bytes or absolute paths, when asked for
+    body_params: np.ndarray | None = None  # (N, P) float32 body-model parameters (camera frame), when present
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -134,6 +137,7 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
         frame=np.asarray(tensor("frame", ())).astype(np.int64),
         extrinsics=_extrinsics(batch.get("extrinsics")),
         image=_images(batch.get(IMAGE_COLUMN), image_root, where),
+        body_params=_body_params(batch.get(BODY_COLUMN), where),
     )
     for name in ("keypoints_2d", "joints_3d", "intrinsics"):
         if name == "joints_3d" and not with_3d:
@@ -158,6 +162,21 @@ def _extrinsics(v) -> np.ndarray | None:
         v = np.stack(list(v))
     v = v.reshape(-1, 12).astype(np.float32, copy=False)
     return v if np.isfinite(v).all() else None
+
+
+def _body_params(v, where: str) -> np.ndarray | None:
+    if v is None:
+        return None
+    rows = v.to_pylist() if isinstance(v, (pa.ChunkedArray, pa.Array)) else list(v)
+    if any(r is None for r in rows):
+        raise DataError(f"{where}: column {BODY_COLUMN} has null entries")
+    try:
+        out = np.asarray([np.asarray(r, dtype=np.float32) for r in rows], dtype=np.float32)
+    except ValueError:
+        raise DataError(f"{where}: column {BODY_COLUMN} has rows of different lengths") from None
+    if out.ndim != 2 or not np.isfinite(out).all():
+        raise DataError(f"{where}: column {BODY_COLUMN} must hold equal-length finite vectors")
+    return out
 
 
 def _images(v, root, where: str) -> np.ndarray | None:
@@ -224,6 +243,9 @@ def table_from_arrays(a: PoseArrays, dataset: str, domain: str, extrinsics: np.n
         kind = pa.binary() if isinstance(a.image[0], bytes) else pa.string()
         cols[IMAGE_COLUMN] = pa.array(list(a.image), type=kind)
         schema = schema.append(pa.field(IMAGE_COLUMN, kind, nullable=False))
+    if a.body_params is not None:
+        cols[BODY_COLUMN] = pa.array(list(np.asarray(a.body_params, dtype=np.float32)), type=BODY_TYPE)
+        schema = schema.append(pa.field(BODY_COLUMN, BODY_TYPE, nullable=False))
     return pa.table(cols, schema=schema)
 
 
@@ -234,7 +256,7 @@ class DatasetWriter:
     """
 
     def __init__(self, out: str | Path, name: str, joint_layout: str, rows_per_shard: int = 200_000,
-                 info: dict | None = None, overwrite: bool = False):
+                 info: dict | None = None, overwrite: bool = False, body_params: dict | None = None):
         self.out = Path(out)
         if self.out.exists() and not overwrite:
             raise DataError(f"output directory already exists: {self.out}")
@@ -245,6 +267,8 @@ class DatasetWriter:
         self.manifest = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "name": name,
                          "joint_layout": joint_layout, "num_joints": get_layout(joint_layout).num_joints,
                          "keypoints_2d": ["gt"], "splits": {}, "shards": {}, "info": info or {}}
+        if body_params:                       # {"model": ..., "dim": P}: what the body_params column holds
+            self.manifest["body_params"] = body_params
 
     def add_split(self, split: str, table: pa.Table, subjects: list[str] | None = None) -> None:
         if table.num_rows == 0:
@@ -258,6 +282,8 @@ class DatasetWriter:
             if kind is None or self.manifest.get("images", kind) != kind:
                 raise DataError(f"split '{split}': column image must be binary or string, the same in every split")
             self.manifest["images"] = kind
+        if BODY_COLUMN in table.column_names and "body_params" not in self.manifest:
+            raise DataError(f"split '{split}': a {BODY_COLUMN} column needs the writer's body_params spec")
         self.manifest["keypoints_2d"] = ["gt", *sorted(set(self.manifest["keypoints_2d"][1:]) | set(dets))]
         entry = self.manifest["splits"].setdefault(split, {"subjects": [], "rows": 0, "shards": []})
         subjects_col = table.column("subject").to_numpy(zero_copy_only=False)
@@ -376,11 +402,17 @@ class PoseDataset:
         """'embedded' or 'paths' when the shards carry an image column, else None."""
         return self.manifest.get("images")
 
+    @property
+    def body_params(self) -> dict | None:
+        """{"model": name, "dim": P} when the shards carry per-row body-model parameters, else None."""
+        return self.manifest.get("body_params")
+
     def read_table(self, split: str, subjects: list[str] | None = None, images: bool = False) -> pa.Table:
         tables = []
         columns = None
         if not images and self.images:          # never read (possibly large) images nobody asked for
             columns = pose_schema(self.num_joints, tuple(self.manifest.get("keypoints_2d", ["gt"])[1:])).names
+            columns += [BODY_COLUMN] if self.body_params else []
         for p in self.shard_paths(split, subjects):
             t = read_shard(p, columns)
             self.check_schema(t.schema, p)
@@ -398,6 +430,9 @@ class PoseDataset:
         if IMAGE_COLUMN in schema.names and schema.field(IMAGE_COLUMN).type not in IMAGE_TYPES:
             raise DataError(f"{where}: column 'image' has type {schema.field(IMAGE_COLUMN).type}, expected "
                             f"binary (encoded image) or string (path)")
+        if BODY_COLUMN in schema.names and schema.field(BODY_COLUMN).type != BODY_TYPE:
+            raise DataError(f"{where}: column '{BODY_COLUMN}' has type {schema.field(BODY_COLUMN).type}, "
+                            f"expected {BODY_TYPE}")
 
     def load(self, split: str, keypoints: str = "gt", subjects: list[str] | None = None,
              with_3d: bool = True, images: bool = False) -> PoseArrays:
@@ -411,6 +446,7 @@ class PoseDataset:
         m = self.manifest
         return {"name": self.name, "path": str(self.path), "joint_layout": m["joint_layout"],
                 "keypoints_2d": m.get("keypoints_2d", ["gt"]), "images": m.get("images"),
+                "body_params": m.get("body_params"),
                 "splits": {s: {"rows": e["rows"], "subjects": e["subjects"], "shards": len(e["shards"])}
                            for s, e in m["splits"].items()},
                 "info": m.get("info", {})}

@@ -66,10 +66,14 @@ class SynthConfig:
     frames: int = 200               # per sequence (50 Hz)
     sequences_per_motion: int = 1
     amplitude: float = 1.0          # motion amplitude scale (target default 1.45)
+    body: str = ""                  # "anny": pose the anny body along each motion (exact meshes, see below)
 
     def key(self) -> str:
-        h = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.domain}-s{self.seed}-v{GENERATOR_VERSION}-{h}"
+        d = asdict(self)
+        if not self.body:
+            d.pop("body")                   # keys of body-less datasets are those of earlier versions
+        h = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.domain}{'-' + self.body if self.body else ''}-s{self.seed}-v{GENERATOR_VERSION}-{h}"
 
 
 def _rot(axis: str, deg: np.ndarray) -> np.ndarray:
@@ -278,6 +282,14 @@ def generate(cfg: SynthConfig) -> dict[str, dict]:
     amp = cfg.amplitude * (1.0 if cfg.domain == "source" else 1.45)
     prefix = "s" if cfg.domain == "source" else "t"
     children = np.random.SeedSequence([cfg.seed, 0 if cfg.domain == "source" else 1]).spawn(cfg.subjects)
+    body = None
+    if cfg.body:
+        if cfg.body != "anny":
+            raise ValueError(f"unknown synthetic body '{cfg.body}' (anny)")
+        import torch
+
+        from posectl.core.bodies import AnnyBody, matrix_to_rotvec, rotvec_to_matrix
+        body = AnnyBody()
     out = {}
     for si, ss in enumerate(children):
         rng = np.random.default_rng(ss)
@@ -285,27 +297,40 @@ def generate(cfg: SynthConfig) -> dict[str, dict]:
         bones = _subject_bones(rng, cfg.domain)
         cams = _subject_cameras(rng, cfg.domain, si)
         rows = {k: [] for k in ("keypoints_2d", "joints_3d", "intrinsics", "image_size", "extrinsics",
-                                "action", "camera", "frame")}
+                                "action", "camera", "frame", *(["body_params"] if body else []))}
+        if body is not None:        # the subject's body shape: phenotypes uniform in [0.2, 0.8]
+            u = np.random.default_rng([cfg.seed, si, 7]).uniform(0.2, 0.8, body.num_shape)
+            shape = torch.from_numpy(np.log(u / (1 - u)).astype(np.float32))
+        seqs = []
         for motion in motions:
             for rep in range(cfg.sequences_per_motion):
                 angles, yaw, path = _motion_angles(motion, rng, cfg.frames, amp)
-                pose = forward_kinematics(angles, bones, yaw)
-                floor = pose[:, [3, 6], 2].min(1)          # feet on the floor
-                world = pose.copy()
-                world[..., 0] += path[:, None, 0]
-                world[..., 1] += path[:, None, 1]
-                world[..., 2] -= floor[:, None]
-                action = motion if rep == 0 else f"{motion} {rep}"
-                for cam in cams:
-                    X = world_to_camera(world, cam.R, cam.t)
-                    rows["joints_3d"].append(X)
-                    rows["keypoints_2d"].append(project(X, cam.intrinsics.astype(np.float64)))
-                    rows["intrinsics"].append(np.broadcast_to(cam.intrinsics, (cfg.frames, 9)))
-                    rows["image_size"].append(np.broadcast_to([cam.width, cam.height], (cfg.frames, 2)))
-                    rows["extrinsics"].append(np.broadcast_to(np.concatenate([cam.R.ravel(), cam.t]), (cfg.frames, 12)))
-                    rows["action"] += [action] * cfg.frames
-                    rows["camera"] += [cam.id] * cfg.frames
-                    rows["frame"].append(np.arange(cfg.frames))
+                seqs.append((motion, rep, path, forward_kinematics(angles, bones, yaw), None))
+        if body is not None:            # the body follows each motion; its own joints replace the skeleton's
+            posed = body.pose_sequences([torch.from_numpy(q[3] - q[3][:, :1]).float() for q in seqs], shape)
+            seqs = [(m, r, pa, j.double().numpy(), params) for (m, r, pa, _, _), (params, j) in zip(seqs, posed)]
+        for motion, rep, path, pose, params in seqs:
+            floor = pose[:, [3, 6], 2].min(1)          # feet on the floor
+            world = pose.copy()
+            world[..., 0] += path[:, None, 0]
+            world[..., 1] += path[:, None, 1]
+            world[..., 2] -= floor[:, None]
+            action = motion if rep == 0 else f"{motion} {rep}"
+            for cam in cams:
+                X = world_to_camera(world, cam.R, cam.t)
+                rows["joints_3d"].append(X)
+                rows["keypoints_2d"].append(project(X, cam.intrinsics.astype(np.float64)))
+                rows["intrinsics"].append(np.broadcast_to(cam.intrinsics, (cfg.frames, 9)))
+                rows["image_size"].append(np.broadcast_to([cam.width, cam.height], (cfg.frames, 2)))
+                rows["extrinsics"].append(np.broadcast_to(np.concatenate([cam.R.ravel(), cam.t]), (cfg.frames, 12)))
+                rows["action"] += [action] * cfg.frames
+                rows["camera"] += [cam.id] * cfg.frames
+                rows["frame"].append(np.arange(cfg.frames))
+                if body is not None:    # global rotation into the camera frame
+                    pc = params.clone()
+                    Rg = torch.from_numpy(cam.R.astype(np.float32)) @ rotvec_to_matrix(pc[:, :3])
+                    pc[:, :3] = matrix_to_rotvec(Rg)
+                    rows["body_params"].append(pc.numpy())
         out[subject] = {k: (np.asarray(v) if isinstance(v[0], str) else np.concatenate(v)) for k, v in rows.items()}
         out[subject]["bones"] = bones
     return out
@@ -329,14 +354,17 @@ def write_synthetic(out: str | Path, cfg: SynthConfig, overwrite: bool = False) 
     splits = default_splits(sorted(data))
     info = {"generator": "posectl.synthetic", "generator_version": GENERATOR_VERSION, **asdict(cfg),
             "fps": FPS, "motions": list(MOTIONS_SOURCE if cfg.domain == "source" else MOTIONS_TARGET)}
-    with DatasetWriter(out, f"synthetic-{cfg.domain}", "h36m17", info=info, overwrite=overwrite) as w:
+    spec = {"model": cfg.body, "dim": int(data[next(iter(data))]["body_params"].shape[1])} if cfg.body else None
+    with DatasetWriter(out, f"synthetic-{cfg.domain}{'-' + cfg.body if cfg.body else ''}", "h36m17", info=info,
+                       overwrite=overwrite, body_params=spec) as w:
         for split, subjects in splits.items():
             tables = []
             for s in subjects:
                 d = data[s]
                 n = len(d["frame"])
                 arr = PoseArrays(d["keypoints_2d"], d["joints_3d"], d["intrinsics"], d["image_size"],
-                                 np.full(n, s), d["action"], d["camera"], d["frame"])
+                                 np.full(n, s), d["action"], d["camera"], d["frame"],
+                                 body_params=d.get("body_params"))
                 tables.append(table_from_arrays(arr, f"synthetic-{cfg.domain}", cfg.domain, d["extrinsics"]))
             import pyarrow as pa
             w.add_split(split, pa.concat_tables(tables), subjects)

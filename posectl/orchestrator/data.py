@@ -3,17 +3,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posectl.datasets.store import IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch, read_shard
+from posectl.datasets.store import BODY_COLUMN, IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch, read_shard
 from posectl.errors import DataError
 
 COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size", "extrinsics")
 
 
 def resolve_path(path: str, seed: int = 0) -> Path:
-    """'synthetic' / 'synthetic:source' / 'synthetic:target' -> cached generated dataset; else a directory."""
+    """'synthetic' / 'synthetic:source' / 'synthetic:target' / 'synthetic:anny' (the source domain posed with
+    the anny body, with its parameters per row) -> cached generated dataset; else a directory."""
     if path.startswith("synthetic"):
         from posectl.datasets.synthetic import cached_synthetic
         _, _, domain = path.partition(":")
+        if domain == "anny":
+            return cached_synthetic("source", body="anny")
         return cached_synthetic(domain or "source")
     return Path(path).expanduser()
 
@@ -71,7 +74,8 @@ def ray_datasets(ds: PoseDataset, data_cfg, seed: int = 0, inputs: dict | None =
     import ray.data
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)
-    cols = [*COLUMNS, keypoint_column(data_cfg.keypoints), *([IMAGE_COLUMN] if images and ds.images else [])]
+    cols = [*COLUMNS, keypoint_column(data_cfg.keypoints), *([IMAGE_COLUMN] if images and ds.images else []),
+            *([BODY_COLUMN] if ds.body_params else [])]
     inputs = inputs or {}
     plan = {}                                        # role -> (shard paths, columns)
     for role, split in (("train", data_cfg.train_split), ("val", data_cfg.val_split),
