@@ -15,7 +15,8 @@ from posectl.methods.base import Context, get_method
 from posectl.models.meshnet import ChebConv, MeshNet
 
 H36M = get_layout("h36m17")
-TINY = {"posenet.width": 128, "meshnet.width": 8, "meshnet.levels": 3, "body.ring": 8, "body.rings": 3}
+TINY = {"posenet.width": 128, "meshnet.width": 8, "meshnet.levels": 3, "body.model": "tube", "body.ring": 8,
+        "body.rings": 3}
 
 
 def _poses(n=8, seed=0):

@@ -13,16 +13,14 @@ Providers:
     a subset of its rig (spine, neck, head, clavicles, shoulders, elbows, hips, knees) is driven. The
     17 Human3.6M joints are defined on its skeleton (bone heads; nose and skull top from vertices) and
     the vertex regressor is the least-squares regressor of those joints over random posed bodies.
-  * `SMPLBody` (user-provided files): the SMPL model as an .npz (v_template, shapedirs, posedirs,
-    J_regressor, weights, kintree_table, f) or a .pkl holding only numpy / scipy.sparse objects (read
-    with the restricted unpickler), and the Human3.6M joint regressor `J_regressor_h36m.npy` (17 x V).
+  * `SMPLBody` (user-provided files, read by posectl.methods.pose2mesh.load_smpl): the SMPL model's arrays
+    (v_template, shapedirs, posedirs, J_regressor, weights, kintree_table, f) and the Human3.6M joint
+    regressor (17 x V).
     Linear blend skinning with shape and pose blend shapes, written from the SMPL paper's equations.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -106,7 +104,7 @@ class FitResult:
     params: torch.Tensor        # (B, P)
     vertices: torch.Tensor      # (B, V, 3), root-aligned, same units as the joints
     joints: torch.Tensor        # (B, J, 3) regressed from the fitted mesh
-    error_mm: torch.Tensor      # (B,) mean per-joint distance of the fit, mm
+    error_mm: torch.Tensor      # (B,) mean distance of the fit over the non-root joints (root-aligned), mm
 
 
 class ParametricBody:
@@ -171,6 +169,7 @@ class ParametricBody:
         joints = joints.detach().float()
         B = joints.shape[0]
         root = self.layout.root
+        self._nonroot = [j for j in range(self.layout.num_joints) if j != root]
         target = joints - joints[:, root:root + 1]
         with torch.no_grad():
             if init is None:
@@ -191,7 +190,7 @@ class ParametricBody:
             v = self.vertices(params)
             j = self.regress(v)
             per_joint = (j - target).norm(dim=-1)                       # (B, J)
-            err = per_joint.mean(1).detach()
+            err = per_joint[:, self._nonroot].mean(1).detach()          # the root is aligned: excluded
             better = err < best_err
             best[better] = params.detach()[better]
             best_err = torch.where(better, err, best_err)
@@ -208,6 +207,40 @@ class ParametricBody:
         with torch.no_grad():
             v = self.vertices(best)
             return FitResult(best, v, self.regress(v), best_err * 1000)
+
+    def pose_sequences(self, sequences: list[torch.Tensor], shape: torch.Tensor, step: int = 5, iters: int = 60):
+        """Pose the body along motions: fit every `step`-th frame (and the last) of each sequence of
+        root-centred joints (T, 17, 3) with the given shape (S,), all sequences in one batch, and interpolate
+        the pose parameters linearly in between. Returns per sequence (parameters (T, P), root-aligned
+        joints regressed from the posed meshes (T, 17, 3))."""
+        keys = [np.unique(np.r_[np.arange(0, len(q), step), len(q) - 1]) for q in sequences]
+        joints = torch.cat([q[k] for q, k in zip(sequences, keys)])
+        fit = self.fit(joints, iters=iters, shape=shape[None].expand(len(joints), -1))
+        kp = fit.params.split([len(k) for k in keys])
+        out = []
+        for q, k, p in zip(sequences, keys, kp):
+            params = self.interpolate(p, torch.from_numpy(k), len(q))
+            with torch.no_grad():
+                out.append((params, torch.cat([self.regress(self.vertices(x)) for x in params.split(512)])))
+        return out
+
+    def interpolate(self, key_params: torch.Tensor, key_frames: torch.Tensor, T: int) -> torch.Tensor:
+        """Parameters of frames 0..T-1 from parameters at increasing key frames: every rotation (global and
+        per bone) by slerp along the shortest arc between neighbouring keys (rotation vectors themselves
+        cannot be interpolated across the +-pi wrap), the shape linearly."""
+        t = torch.arange(T, dtype=torch.float32)
+        hi = torch.searchsorted(key_frames, t, right=False).clamp(1, len(key_frames) - 1) if len(key_frames) > 1 \
+            else torch.zeros(T, dtype=torch.long)
+        lo = (hi - 1).clamp_min(0)
+        span = (key_frames[hi] - key_frames[lo]).float().clamp_min(1)
+        s = ((t - key_frames[lo].float()) / span).clamp(0, 1)[:, None]
+        nr = 1 + self.num_bones
+        rot = key_params[:, :3 * nr].reshape(-1, nr, 3)
+        Ra, Rb = rotvec_to_matrix(rot[lo]), rotvec_to_matrix(rot[hi])
+        rel = matrix_to_rotvec(Ra.transpose(-1, -2) @ Rb)                       # shortest arc, angle <= pi
+        R = Ra @ rotvec_to_matrix(rel * s[:, :, None])
+        shape = key_params[lo, 3 * nr:] * (1 - s) + key_params[hi, 3 * nr:] * s
+        return torch.cat([matrix_to_rotvec(R).reshape(T, -1), shape], 1)
 
     def pose(self, joints: torch.Tensor) -> torch.Tensor:
         """BodyModel interface: the mesh fitted to the joints (B, V, 3)."""
@@ -321,24 +354,6 @@ class AnnyBody(ParametricBody):
         p[:, 3 + 3 * self.num_bones:] = torch.randn(n, self.num_shape, generator=gen) * 1.0
         return p
 
-    def pose_sequences(self, sequences: list[torch.Tensor], shape: torch.Tensor, step: int = 5, iters: int = 60):
-        """Pose the body along motions: fit every `step`-th frame (and the last) of each sequence of
-        root-centred joints (T, 17, 3) with the given shape (S,), all sequences in one batch, and interpolate
-        the pose parameters linearly in between. Returns per sequence (parameters (T, P), root-aligned
-        joints regressed from the posed meshes (T, 17, 3))."""
-        keys = [np.unique(np.r_[np.arange(0, len(q), step), len(q) - 1]) for q in sequences]
-        joints = torch.cat([q[k] for q, k in zip(sequences, keys)])
-        fit = self.fit(joints, iters=iters, shape=shape[None].expand(len(joints), -1))
-        kp = np.split(fit.params.numpy(), np.cumsum([len(k) for k in keys])[:-1])
-        out = []
-        for q, k, p in zip(sequences, keys, kp):
-            T = len(q)
-            params = np.stack([np.interp(np.arange(T), k, p[:, c]) for c in range(p.shape[1])], 1)
-            params = torch.from_numpy(params.astype(np.float32))
-            with torch.no_grad():
-                out.append((params, torch.cat([self.regress(self.vertices(x)) for x in params.split(512)])))
-        return out
-
     def _fit_regressor(self, rest: torch.Tensor, n: int, seed: int) -> None:
         gen = torch.Generator().manual_seed(seed)
         p = self.random_params(n, gen)
@@ -362,57 +377,36 @@ class AnnyBody(ParametricBody):
 SMPL_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x)
-
-
-def load_smpl(path: str | Path) -> dict[str, np.ndarray]:
-    """The SMPL model file (.npz, or .pkl of numpy / scipy.sparse objects through the restricted
-    unpickler): its arrays as float64 / int64, checked for consistent sizes (ValueError otherwise)."""
-    from posectl.datasets.safe_npz import UnsafePickleError, load_npz, load_pickle
-    path = Path(path)
-    if path.suffix == ".npz":
-        raw = load_npz(path)
-    elif path.suffix == ".pkl":
-        try:
-            raw = load_pickle(path)
-        except UnsafePickleError as e:
-            raise DataError(f"{e}; SMPL files that pickle chumpy or scipy objects must first be converted "
-                            f"to an .npz of plain arrays ({', '.join(SMPL_KEYS)})") from None
-    else:
-        raise DataError(f"{path}: the SMPL model must be an .npz or .pkl file")
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: expected a dict of arrays")
-    missing = [k for k in SMPL_KEYS if k not in raw]
+def check_smpl(d: dict, where: str) -> dict[str, np.ndarray]:
+    """The SMPL arrays of a model file's dict, dense, checked for consistent sizes (DataError otherwise)."""
+    missing = [k for k in SMPL_KEYS if k not in d]
     if missing:
-        raise DataError(f"{path}: SMPL model lacks {', '.join(missing)}")
-    d = {k: _dense(raw[k]) for k in SMPL_KEYS}
+        raise DataError(f"{where}: SMPL model lacks {', '.join(missing)}")
+    d = {k: np.asarray(d[k]) for k in SMPL_KEYS}
     V = d["v_template"].shape[0]
-    J = d["J_regressor"].shape[0]
-    checks = [d["v_template"].shape == (V, 3), d["shapedirs"].shape[:2] == (V, 3),
+    J = d["J_regressor"].shape[0] if d["J_regressor"].ndim == 2 else -1
+    checks = [d["v_template"].shape == (V, 3), d["shapedirs"].ndim == 3 and d["shapedirs"].shape[:2] == (V, 3),
               d["posedirs"].shape == (V, 3, 9 * (J - 1)), d["J_regressor"].shape == (J, V),
               d["weights"].shape == (V, J), d["kintree_table"].shape == (2, J), d["f"].ndim == 2]
     if not all(checks):
-        raise DataError(f"{path}: SMPL arrays have inconsistent shapes "
-                         f"({', '.join(f'{k} {d[k].shape}' for k in SMPL_KEYS)})")
+        raise DataError(f"{where}: SMPL arrays have inconsistent shapes "
+                        f"({', '.join(f'{k} {d[k].shape}' for k in SMPL_KEYS)})")
     return d
 
 
 class SMPLBody(ParametricBody):
-    """SMPL from the user's files: `model_path` (SMPL_NEUTRAL.npz / .pkl) and `regressor_path`
-    (J_regressor_h36m.npy, 17 x V). Parameters: global rotation, 23 joint rotations, `num_betas` betas."""
+    """SMPL from the user's arrays (read from their files by `posectl.methods.pose2mesh.load_smpl`): the model
+    dict (SMPL_KEYS) and the Human3.6M joint regressor (17 x V). Parameters: global rotation, 23 joint
+    rotations, `num_betas` betas."""
 
     name = "smpl"
 
-    def __init__(self, model_path: str | Path, regressor_path: str | Path, num_betas: int = 10):
-        d = load_smpl(model_path)
-        try:
-            reg = np.load(regressor_path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{regressor_path}: cannot read the Human3.6M joint regressor ({e})") from None
+    def __init__(self, model: dict, regressor: np.ndarray, num_betas: int = 10, where: str = "SMPL model"):
+        d = check_smpl(model, where)
+        reg = np.asarray(regressor)
         V = d["v_template"].shape[0]
         if reg.shape != (17, V):
-            raise DataError(f"{regressor_path}: Human3.6M joint regressor must be 17 x {V} (got {reg.shape})")
+            raise DataError(f"{where}: the Human3.6M joint regressor must be 17 x {V} (got {reg.shape})")
         self.faces = d["f"].astype(np.int64)
         self.joint_regressor = reg.astype(np.float32)
         t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))   # noqa: E731

@@ -3,13 +3,14 @@ mesh graphs, their coarsening hierarchy, scaled Laplacians, and mesh losses. Pur
 
 Body model (`BodyModel`): fixed topology (faces), a joint regressor J x V for the evaluation skeleton,
 and `pose(joints) -> vertices`, which produces the ground-truth mesh of a 3D pose. Providers:
-  * `TubeBody` (default, free, no assets): every bone of the skeleton is a closed tube (rings of
+  * `TubeBody` (free, no assets; `body.model=tube`): every bone of the skeleton is a closed tube (rings of
     vertices around the bone, capped at both ends) whose axis runs along the bone; the tube's twist
     follows the body's facing direction. A mesh is an exact function of the 3D joints, so every frame of
     any dataset (synthetic or real Human3.6M) has an exact ground-truth mesh, with no fitting error.
     Each joint is the centre of the rings that meet at it, so the joint regressor (ring averages)
     reproduces the joints exactly.
-  * SMPL (user-provided files) plugs in through the same interface: see `posectl.methods.pose2mesh`.
+  * the parametric bodies of posectl.core.bodies (anny, the default of pose2mesh, and the user's SMPL) plug in
+    through the same interface, `pose(joints)` being a fit to the joints.
 
 Graph coarsening follows the scheme Pose2Mesh uses (Defferrard et al. 2016, written here from the
 description): heavy-edge matching merges node pairs level by level; fake nodes are added so that

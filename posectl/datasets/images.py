@@ -55,7 +55,7 @@ def attach_images(src: str | Path, out: str | Path, pattern: str, root: str | Pa
     base = Path(root).expanduser().resolve() if root else Path.cwd()
     say = progress or (lambda m: None)
     info = {**ds.manifest.get("info", {}), "images_from": str(base / pattern), "images_of": str(ds.path)}
-    with DatasetWriter(out, ds.name, ds.manifest["joint_layout"], info=info) as w:
+    with DatasetWriter(out, ds.name, ds.manifest["joint_layout"], info=info, body_params=ds.body_params) as w:
         for split in ds.splits:
             t = ds.read_table(split)
             cols = {k: t.column(k).to_pylist() for k in FIELDS[1:]}

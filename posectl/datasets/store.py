@@ -174,6 +174,8 @@ def _body_params(v, where: str) -> np.ndarray | None:
         out = np.asarray([np.asarray(r, dtype=np.float32) for r in rows], dtype=np.float32)
     except ValueError:
         raise DataError(f"{where}: column {BODY_COLUMN} has rows of different lengths") from None
+    if len(rows) == 0:
+        out = out.reshape(0, 0)
     if out.ndim != 2 or not np.isfinite(out).all():
         raise DataError(f"{where}: column {BODY_COLUMN} must hold equal-length finite vectors")
     return out

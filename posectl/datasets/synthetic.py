@@ -58,6 +58,10 @@ MOTIONS_SOURCE = ("Walking", "Directions", "Sitting", "SittingDown", "Phoning", 
 MOTIONS_TARGET = MOTIONS_SOURCE + ("Exercise", "Crouching")
 
 
+# version of the body posing (`body="anny"`); 2: rotations interpolated by slerp between key frames
+BODY_POSE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     domain: str = "source"          # source | target
@@ -73,7 +77,8 @@ class SynthConfig:
         if not self.body:
             d.pop("body")                   # keys of body-less datasets are those of earlier versions
         h = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.domain}{'-' + self.body if self.body else ''}-s{self.seed}-v{GENERATOR_VERSION}-{h}"
+        body = f"-{self.body}{BODY_POSE_VERSION}" if self.body else ""
+        return f"{self.domain}{body}-s{self.seed}-v{GENERATOR_VERSION}-{h}"
 
 
 def _rot(axis: str, deg: np.ndarray) -> np.ndarray:
@@ -307,6 +312,9 @@ def generate(cfg: SynthConfig) -> dict[str, dict]:
                 angles, yaw, path = _motion_angles(motion, rng, cfg.frames, amp)
                 seqs.append((motion, rep, path, forward_kinematics(angles, bones, yaw), None))
         if body is not None:            # the body follows each motion; its own joints replace the skeleton's
+            import sys
+            print(f"posing the anny body along the motions of subject {si + 1}/{cfg.subjects}", file=sys.stderr,
+                  flush=True)
             posed = body.pose_sequences([torch.from_numpy(q[3] - q[3][:, :1]).float() for q in seqs], shape)
             seqs = [(m, r, pa, j.double().numpy(), params) for (m, r, pa, _, _), (params, j) in zip(seqs, posed)]
         for motion, rep, path, pose, params in seqs:

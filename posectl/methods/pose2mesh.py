@@ -9,11 +9,12 @@ Losses of the full model (paper weights): vertex L1 + 0.1 x surface-normal loss 
 (from epoch `edge_loss_start` on) + 1e-3 x [L1 of the mesh-regressed joints + L1 of PoseNet's joints]
 (joint terms in mm, vertex/normal/edge terms in metres, as in the paper). RMSprop, step decay x0.1.
 
-Ground-truth meshes come from the body model (`body.model`): the default `tube` body (posectl.core.mesh) is a
-skeleton-driven mesh, an exact function of the 3D joints, so any pose dataset has exact mesh ground truth;
-`anny` (free) and `smpl` (user files) are parametric bodies (posectl.core.bodies) fitted to each row's 3D
-joints once (cached on disk, `MeshTargets`), with badly fitted rows masked out of the mesh losses and the
-vertex error, as the paper masks its SMPLify fits. None is SMPL as the paper used it: absolute mesh errors
+Ground-truth meshes come from the body model (`body.model`). `anny` (the default, free) and `smpl` (the user's
+files) are parametric bodies (posectl.core.bodies): on a dataset posed with the body (`synthetic:anny`, the
+default data, stores each row's parameters) the meshes are exact; on any other dataset the body is fitted to
+each row's 3D joints once (cached on disk, `MeshTargets`), with badly fitted rows masked out of the mesh losses
+and the vertex error, as the paper masks its SMPLify fits. `tube` (posectl.core.mesh) is a skeleton-driven
+mesh, an exact function of the 3D joints, so any pose dataset has exact mesh ground truth without fitting. None is SMPL as the paper used it: absolute mesh errors
 are not comparable with the paper's figures.
 Evaluation: MPJPE / PA-MPJPE of the joints regressed from the predicted mesh (root-aligned; the paper's
 14 joints by default, `eval_joints=all` for 17), MPVPE over the vertices after subtracting the regressed
@@ -32,14 +33,14 @@ import torch
 
 from posectl.config import field
 from posectl.core import metrics
-from posectl.core.bodies import AnnyBody, ParametricBody, SMPLBody
+from posectl.core.bodies import SMPL_KEYS, AnnyBody, ParametricBody, SMPLBody
 from posectl.core.mesh import (Graph, TubeBody, coarsen, edge_length_loss, joint_graph, mesh_edges,
                                normal_loss)
 from posectl.core.skeleton import EVAL_JOINT_SETS
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.synthetic import cache_dir
-from posectl.errors import ConfigError
-from posectl.methods.base import Context, TrainConfig, register, seed_everything
+from posectl.errors import ConfigError, DataError
+from posectl.methods.base import Context, DataConfig, TrainConfig, register, seed_everything
 from posectl.methods.lifting import BackboneConfig
 from posectl.models.meshnet import MeshNet
 
@@ -47,7 +48,7 @@ from posectl.models.meshnet import MeshNet
 @dataclass
 class BodyConfig:
     model: Literal["tube", "anny", "smpl"] = field(
-        "tube", "body model giving the mesh topology and ground truth (tube: free skeleton-driven body, exact for "
+        "anny", "body model giving the mesh topology and ground truth (tube: free skeleton-driven body, exact for "
                 "any 3D pose; anny: free parametric body, pseudo-GT fitted to the 3D joints; smpl: the user's SMPL "
                 "files, pseudo-GT fitted likewise)")
     ring: int = field(12, "tube: vertices around each bone")
@@ -61,6 +62,12 @@ class BodyConfig:
 
 
 @dataclass
+class Pose2MeshData(DataConfig):
+    path: str = field("synthetic:anny", "dataset: 'synthetic:anny' (synthetic motions posed with the anny body: "
+                                        "exact meshes), 'synthetic', 'synthetic:target' or a prepared dataset directory")
+
+
+@dataclass
 class MeshNetConfig:
     width: int = field(64, "base channel width (paper: 64; coarse levels use up to 4x)")
     levels: int = field(4, "coarsening levels between the mesh and its coarsest graph (each halves the nodes)")
@@ -69,6 +76,7 @@ class MeshNetConfig:
 
 @dataclass
 class Pose2MeshConfig(TrainConfig):
+    data: Pose2MeshData = field(Pose2MeshData, "dataset options")
     batch_size: int = field(64, "global batch size (paper: 64)")
     lr_decay: float = field(1.0, "extra multiplicative decay per epoch (the paper uses only the step below)")
     posenet: BackboneConfig = field(BackboneConfig, "PoseNet: the lifting MLP (paper: width 4096, 2 blocks)")
@@ -123,16 +131,60 @@ def build_body(cfg: BodyConfig, layout):
         model = next((d / n for n in ("SMPL_NEUTRAL.npz", "SMPL_NEUTRAL.pkl") if (d / n).is_file()), None)
         if model is None or not (d / "J_regressor_h36m.npy").is_file():
             raise ConfigError(f"body.path: {d} must hold SMPL_NEUTRAL.npz (or .pkl) and J_regressor_h36m.npy")
-        body = SMPLBody(model, d / "J_regressor_h36m.npy")
+        body = SMPLBody(load_smpl(model), load_regressor(d / "J_regressor_h36m.npy"), where=str(model))
     body.fit_iters = cfg.fit_iters
     return body
 
 
+def load_smpl(path: Path) -> dict:
+    """The user's SMPL model file: an .npz, or a .pkl of plain arrays (restricted unpickler: files that
+    pickle chumpy or scipy objects are refused with a hint to convert them)."""
+    from posectl.datasets.safe_npz import UnsafePickleError, load_npz, load_pickle
+    if path.suffix == ".npz":
+        raw = load_npz(path)
+    elif path.suffix == ".pkl":
+        try:
+            raw = load_pickle(path)
+        except UnsafePickleError as e:
+            raise DataError(f"{e}; SMPL files that pickle chumpy or scipy objects must first be converted to an .npz "
+                            f"of plain arrays ({', '.join(SMPL_KEYS)})") from None
+    else:
+        raise DataError(f"{path}: the SMPL model must be an .npz or .pkl file")
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected a dict of arrays")
+    return raw
+
+
+def load_regressor(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the Human3.6M joint regressor ({str(e)[:80]})") from None
+
+
+FIT_VERSION = 2          # bump when fitting changes: cached fits of other versions are not reused
+
+
+def row_digests(x: np.ndarray) -> np.ndarray:
+    """A 64-bit digest of each row's float32 bytes (vectorised multiply-xorshift; collisions ~2^-64)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1).view(np.uint32).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        mult = (np.arange(1, u.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+        h = ((u + np.uint64(0x632BE59BD9B4E019)) * mult).sum(1, dtype=np.uint64)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(29)
+    return h
+
+
 class MeshTargets:
-    """Ground-truth meshes of a dataset's rows. Tube body: exact, computed per batch. Parametric bodies:
-    per-row parameters fitted to the row's 3D joints once (in chunks, with a progress callback) and cached
-    on disk under the posectl cache, keyed by the joints' bytes and the body's settings; rows whose fit error
-    exceeds the threshold are masked out of the mesh losses and the vertex error."""
+    """Ground-truth meshes of a dataset's rows.
+      * tube body: exact, computed per batch from the joints;
+      * parametric body on a dataset with a body_params column of its size: exact, from the parameters;
+      * parametric body otherwise: per-row parameters fitted to the row's 3D joints once (in chunks, with a
+        progress callback) and cached on disk under the posectl cache, one file per body setting, each fit
+        keyed by a digest of the row's joints (so runs, seeds, workers' shards and Tune trials share them);
+        rows whose fit error exceeds the threshold are masked out of the mesh losses and the vertex error."""
 
     chunk = 256
 
@@ -143,30 +195,59 @@ class MeshTargets:
         if not self.parametric:
             return
         bp = data.arrays.body_params
-        if bp is not None:              # the dataset was posed with this body: exact meshes, nothing to fit
-            if bp.shape[1] != body.param_dim:
-                raise ConfigError(f"body.model {body.name}: the dataset's body_params have {bp.shape[1]} values per "
-                                  f"row, the {body.name} body takes {body.param_dim}")
+        if bp is not None and bp.shape[1] == body.param_dim:   # posed with this body: nothing to fit
             self.exact = torch.from_numpy(bp)
             return
         n = len(data)
-        tag = f"{body.name}:{cfg.topology if body.name == 'anny' else cfg.path}:{cfg.fit_iters}:{body.param_dim}"
-        h = hashlib.sha256(tag.encode())
-        h.update(data.targets.numpy().tobytes())
-        self.file = cache_dir() / "bodyfits" / f"{h.hexdigest()[:20]}.npz"
+        version = ""
+        if body.name == "anny":
+            import importlib.metadata
+            version = importlib.metadata.version("anny")
+        tag = (f"{body.name}:{version}:{cfg.topology if body.name == 'anny' else Path(cfg.path).expanduser().resolve()}:"
+               f"{cfg.fit_iters}:{body.param_dim}:{FIT_VERSION}")
+        self.file = cache_dir() / "bodyfits" / f"{hashlib.sha256(tag.encode()).hexdigest()[:20]}.npz"
+        self.digest = row_digests(data.targets.numpy())
         self.slot = np.full(n, -1, dtype=np.int64)         # row -> index into params / error
         self.params = np.zeros((0, body.param_dim), dtype=np.float32)
         self.error = np.zeros(0, dtype=np.float32)
-        if self.file.is_file():
-            try:
-                z = np.load(self.file, allow_pickle=False)
-                rows, params, error = z["rows"], z["params"], z["error"]
-                if params.shape[1:] == (body.param_dim,) and len(rows) == len(params) == len(error) \
-                        and (len(rows) == 0 or (rows.min() >= 0 and rows.max() < n)):
-                    self.params, self.error = params.astype(np.float32), error.astype(np.float32)
-                    self.slot[rows] = np.arange(len(rows))
-            except (OSError, ValueError, KeyError):
-                pass                                        # unreadable cache: refit
+        self.digests = np.zeros(0, dtype=np.uint64)       # digest of each entry of params / error
+        dig, par, err = self._read()
+        if len(dig):
+            pos = np.searchsorted(dig, self.digest).clip(0, len(dig) - 1)
+            found = dig[pos] == self.digest
+            self.params, self.error, self.digests = par, err, dig
+            self.slot[found] = pos[found]
+
+    def _read(self):
+        """The cache file's (sorted digests, params, errors); empty when absent or unreadable."""
+        import zipfile
+        empty = (np.zeros(0, np.uint64), np.zeros((0, self.body.param_dim), np.float32), np.zeros(0, np.float32))
+        if not self.file.is_file():
+            return empty
+        try:
+            with np.load(self.file, allow_pickle=False) as z:
+                dig, par, err = z["digest"].astype(np.uint64), z["params"].astype(np.float32), z["error"].astype(np.float32)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return empty                                    # unreadable cache: refit
+        if par.shape[1:] != (self.body.param_dim,) or not len(dig) == len(par) == len(err):
+            return empty
+        order = np.argsort(dig, kind="stable")
+        return dig[order], par[order], err[order]
+
+    def _write(self) -> None:
+        """Merge this process's fits into the cache file (others may have added theirs) and replace it
+        atomically; best effort: a failed write only means refitting later."""
+        dig, par, err = self._read()
+        dig = np.concatenate([dig, self.digests])
+        par, err = np.concatenate([par, self.params]), np.concatenate([err, self.error])
+        dig, first = np.unique(dig, return_index=True)
+        tmp = self.file.with_suffix(f".{os.getpid()}.tmp.npz")
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, digest=dig, params=par[first], error=err[first])
+            os.replace(tmp, self.file)
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
     def ensure(self, rows: torch.Tensor, progress=None) -> int:
         """Fit the rows that have no parameters yet; returns how many were fitted."""
@@ -174,22 +255,25 @@ class MeshTargets:
             return 0
         rows = np.unique(np.asarray(rows))
         todo = rows[self.slot[rows] < 0]
-        for k in range(0, len(todo), self.chunk):
-            part = todo[k:k + self.chunk]
+        # rows with identical joints are fitted once
+        _, uniq = np.unique(self.digest[todo], return_index=True)
+        todo_u = todo[np.sort(uniq)]
+        for k in range(0, len(todo_u), self.chunk):
+            part = todo_u[k:k + self.chunk]
             fit = self.body.fit(self.data.targets[torch.from_numpy(part)])
-            self.slot[part] = len(self.params) + np.arange(len(part))
+            start = len(self.params)
             self.params = np.concatenate([self.params, fit.params.numpy().astype(np.float32)])
             self.error = np.concatenate([self.error, fit.error_mm.numpy().astype(np.float32)])
+            self.digests = np.concatenate([self.digests, self.digest[part]])
+            self.slot[part] = start + np.arange(len(part))
             if progress is not None:
-                progress(min(k + self.chunk, len(todo)), len(todo))
+                progress(min(k + self.chunk, len(todo_u)), len(todo_u))
         if len(todo):
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_suffix(f".{os.getpid()}.tmp.npz")
-            rows_all = np.flatnonzero(self.slot >= 0)
-            order = self.slot[rows_all]
-            np.savez(tmp, rows=rows_all, params=self.params[order], error=self.error[order])
-            os.replace(tmp, self.file)
-        return len(todo)
+            lookup = {int(d): i for i, d in enumerate(self.digests)}   # duplicates of fitted rows
+            for r in todo[self.slot[todo] < 0]:
+                self.slot[r] = lookup[int(self.digest[r])]
+            self._write()
+        return len(todo_u)
 
     def get(self, rows: torch.Tensor, joints: torch.Tensor | None = None):
         """(vertices (B, V, 3) root-aligned, valid mask (B,) bool) of the rows."""
@@ -352,6 +436,7 @@ class Pose2Mesh:
         root = mesh_joints[:, layout.root:layout.root + 1]
         joints = list(EVAL_JOINT_SETS[self.cfg.eval_joints])
         res = metrics.evaluate_poses(mesh_joints - root, gt, actions=data.actions[rows], root=layout.root, joints=joints)
+        self.mesh_targets(data).ensure(rows, progress=self.ctx.progress)           # fits, once, with progress
         gt_verts, valid = self.mesh_targets(data).get(torch.from_numpy(rows))      # root at the origin already
         valid = valid.numpy()
         res["mpvpe"] = (float(np.linalg.norm(verts - root - gt_verts.numpy(), axis=-1)[valid].mean() * 1000)
