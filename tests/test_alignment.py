@@ -88,7 +88,7 @@ def test_bones_round_trip(layout):
 
 def test_local_augmentation_stays_within_its_limits():
     g = torch.Generator().manual_seed(0)
-    P = torch.randn(256, 17, 3) * 0.3
+    P = torch.randn(256, 17, 3, generator=g) * 0.3       # seeded: the global RNG depends on earlier tests
     P = P - P[:, :1]
     L0 = torch.as_tensor(bone_lengths(P, H36M17))
     # lengths only: one factor per symmetric group, within +-10 %
@@ -98,7 +98,7 @@ def test_local_augmentation_stays_within_its_limits():
     child = [c for _, c in H36M17.bones]
     for grp in symmetric_groups(H36M17):
         cols = [child.index(j) for j in grp]
-        assert torch.allclose(ratio[:, cols].min(1).values, ratio[:, cols].max(1).values, atol=1e-5)
+        assert torch.allclose(ratio[:, cols].min(1).values, ratio[:, cols].max(1).values, rtol=2e-4, atol=0)
     # angles only: lengths kept, each bone turns by at most angle_deg, torso bones not at all
     Q = local_augment(P, H36M17, g, angle_deg=15, length=0, rotation_deg=0, tilt_deg=0)
     assert torch.allclose(torch.as_tensor(bone_lengths(Q, H36M17)), L0, atol=1e-5)
