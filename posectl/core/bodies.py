@@ -169,7 +169,7 @@ class ParametricBody:
         joints = joints.detach().float()
         B = joints.shape[0]
         root = self.layout.root
-        self._nonroot = [j for j in range(self.layout.num_joints) if j != root]
+        nonroot = [j for j in range(self.layout.num_joints) if j != root]
         target = joints - joints[:, root:root + 1]
         with torch.no_grad():
             if init is None:
@@ -190,7 +190,7 @@ class ParametricBody:
             v = self.vertices(params)
             j = self.regress(v)
             per_joint = (j - target).norm(dim=-1)                       # (B, J)
-            err = per_joint[:, self._nonroot].mean(1).detach()          # the root is aligned: excluded
+            err = per_joint[:, nonroot].mean(1).detach()          # the root is aligned: excluded
             better = err < best_err
             best[better] = params.detach()[better]
             best_err = torch.where(better, err, best_err)
@@ -314,7 +314,7 @@ class AnnyBody(ParametricBody):
         top = torch.argsort(rest[:, 2], descending=True)[:8]
         self._nose = torch.argsort((rest - rest[nose]).norm(dim=-1))[:4]
         self._top = top
-        self._fit_regressor(rest, regressor_samples, seed)
+        self._fit_regressor(regressor_samples, seed)
 
     # raw model: bones' rotations (B, nb, 3, 3), global (B, 3, 3), shape (B, 6) -> vertices, bone heads
     def _raw(self, global_R, bone_R, shape):
@@ -354,22 +354,17 @@ class AnnyBody(ParametricBody):
         p[:, 3 + 3 * self.num_bones:] = torch.randn(n, self.num_shape, generator=gen) * 1.0
         return p
 
-    def _fit_regressor(self, rest: torch.Tensor, n: int, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        p = self.random_params(n, gen)
+    def _fit_regressor(self, n: int, seed: int) -> None:
+        """The vertex regressor of the rig-defined joints, fitted on `n` random bodies; each joint's support
+        is the 40 rest vertices nearest to its rest position (the zero-parameter body, posed in the same call)."""
+        p = torch.cat([self.random_params(n, torch.Generator().manual_seed(seed)), torch.zeros(1, self.param_dim)])
         with torch.no_grad():
             g, b, s = self.split(p)
             v, h = self._raw(rotvec_to_matrix(g), rotvec_to_matrix(b), s)
             target = self.skeleton_joints(v, h)
-        # support of each joint: the 40 rest vertices nearest to its rest position
-        rest_j = target.new_tensor(0)
-        with torch.no_grad():
-            z = torch.zeros(1, self.param_dim)
-            g0, b0, s0 = self.split(z)
-            v0, h0 = self._raw(rotvec_to_matrix(g0), rotvec_to_matrix(b0), s0)
-            rest_j = self.skeleton_joints(v0, h0)[0]
-        support = [torch.argsort((v0[0] - rest_j[j]).norm(dim=-1))[:40].numpy() for j in range(len(rest_j))]
-        self.joint_regressor = regressor_least_squares(v, target, support).astype(np.float32)
+        rest_v, rest_j = v[-1], target[-1]
+        support = [torch.argsort((rest_v - rest_j[j]).norm(dim=-1))[:40].numpy() for j in range(len(rest_j))]
+        self.joint_regressor = regressor_least_squares(v[:-1], target[:-1], support).astype(np.float32)
 
 
 # -- SMPL (user-provided) ------------------------------------------------------------------------------

@@ -167,7 +167,18 @@ def _extrinsics(v) -> np.ndarray | None:
 def _body_params(v, where: str) -> np.ndarray | None:
     if v is None:
         return None
-    rows = v.to_pylist() if isinstance(v, (pa.ChunkedArray, pa.Array)) else list(v)
+    if isinstance(v, (pa.ChunkedArray, pa.Array)):          # Arrow list column: read values and offsets
+        arr = v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v
+        if arr.null_count:
+            raise DataError(f"{where}: column {BODY_COLUMN} has null entries")
+        sizes = np.diff(np.asarray(arr.offsets))
+        if len(sizes) and (sizes != sizes[0]).any():
+            raise DataError(f"{where}: column {BODY_COLUMN} has rows of different lengths")
+        out = np.asarray(arr.flatten(), dtype=np.float32).reshape(len(arr), sizes[0] if len(sizes) else 0)
+        if not np.isfinite(out).all():
+            raise DataError(f"{where}: column {BODY_COLUMN} must hold equal-length finite vectors")
+        return out
+    rows = list(v)
     if any(r is None for r in rows):
         raise DataError(f"{where}: column {BODY_COLUMN} has null entries")
     try:
