@@ -9,7 +9,7 @@ mean and action-wise mean; the test split is evaluated once per run, with the be
 Also saves a PNG grid of generated skeletons from the first `gan` run.
 
     python benchmarks/dhaug_effect.py [--data-3d ../shared/data/h36m/data_3d_h36m.npz]
-        [--seeds 0 1 2] [--epochs 6] [--settings limited cross] [--out DIR]
+        [--seeds 0 1 2] [--epochs 6] [--settings limited cross] [--set KEY=VALUE ...] [--out DIR]
 """
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=14000, help="training rows per epoch (frames are strided to this)")
     ap.add_argument("--eval-stride", type=int, default=5)
     ap.add_argument("--out", default=None, help="directory for runs, results.json and the PNG")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra dhaug settings for every run (e.g. precise_bn=50)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -67,7 +69,7 @@ def main() -> None:
             for seed in args.seeds:
                 cfg = {"mode": mode, "seed": seed, "epochs": args.epochs, "warmup": args.warmup,
                        "data.path": str(h36m), "data.train_subjects": subjects, "data.train_stride": stride,
-                       "data.eval_stride": args.eval_stride}
+                       "data.eval_stride": args.eval_stride, **dict(kv.split("=", 1) for kv in args.set)}
                 name = f"{setting}-{mode}-s{seed}"
                 t1 = time.perf_counter()
                 run = train("dhaug", [cfg], runs_dir=out / "runs", name=name)
@@ -94,7 +96,8 @@ def main() -> None:
 
     print()
     print(f"DH-AUG effect: SimpleBaseline (width 1024) on the 16-joint skeleton, GT 2D, {args.epochs} epochs "
-          f"(GAN warm-up {args.warmup}), ~{args.rows} training rows per epoch, seeds {args.seeds}")
+          f"(GAN warm-up {args.warmup}), ~{args.rows} training rows per epoch, seeds {args.seeds}"
+          f"{'; ' + ' '.join(args.set) if args.set else ''}")
     print("protocol: 16 joints, root-relative, per-sample MPJPE (mm), no flip, test frames every "
           f"{args.eval_stride}th; best-validation weights (validation = held-out end of training sequences)")
     print(f"{'setting':8s} {'test set':42s} {'none':>16s} {'gan':>16s} {'gan - none':>11s}")

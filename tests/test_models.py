@@ -213,4 +213,37 @@ def test_semgcn_is_a_backbone_for_every_lifting_method(small_dataset):
         m = cls(cfg, data, Context())
         out = m.train_epoch(0)
         assert np.isfinite(out["train_loss_mm"])
+        assert out["precise_bn_batches"] > 0       # semgcn's statistics are re-estimated after each epoch
         assert np.isfinite(m.evaluate(LiftingData(ds.load("val"), ds.layout))["mpjpe"])
+
+
+def test_precise_bn_sets_the_average_batch_statistics_and_nothing_else():
+    from posectl.models.norm import precise_bn
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2)).eval()
+    weights = {k: v.clone() for k, v in m.state_dict().items() if "running" not in k and "tracked" not in k}
+    batches = [torch.randn(32, 3) * (i + 1) + i for i in range(5)]
+    assert precise_bn(m, iter(batches)) == 5
+    with torch.no_grad():
+        h = [m[0](b) for b in batches]
+    bn = m[1]
+    assert torch.allclose(bn.running_mean, torch.stack([x.mean(0) for x in h]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([x.var(0) for x in h]).mean(0), rtol=1e-4)   # unbiased, like BN
+    assert bn.momentum == 0.1 and not m.training                  # settings and mode restored
+    for k, v in weights.items():
+        assert torch.equal(m.state_dict()[k], v), k
+    before = bn.running_mean.clone()
+    assert precise_bn(m, iter([])) == 0 and torch.equal(bn.running_mean, before)   # no batches: untouched
+    assert precise_bn(nn.Linear(3, 2), iter(batches)) == 0                          # no batch norm
+
+
+def test_precise_bn_setting():
+    from posectl.config import build
+    from posectl.errors import ConfigError
+    from posectl.methods.base import get_method
+    cls = get_method("baseline")
+    assert build(cls.Config, {"backbone.name": "semgcn"}).precise_bn_batches() == 50
+    assert build(cls.Config, {}).precise_bn_batches() == 0
+    assert build(cls.Config, {"precise_bn": 7}).precise_bn_batches() == 7
+    with pytest.raises(ConfigError, match="precise_bn"):
+        build(cls.Config, {"precise_bn": -3})

@@ -40,34 +40,43 @@ class Baseline(LiftingMethod):
                                     amsgrad=True)
         self.sched = torch.optim.lr_scheduler.ExponentialLR(self.opt, gamma=cfg.lr_decay)
 
+    def _frame_input(self) -> bool:      # (B, J, 2) input for single-frame nets: no window copy
+        return self.cfg.backbone.receptive_field == 1 and self.cfg.backbone.name in ("simple", "semgcn")
+
+    def _pair(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch (2D input, root-relative 3D), with the random horizontal flip."""
+        data = self.data
+        x = data.inputs[idx] if self._frame_input() else data.windows(idx, self.cfg.backbone.receptive_field)
+        y = data.targets[idx]
+        if self.cfg.train_flip:
+            flip = torch.rand(len(idx), generator=self.gen) < 0.5
+            mask = flip.view(-1, *([1] * (x.dim() - 1)))
+            x = torch.where(mask, flip_poses(x, data.layout), x)
+            y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)
+        return x, y
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
         per_worker = max(1, cfg.batch_size // self.ctx.world_size)
         batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
         total, n = torch.zeros(()), 0
-        rf = cfg.backbone.receptive_field
-        frame_input = rf == 1 and cfg.backbone.name in ("simple", "semgcn")   # (B, J, 2): no window copy
         for step, idx in enumerate(batches):
-            x = data.inputs[idx] if frame_input else data.windows(idx, rf)
-            y = data.targets[idx]
-            if cfg.train_flip:
-                flip = torch.rand(len(idx), generator=self.gen) < 0.5
-                mask = flip.view(-1, *([1] * (x.dim() - 1)))
-                x = torch.where(mask, flip_poses(x, data.layout), x)
-                y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)
+            x, y = self._pair(idx)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             pred = self.model(x)
-            loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
+            loss = mpjpe_loss(pred if self._frame_input() else pred[:, 0], y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
             total += loss.detach() * len(idx)  # no per-step sync
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))
+        nbn = self.refresh_batch_norm(lambda i: self._pair(i)[0], self.gen)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
-        return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n}
+        return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,
+                "precise_bn_batches": nbn}
 
     def state_dict(self) -> dict[str, Any]:
         model = getattr(self.model, "module", self.model)

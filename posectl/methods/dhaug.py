@@ -406,6 +406,8 @@ class DHAug(LiftingMethod):
                                      self.targets16[rows], len(rows))
             out["train_loss_mm"] = err          # MPJPE on real training pairs (the objective is cfg.pose_loss)
             out["train_samples"] = out.get("train_samples", 0) + n
+            out["precise_bn_batches"] = self.refresh_batch_norm(   # statistics of real inputs: what is evaluated
+                lambda idx: self.data.windows(idx, T, inputs=self.inputs16), self.gen)
         out["lr"] = self.opt.param_groups[0]["lr"]
         with warnings.catch_warnings():   # warm-up epochs step the schedule without a lifting step
             warnings.simplefilter("ignore", UserWarning)

@@ -156,6 +156,15 @@ class GPA(LiftingMethod):
         counts["aligned"], counts["local"] = int(aligned.sum()), int(local.sum())
         return x, y, counts
 
+    def _flipped_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        x, y, counts = self._batch(idx)
+        if self.cfg.train_flip:
+            layout = self.data.layout
+            flip = torch.rand(len(idx), generator=self.gen) < 0.5
+            x = torch.where(flip[:, None, None], flip_poses(x, layout), x)
+            y = torch.where(flip[:, None, None], flip_poses(y, layout), y)
+        return x, y, counts
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
@@ -163,12 +172,8 @@ class GPA(LiftingMethod):
         batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
         total, n, aligned, local = torch.zeros(()), 0, 0, 0
         for step, idx in enumerate(batches):
-            x, y, c = self._batch(idx)
+            x, y, c = self._flipped_batch(idx)
             aligned, local = aligned + c["aligned"], local + c["local"]
-            if cfg.train_flip:
-                flip = torch.rand(len(idx), generator=self.gen) < 0.5
-                x = torch.where(flip[:, None, None], flip_poses(x, data.layout), x)
-                y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)
             x, y = x.to(device), y.to(device)
             loss = mpjpe_loss(self.model(x[:, None])[:, 0], y)     # every backbone takes 1-frame windows
             self.opt.zero_grad(set_to_none=True)
@@ -178,10 +183,11 @@ class GPA(LiftingMethod):
             total += loss.detach().cpu() * len(idx)
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))
+        nbn = self.refresh_batch_norm(lambda i: self._flipped_batch(i)[0][:, None], self.gen)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,
-                "aligned_share": aligned / max(n, 1), "local_share": local / max(n, 1)}
+                "aligned_share": aligned / max(n, 1), "local_share": local / max(n, 1), "precise_bn_batches": nbn}
 
     def state_dict(self) -> dict[str, Any]:
         model = getattr(self.model, "module", self.model)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import itertools
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -14,6 +16,7 @@ from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
 from posectl.methods.base import TrainConfig
 from posectl.models import build_backbone
+from posectl.models.norm import precise_bn
 
 
 @dataclass
@@ -54,6 +57,19 @@ class LiftingConfig(TrainConfig):
     test_flip: bool = field(False, "flip test-time augmentation (average with the mirrored input)")
     eval_joints: Literal["all", "16", "14"] = field(
         "all", "evaluation joint set: all 17, 16 without Neck/Nose (PoseAug), 14 (Pose2Mesh / 3DHP PCK)")
+    precise_bn: int = field(-1, "after each training epoch, re-estimate batch-norm statistics over this many "
+                                "training batches (PreciseBN; 0: off, keep the moving averages; -1: 50 for "
+                                "semgcn, whose moving averages lag its weights, off for the others)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.precise_bn < -1:
+            raise ConfigError("precise_bn: a number of batches >= 0, or -1 (automatic)")
+
+    def precise_bn_batches(self) -> int:
+        if self.precise_bn == -1:
+            return 50 if self.backbone.name == "semgcn" else 0
+        return self.precise_bn
 
 
 class LiftingMethod:
@@ -61,6 +77,19 @@ class LiftingMethod:
 
     model: torch.nn.Module
     cfg: LiftingConfig
+
+    def refresh_batch_norm(self, inputs: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator) -> int:
+        """PreciseBN at the end of a training epoch: `inputs(idx)` makes the network input of a training
+        batch exactly as the training step does (augmentations included); the statistics are averaged
+        over `precise_bn` such batches of this worker's shard, then over the workers."""
+        n = self.cfg.precise_bn_batches()
+        if n == 0:
+            return 0
+        per_worker = max(1, self.cfg.batch_size // self.ctx.world_size)
+        device = self.ctx.device
+        idxs = itertools.islice(self.data.batches(per_worker, shuffle=True, generator=generator,
+                                                  stride=self.cfg.data.train_stride), n)
+        return precise_bn(getattr(self.model, "module", self.model), (inputs(i).to(device) for i in idxs))
 
     def predict(self, data: LiftingData, batch_size: int = 4096, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Root-relative 3D predictions (metres) for every `stride`-th row, with the row indices."""
