@@ -61,11 +61,12 @@ class Baseline(LiftingMethod):
         per_worker = max(1, cfg.batch_size // self.ctx.world_size)
         batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
         total, n = torch.zeros(()), 0
+        frame_input = self._frame_input()
         for step, idx in enumerate(batches):
             x, y = self._pair(idx)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             pred = self.model(x)
-            loss = mpjpe_loss(pred if self._frame_input() else pred[:, 0], y)
+            loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

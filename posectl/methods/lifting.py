@@ -1,9 +1,9 @@
 """Pieces shared by every 2D->3D lifting method: backbone choice, prediction and evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np

@@ -25,7 +25,8 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 @torch.no_grad()
 def precise_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
     """Replace every batch norm's running mean/var by the average over `inputs` (batches fed to `model`
-    in training mode; the weights are not changed). Returns the number of batches used (0: untouched).
+    in training mode; the weights are not changed). Returns the number of batches used (0: this worker's
+    statistics are kept).
     Under torch.distributed the statistics are then averaged over the workers, so all ranks agree."""
     bns = batch_norms(model)
     if not bns:
