@@ -106,15 +106,16 @@ def main() -> None:
     print(f"DH-AUG effect: SimpleBaseline (width 1024) on the 16-joint skeleton, GT 2D, {args.epochs} epochs "
           f"(GAN warm-up {args.warmup}), ~{args.rows} training rows per epoch, seeds {args.seeds}"
           f"{'; ' + ' '.join(args.set) if args.set else ''}")
-    print("protocol: 16 joints, root-relative, per-sample MPJPE (mm), no flip, test frames every "
+    print("protocol: 16 joints, root-relative, per-sample MPJPE / P-MPJPE (mm), no flip, test frames every "
           f"{args.eval_stride}th; best-validation weights (validation = held-out end of training sequences)")
-    print(f"{'setting':8s} {'test set':42s} {'none':>16s} {'gan':>16s} {'gan - none':>11s}")
+    print(f"{'setting':8s} {'test set':42s} {'metric':8s} {'none':>16s} {'gan':>16s} {'gan - none':>11s}")
     for setting in args.settings:
-        r = [x for x in results if x["setting"] == setting]
-        a = [x["mpjpe"] for x in r if x["mode"] == "none"]
-        b = [x["mpjpe"] for x in r if x["mode"] == "gan"]
-        d = statistics.mean(b) - statistics.mean(a)
-        print(f"{setting:8s} {r[0]['test']:42s} {_ms(a):>16s} {_ms(b):>16s} {d:+10.2f}")
+        r = [x for x in results if x["setting"] == setting and x["seed"] in args.seeds]
+        for metric in ("mpjpe", "p_mpjpe"):
+            a = [x[metric] for x in r if x["mode"] == "none"]
+            b = [x[metric] for x in r if x["mode"] == "gan"]
+            d = statistics.mean(b) - statistics.mean(a)
+            print(f"{setting:8s} {r[0]['test']:42s} {metric:8s} {_ms(a):>16s} {_ms(b):>16s} {d:+10.2f}")
     print(f"wall time {time.perf_counter() - t0:.0f} s; results {out / 'results.json'}")
 
 
