@@ -60,5 +60,14 @@ class LiftingData:
         idx = torch.arange(0, len(self), stride)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
-        for i in range(0, len(idx), batch_size):
-            yield idx[i: i + batch_size]
+        for start, end in batch_bounds(len(idx), batch_size):
+            yield idx[start:end]
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) of consecutive batches over n items. A trailing batch of one item joins the batch
+    before it: batch norm cannot train on a single sample, and no item is dropped."""
+    bounds = [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds

@@ -39,7 +39,7 @@ from posectl.core.kinematics import (
     subject_templates, swap_bone_lengths, upright_alignment, yaw_matrix,
 )
 from posectl.core.skeleton import H36M16, flip_poses
-from posectl.datasets.lifting import LiftingData
+from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, register, seed_everything
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
@@ -375,10 +375,11 @@ class DHAug(LiftingMethod):
         cfg, dev = self.cfg, self.ctx.device
         per_worker = max(1, cfg.batch_size // self.ctx.world_size)
         perm = torch.randperm(n, generator=self.gen)
-        steps = _agree_min(-(-n // per_worker))
+        bounds = batch_bounds(n, per_worker)      # the generated buffer's size varies: never a batch of one
+        steps = _agree_min(len(bounds))
         total, count = torch.zeros(()), 0
-        for s in range(steps):
-            idx = perm[s * per_worker: (s + 1) * per_worker]
+        for start, end in bounds[:steps]:
+            idx = perm[start:end]
             x, y = windows_of(idx).to(dev), targets[idx].to(dev)
             err = self._pose_step(x, y)
             if cfg.train_flip:
@@ -396,7 +397,7 @@ class DHAug(LiftingMethod):
         if cfg.mode != "none":
             kp, y, stats = self._augment_pass(epoch)
             out.update(stats)
-            if lifting and len(kp):
+            if lifting and len(kp) > 1:
                 err, n = self._pose_pass(lambda idx: kp[idx], y, len(kp))
                 out["train_fake_mpjpe_mm"] = err
                 out["train_samples"] = n
