@@ -155,6 +155,7 @@ def test_lifting_pass_over_a_buffer_one_past_a_full_batch(small_lifting):
     kp = torch.randn(n, 1, 16, 2) * 0.3
     err, count = m._pose_pass(lambda idx: kp[idx], torch.randn(n, 16, 3) * 0.2, n)
     assert count == n and err > 0
+    assert m._pose_pass(lambda idx: kp[idx], torch.zeros(1, 16, 3), 1)[1] == 0    # one pair: no step
     assert batch_bounds(129, 64) == [(0, 64), (64, 129)]
     assert batch_bounds(130, 64) == [(0, 64), (64, 128), (128, 130)]
     assert batch_bounds(1, 64) == [(0, 1)] and batch_bounds(0, 64) == []

@@ -375,7 +375,9 @@ class DHAug(LiftingMethod):
         cfg, dev = self.cfg, self.ctx.device
         per_worker = max(1, cfg.batch_size // self.ctx.world_size)
         perm = torch.randperm(n, generator=self.gen)
-        bounds = batch_bounds(n, per_worker)      # the generated buffer's size varies: never a batch of one
+        # the generated buffer's size varies (per worker, too): never a batch of one; every worker
+        # takes the same number of steps, zero when one of them holds a single pair
+        bounds = batch_bounds(n, per_worker) if n > 1 else []
         steps = _agree_min(len(bounds))
         total, count = torch.zeros(()), 0
         for start, end in bounds[:steps]:
@@ -397,9 +399,10 @@ class DHAug(LiftingMethod):
         if cfg.mode != "none":
             kp, y, stats = self._augment_pass(epoch)
             out.update(stats)
-            if lifting and len(kp) > 1:
+            if lifting:
                 err, n = self._pose_pass(lambda idx: kp[idx], y, len(kp))
-                out["train_fake_mpjpe_mm"] = err
+                if n:
+                    out["train_fake_mpjpe_mm"] = err
                 out["train_samples"] = n
         if lifting:
             rows = torch.arange(0, len(self.data), cfg.data.train_stride)
