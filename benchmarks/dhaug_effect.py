@@ -80,7 +80,11 @@ def main() -> None:
                 if prev:
                     raise SystemExit(f"error: {done} holds {name} from other settings; use another --out")
                 t1 = time.perf_counter()
-                run = train("dhaug", [cfg], runs_dir=out / "runs", name=name)
+                # a run cut off mid-way (Ctrl-C, lost machine) continues from its last checkpoint
+                resume = (out / "runs" / name / "checkpoints" / "last.pt").exists()
+                if resume:
+                    print(f"{name}: resuming from its last checkpoint (wall_s counts this part only)", flush=True)
+                run = train("dhaug", [cfg], runs_dir=out / "runs", name=name, resume=resume)
                 if setting == "limited":
                     test = run.results["test"]
                     test_name = "Human3.6M S9"
