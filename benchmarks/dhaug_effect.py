@@ -50,6 +50,7 @@ def main() -> None:
     from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.store import PoseDataset
     from posectl.orchestrator.evaluate import evaluate_checkpoint, sample_checkpoint
+    from posectl.orchestrator.experiment import Experiment
     from posectl.orchestrator.train import train
 
     t0 = time.perf_counter()
@@ -82,7 +83,7 @@ def main() -> None:
                     raise SystemExit(f"error: {done} holds {name} from other settings; use another --out")
                 t1 = time.perf_counter()
                 # a run cut off mid-way (Ctrl-C, lost machine) continues from its last checkpoint
-                resume = (out / "runs" / name / "checkpoints" / "last.pt").exists()
+                resume = Experiment(out / "runs" / name).exists()
                 if resume:
                     print(f"{name}: resuming from its last checkpoint (wall_s counts this part only)", flush=True)
                 run = train("dhaug", [cfg], runs_dir=out / "runs", name=name, resume=resume)
