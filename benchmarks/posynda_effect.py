@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--adapt-rows", type=int, default=8000, help="target rows per adaptation epoch")
     ap.add_argument("--adapt-lr", type=float, default=1e-3,
                     help="adaptation lr (the released code: 1e-4 for 40 epochs; the search space's top for a short budget)")
+    ap.add_argument("--adapt-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="extra adaptation config overrides, e.g. w_t3d=0 (the ablation without the pseudo-label term)")
     ap.add_argument("--eval-stride", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -52,6 +54,7 @@ def main() -> None:
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
     from posectl.datasets.synthetic import cached_synthetic
+    from posectl.errors import ConfigError
     from posectl.methods.base import Context, get_method
     from posectl.orchestrator.experiment import save_checkpoint
     from posectl.orchestrator.loop import run_epochs
@@ -60,6 +63,13 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-posynda-"))
     out.mkdir(parents=True, exist_ok=True)
     cls = get_method("posynda")
+    if any("=" not in kv for kv in args.adapt_set):
+        ap.error("--adapt-set takes KEY=VALUE pairs, e.g. w_t3d=0")
+    adapt_set = dict(kv.split("=", 1) for kv in args.adapt_set)
+    try:                                       # an unknown key or a bad value fails now, not after pretraining
+        build(cls.Config, {"stage": "adapt", **adapt_set})
+    except ConfigError as e:
+        ap.error(f"--adapt-set: {e}")
     h36m = str(Path(args.prepared) if args.prepared else cached_h36m(args.data_3d))
     hds = PoseDataset(h36m)
     synth = str(cached_synthetic("target"))
@@ -73,7 +83,8 @@ def main() -> None:
     def run(cfg, train, val, inputs, test):
         ctx = Context(inputs=inputs)
         m = cls(cfg, train, ctx)
-        rep = KeepBest()
+        rep = KeepBest(lambda row: print(f"  {cfg.stage} epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm",
+                                          flush=True))
         run_epochs(m, cfg, {"train": train, "val": val, "test": test}, ctx, None, rep)
         return rep
 
@@ -102,7 +113,7 @@ def main() -> None:
             ad_cfg = build(cls.Config, common, {"stage": "adapt", "seed": seed, "epochs": args.adapt_epochs,
                                                 "source_checkpoint": str(ckpt), "lr": args.adapt_lr, "lr_decay": 0.993,
                                                 "batch_size": args.adapt_batch,
-                                                "data.train_stride": tstride})
+                                                "data.train_stride": tstride, **adapt_set})
             rows.append(("posynda", run(ad_cfg, train, val, {"target": target_2d}, test).results))
             if proto == "subject":    # target-supervised reference: labelled S5-S8
                 sup_arrays = hds.load("train", subjects=tsubj)
@@ -120,7 +131,8 @@ def main() -> None:
                                 "p_mpjpe": t["p_mpjpe"], "p_best": t["p_best"], "p_agg": t["p_agg"],
                                 "best_epoch": r["best_epoch"], "test_protocol": t["protocol"],
                                 "pretrain_batch": args.pretrain_batch, "adapt_batch": args.adapt_batch,
-                                "pretrain_epochs": args.pretrain_epochs, "adapt_epochs": args.adapt_epochs})
+                                "pretrain_epochs": args.pretrain_epochs, "adapt_epochs": args.adapt_epochs,
+                                "adapt_set": adapt_set})
                 print(f"{proto:8s} {mode:17s} seed {seed}: MPJPE {t['mpjpe']:.1f} mm, P-MPJPE {t['p_mpjpe']:.1f}, "
                       f"P-Best {t['p_best']:.1f}, P-Agg {t['p_agg']:.1f} ({time.perf_counter() - t1:.0f} s so far)",
                       flush=True)
@@ -129,7 +141,8 @@ def main() -> None:
 
     print()
     print(f"PoSynDA effect: pretrain {args.pretrain_epochs} epochs (~{args.rows} rows), adapt {args.adapt_epochs} "
-          f"epochs (~{args.adapt_rows} target rows, lr {args.adapt_lr:g}), seeds {args.seeds}; "
+          f"epochs (~{args.adapt_rows} target rows, lr {args.adapt_lr:g}{''.join(', ' + kv for kv in args.adapt_set)}), "
+          f"seeds {args.seeds}; "
           f"test every {args.eval_stride}th frame")
     for proto in args.protocols:                     # paired: the same pretrained model before and after
         d = {s: {x["mode"]: x["mpjpe"] for x in results if x["protocol"] == proto and x["seed"] == s} for s in args.seeds}
