@@ -49,7 +49,7 @@ def main() -> None:
 
     import torch
 
-    from posectl.config import build, to_dict
+    from posectl.config import build, parse_overrides, to_dict
     from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
@@ -63,10 +63,8 @@ def main() -> None:
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-posynda-"))
     out.mkdir(parents=True, exist_ok=True)
     cls = get_method("posynda")
-    if any("=" not in kv for kv in args.adapt_set):
-        ap.error("--adapt-set takes KEY=VALUE pairs, e.g. w_t3d=0")
-    adapt_set = dict(kv.split("=", 1) for kv in args.adapt_set)
-    try:                                       # an unknown key or a bad value fails now, not after pretraining
+    try:                                       # a malformed pair, unknown key or bad value fails now, not after pretraining
+        adapt_set = parse_overrides(args.adapt_set)
         build(cls.Config, {"stage": "adapt", **adapt_set})
     except ConfigError as e:
         ap.error(f"--adapt-set: {e}")
