@@ -42,6 +42,8 @@ def main() -> None:
                     help="adaptation lr (the released code: 1e-4 for 40 epochs; the search space's top for a short budget)")
     ap.add_argument("--adapt-set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="extra adaptation config overrides, e.g. w_t3d=0 (the ablation without the pseudo-label term)")
+    ap.add_argument("--model-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="overrides for every stage (pretrain, adapt, target-supervised), e.g. denoiser.frames=9")
     ap.add_argument("--eval-stride", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
@@ -64,8 +66,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cls = get_method("posynda")
     try:                                       # a malformed pair, unknown key or bad value fails now, not after pretraining
+        model_set = parse_overrides(args.model_set)
+        build(cls.Config, model_set)
+    except ConfigError as e:
+        ap.error(f"--model-set: {e}")
+    try:
         adapt_set = parse_overrides(args.adapt_set)
-        build(cls.Config, {"stage": "adapt", **adapt_set})
+        build(cls.Config, {"stage": "adapt", **model_set, **adapt_set})
     except ConfigError as e:
         ap.error(f"--adapt-set: {e}")
     h36m = str(Path(args.prepared) if args.prepared else cached_h36m(args.data_3d))
@@ -98,7 +105,7 @@ def main() -> None:
         tstride = max(1, round(len(target_2d) / args.adapt_rows))
         test = LiftingData(s["test"][0].load(s["test"][1]), hds.layout)
         common = {"data.path": h36m, "data.train_subjects": s["source"], "data.eval_stride": args.eval_stride,
-                  "target.path": tpath, "target.subjects": tsubj}
+                  "target.path": tpath, "target.subjects": tsubj, **model_set}
         for seed in args.seeds:
             t1 = time.perf_counter()
             pre_cfg = build(cls.Config, common, {"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
@@ -130,7 +137,7 @@ def main() -> None:
                                 "best_epoch": r["best_epoch"], "test_protocol": t["protocol"],
                                 "pretrain_batch": args.pretrain_batch, "adapt_batch": args.adapt_batch,
                                 "pretrain_epochs": args.pretrain_epochs, "adapt_epochs": args.adapt_epochs,
-                                "adapt_set": adapt_set})
+                                "adapt_set": adapt_set, "model_set": model_set})
                 print(f"{proto:8s} {mode:17s} seed {seed}: MPJPE {t['mpjpe']:.1f} mm, P-MPJPE {t['p_mpjpe']:.1f}, "
                       f"P-Best {t['p_best']:.1f}, P-Agg {t['p_agg']:.1f} ({time.perf_counter() - t1:.0f} s so far)",
                       flush=True)
@@ -140,7 +147,7 @@ def main() -> None:
     print()
     print(f"PoSynDA effect: pretrain {args.pretrain_epochs} epochs (~{args.rows} rows), adapt {args.adapt_epochs} "
           f"epochs (~{args.adapt_rows} target rows, lr {args.adapt_lr:g}{''.join(', ' + kv for kv in args.adapt_set)}), "
-          f"seeds {args.seeds}; "
+          f"{''.join(kv + ', ' for kv in args.model_set)}seeds {args.seeds}; "
           f"test every {args.eval_stride}th frame")
     for proto in args.protocols:                     # paired: the same pretrained model before and after
         d = {s: {x["mode"]: x["mpjpe"] for x in results if x["protocol"] == proto and x["seed"] == s} for s in args.seeds}

@@ -68,6 +68,33 @@ def test_adaptation_freezes_the_source_and_never_reads_target_3d(small_dataset, 
     assert np.isfinite(ev["mpjpe"]) and np.isfinite(ev["p_best"]) and np.isfinite(ev["p_agg"])
 
 
+def test_clip_adaptation_feeds_moving_clips_to_both_terms(small_dataset, target_dataset, tmp_path):
+    """With clips (frames > 1) the target and the GPA-moved source terms both see real motion, not one
+    pose repeated across the clip."""
+    cls = get_method("posynda")
+    src = PoseDataset(small_dataset)
+    train = LiftingData(src.load("train"), src.layout)
+    clip = {**TINY, "denoiser.frames": 3, "data.path": str(small_dataset)}
+    pre = cls(build(cls.Config, clip), train, Context())
+    save_checkpoint(tmp_path / "src.pt", {"method": "posynda", "config": to_dict(pre.cfg), "epoch": 0,
+                                          "method_state": pre.state_dict()})
+    cfg = build(cls.Config, {**clip, "stage": "adapt", "source_checkpoint": str(tmp_path / "src.pt"),
+                             "target.path": str(target_dataset)})
+    m = cls(cfg, train, Context(inputs={"target": PoseDataset(target_dataset).load("train", with_3d=False)}))
+    seen, hypotheses = [], m._hypotheses
+
+    def spy(cond, grad, flip):
+        if grad:                                       # the student's calls: target term, then source term
+            seen.append(cond)
+        return hypotheses(cond, grad, flip)
+
+    m._hypotheses = spy
+    assert np.isfinite(m.train_epoch(0)["source_loss"])
+    assert len(seen) >= 2 and len(seen) % 2 == 0
+    for cond in seen:
+        assert cond.shape[1] == 3 and not torch.equal(cond[:, 0], cond[:, 1]), "a clip repeats one frame"
+
+
 @pytest.mark.ray
 def test_both_stages_through_ray_train_with_two_workers_and_resume(ray_session, small_dataset, target_dataset,
                                                                     tmp_path, ledger):

@@ -342,18 +342,23 @@ class PoSynDA:
             hyp = self._hypotheses(cond, grad=True, flip=False)
             _, err2d = self._reproject(hyp, kp, intr, None)
             loss_t = cfg.w_t2d * err2d.mean() / 100 + cfg.w_t3d * _mpjpe_all(hyp, pseudo)
-            # source step: source poses moved into the target's 2D scale/position, target cameras
+            # source step: source clips moved frame by frame into a target clip's 2D scale/position (as the
+            # released code does on flattened clips), seen through that target sequence's camera
             sidx = torch.randint(len(data), (len(tidx),), generator=self.gen)
-            y = data.targets[sidx]
             pick = torch.randint(len(tgt["kp"]), (len(sidx),), generator=self.gen)
-            t_intr = tgt["intr"][pick]
-            moved = global_position_alignment(y + self.root[sidx][:, None], tgt["kp"][pick], t_intr[:, :2],
-                                              t_intr[:, 2:4], self.layout.root)
+            y = data.windows(sidx, T, inputs=data.targets)                         # (B, T, J, 3) root-relative
+            world = (y + data.windows(sidx, T, inputs=self.root)[:, :, None]).flatten(0, 1)
+            t_kp = tdata.windows(pick, T, inputs=tgt["kp"]).flatten(0, 1)
+            t_intr = tgt["intr"][pick].repeat_interleave(T, 0)                     # one camera per clip
+            moved = global_position_alignment(world, t_kp, t_intr[:, :2], t_intr[:, 2:4], self.layout.root)
             s_px = project(moved, t_intr)
-            s_cond = normalize_screen(s_px, tgt["wh"][pick, 0], tgt["wh"][pick, 1])[:, None].expand(-1, T, -1, -1)
+            wh = tgt["wh"][pick].repeat_interleave(T, 0)
+            s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
+            mid = slice(T // 2, None, T)                                            # the centre frame of each clip
             hyp_s = self._hypotheses(s_cond.to(dev), grad=True, flip=False)
-            _, err_s = self._reproject(hyp_s, s_px.to(dev), t_intr.to(dev), moved[:, self.layout.root].to(dev))
-            loss_s = cfg.w_s3d * _mpjpe_all(hyp_s, y.to(dev)) + cfg.w_s2d * err_s.mean() / 100
+            _, err_s = self._reproject(hyp_s, s_px[mid].to(dev), t_intr[mid].to(dev),
+                                       moved[mid, self.layout.root].to(dev))
+            loss_s = cfg.w_s3d * _mpjpe_all(hyp_s, y[:, T // 2].to(dev)) + cfg.w_s2d * err_s.mean() / 100
             self._backward(loss_t + loss_s)
             self._ema_update()
             stats["target_loss"] += loss_t.item()
