@@ -347,10 +347,10 @@ class PoSynDA:
             sidx = torch.randint(len(data), (len(tidx),), generator=self.gen)
             pick = torch.randint(len(tgt["kp"]), (len(sidx),), generator=self.gen)
             y = data.windows(sidx, T, inputs=data.targets)                         # (B, T, J, 3) root-relative
-            world = (y + data.windows(sidx, T, inputs=self.root)[:, :, None]).flatten(0, 1)
+            posed = (y + data.windows(sidx, T, inputs=self.root)[:, :, None]).flatten(0, 1)    # camera frame
             t_kp = tdata.windows(pick, T, inputs=tgt["kp"]).flatten(0, 1)
             t_intr = tgt["intr"][pick].repeat_interleave(T, 0)                     # one camera per clip
-            moved = global_position_alignment(world, t_kp, t_intr[:, :2], t_intr[:, 2:4], self.layout.root)
+            moved = global_position_alignment(posed, t_kp, t_intr[:, :2], t_intr[:, 2:4], self.layout.root)
             s_px = project(moved, t_intr)
             wh = tgt["wh"][pick].repeat_interleave(T, 0)
             s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
