@@ -21,6 +21,13 @@ def target_dataset(tmp_path_factory):
                                                                                   frames=40))
 
 
+def _save_source(pre, path):
+    """Save a pretrain-stage model as the `source_checkpoint` an adapt run loads."""
+    save_checkpoint(path, {"method": "posynda", "config": to_dict(pre.cfg), "epoch": 0,
+                           "method_state": pre.state_dict()})
+    return path
+
+
 def test_config_guards():
     cls = get_method("posynda")
     with pytest.raises(ConfigError, match="needs a `posynda stage=pretrain` checkpoint"):
@@ -44,8 +51,7 @@ def test_adaptation_freezes_the_source_and_never_reads_target_3d(small_dataset, 
     cfg = build(cls.Config, {**TINY, "data.path": str(small_dataset)})
     pre = cls(cfg, train, Context())
     assert np.isfinite(pre.train_epoch(0)["train_loss_mm"])
-    save_checkpoint(tmp_path / "src.pt", {"method": "posynda", "config": to_dict(cfg), "epoch": 0,
-                                          "method_state": pre.state_dict()})
+    _save_source(pre, tmp_path / "src.pt")
     src_weights = {k[4:]: v.clone() for k, v in pre.state_dict()["model"].items()}
     cfg2 = build(cls.Config, {**TINY, "stage": "adapt", "source_checkpoint": str(tmp_path / "src.pt"),
                               "data.path": str(small_dataset), "target.path": str(target_dataset), "lr": 1e-3})
@@ -76,8 +82,7 @@ def test_clip_adaptation_feeds_moving_clips_to_both_terms(small_dataset, target_
     train = LiftingData(src.load("train"), src.layout)
     clip = {**TINY, "denoiser.frames": 3, "data.path": str(small_dataset)}
     pre = cls(build(cls.Config, clip), train, Context())
-    save_checkpoint(tmp_path / "src.pt", {"method": "posynda", "config": to_dict(pre.cfg), "epoch": 0,
-                                          "method_state": pre.state_dict()})
+    _save_source(pre, tmp_path / "src.pt")
     cfg = build(cls.Config, {**clip, "stage": "adapt", "source_checkpoint": str(tmp_path / "src.pt"),
                              "target.path": str(target_dataset)})
     m = cls(cfg, train, Context(inputs={"target": PoseDataset(target_dataset).load("train", with_3d=False)}))
