@@ -374,8 +374,12 @@ class PoSynDA:
         return out
 
     # -- prediction and evaluation -------------------------------------------------------------------
-    def predict_hypotheses(self, data: LiftingData, stride: int = 1, batch_size: int = 1024):
-        """(H, N, J, 3) hypotheses, (N, J, 3) JPMA poses and the row indices, for every stride-th row."""
+    def predict_hypotheses(self, data: LiftingData, stride: int = 1, batch_size: int | None = None):
+        """(H, N, J, 3) hypotheses, (N, J, 3) JPMA poses and the row indices, for every stride-th row.
+
+        The default batch holds about 1024 frames (1024 single frames, 4 clips of 243): a batch is sampled
+        as H hypotheses x 2 flips at once, so a row-count batch would need ~100x the memory at 243 frames."""
+        batch_size = batch_size or max(1, 1024 // self.cfg.denoiser.frames)
         self.model.eval()
         if self.refiner is not None:
             self.refiner.eval()
