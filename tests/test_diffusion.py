@@ -127,3 +127,27 @@ def test_denoiser_shapes_and_temporal_mixing():
     assert not torch.allclose(m(x, torch.tensor([3, 700]), c2)[:, 8], y[:, 8])
     with pytest.raises(ValueError, match="expected"):
         m(torch.randn(2, 3, 17, 3), torch.tensor([1, 1]), torch.randn(2, 3, 17, 2))
+
+
+def test_checkpointed_denoiser_gives_the_same_outputs_and_gradients_with_lora_and_dropout():
+    torch.manual_seed(0)
+    plain = MixSTEDenoiser(num_joints=17, frames=3, width=32, depth=2, heads=4, dropout=0.3)
+    ckpt = MixSTEDenoiser(num_joints=17, frames=3, width=32, depth=2, heads=4, dropout=0.3, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    grads = []
+    for m in (plain, ckpt):
+        torch.manual_seed(1)                         # same LoRA init, same dropout masks
+        params = inject_lora(m, rank=2, where=lambda name, mod: isinstance(mod, Attention))
+        for p in params:
+            torch.nn.init.normal_(p, std=0.1)        # non-zero B so the adapters carry gradient to A
+        x, c = torch.randn(2, 3, 17, 3), torch.randn(2, 3, 17, 2)
+        kept = []                                    # bytes the forward keeps for the backward
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            y = m(x, torch.tensor([5, 600]), c)
+        y.pow(2).mean().backward()
+        grads.append((y.detach(), [p.grad.clone() for p in params], sum(kept)))
+    (y0, g0, kept0), (y1, g1, kept1) = grads
+    assert kept1 < kept0 / 4, (kept0, kept1)
+    assert torch.allclose(y0, y1, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g0, g1)) and any(a.abs().sum() > 0 for a in g0)

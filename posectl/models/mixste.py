@@ -6,13 +6,16 @@ plus learned joint and frame position embeddings and a sinusoidal step embedding
 spatial attention (the J joints of a frame) and temporal attention (the T frames of a joint), as in
 MixSTE; the head predicts x0 (B, T, J, 3). Sizes are free: a small one trains on a CPU in tests, the
 published one is width 512, depth 8, 8 heads, 243 frames. Attention layers are `Attention` modules
-(LoRA targets).
+(LoRA targets). With `checkpointing` on, training recomputes each block's activations in the backward pass
+instead of keeping them (memory for time: a 243-frame, width-512 clip keeps ~2 GB of activations per
+forward otherwise, and PoSynDA's adaptation backpropagates through H hypotheses x K DDIM steps).
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -56,9 +59,10 @@ class Block(nn.Module):
 
 class MixSTEDenoiser(nn.Module):
     def __init__(self, num_joints: int = 17, frames: int = 1, width: int = 128, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 2.0, dropout: float = 0.0):
+                 mlp_ratio: float = 2.0, dropout: float = 0.0, checkpointing: bool = False):
         super().__init__()
         self.num_joints, self.frames, self.width = num_joints, frames, width
+        self.checkpointing = checkpointing
         self.embed = nn.Linear(5, width)
         self.joint_pos = nn.Parameter(torch.zeros(1, 1, num_joints, width))
         self.frame_pos = nn.Parameter(torch.zeros(1, frames, 1, width))
@@ -78,8 +82,14 @@ class MixSTEDenoiser(nn.Module):
                              f"{tuple(x_t.shape)} and {tuple(cond.shape)}")
         h = self.embed(torch.cat([x_t, cond], -1)) + self.joint_pos + self.frame_pos
         h = h + self.t_mlp(timestep_embedding(t, self.width))[:, None, None, :]
+        run = self._checkpointed if self.checkpointing and torch.is_grad_enabled() else (lambda blk, x: blk(x))
         for i, sp in enumerate(self.spatial):
-            h = sp(h.reshape(B * T, J, -1)).view(B, T, J, -1)
+            h = run(sp, h.reshape(B * T, J, -1)).view(B, T, J, -1)
             if T > 1:
-                h = self.temporal[i](h.transpose(1, 2).reshape(B * J, T, -1)).view(B, J, T, -1).transpose(1, 2)
+                h = run(self.temporal[i], h.transpose(1, 2).reshape(B * J, T, -1)).view(B, J, T, -1).transpose(1, 2)
         return self.head(self.norm(h))
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        # non-reentrant: works with DDP and frozen (LoRA) weights; dropout replays the same random mask
+        return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
