@@ -53,8 +53,8 @@ class DenoiserConfig:
     heads: int = field(4, "attention heads (published: 8)")
     frames: int = field(1, "frames per clip (published: 243; 1 = single-frame)")
     dropout: float = field(0.1, "dropout in attention and MLPs")
-    checkpointing: bool = field(False, "recompute block activations in backward: far less memory, ~1/3 more "
-                                       "time (for long clips, e.g. the published 243 frames)")
+    checkpointing: bool = field(False, "recompute block activations in backward: far less memory, 1.4-1.8x "
+                                       "the step time (for long clips, e.g. the published 243 frames)")
 
 
 @dataclass
