@@ -46,6 +46,8 @@ def main() -> None:
                     help="overrides for every stage (pretrain, adapt, target-supervised), e.g. denoiser.frames=9")
     ap.add_argument("--eval-stride", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="", help="torch device for every stage (default: cuda when available, "
+                                                 "else cpu)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -61,6 +63,11 @@ def main() -> None:
     from posectl.orchestrator.experiment import save_checkpoint
     from posectl.orchestrator.loop import run_epochs
     torch.set_num_threads(args.threads)
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        ap.error(f"--device {args.device}: {str(e).splitlines()[0]}")
     t0 = time.perf_counter()
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-posynda-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +93,7 @@ def main() -> None:
     results: list[dict] = []
 
     def run(cfg, train, val, inputs, test):
-        ctx = Context(inputs=inputs)
+        ctx = Context(device=device, prepare_model=lambda net: net.to(device), inputs=inputs)
         m = cls(cfg, train, ctx)
         rep = KeepBest(lambda row: print(f"  {cfg.stage} epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm",
                                           flush=True))
@@ -137,7 +144,7 @@ def main() -> None:
                                 "best_epoch": r["best_epoch"], "test_protocol": t["protocol"],
                                 "pretrain_batch": args.pretrain_batch, "adapt_batch": args.adapt_batch,
                                 "pretrain_epochs": args.pretrain_epochs, "adapt_epochs": args.adapt_epochs,
-                                "adapt_set": adapt_set, "model_set": model_set})
+                                "adapt_set": adapt_set, "model_set": model_set, "device": str(device)})
                 print(f"{proto:8s} {mode:17s} seed {seed}: MPJPE {t['mpjpe']:.1f} mm, P-MPJPE {t['p_mpjpe']:.1f}, "
                       f"P-Best {t['p_best']:.1f}, P-Agg {t['p_agg']:.1f} ({time.perf_counter() - t1:.0f} s so far)",
                       flush=True)
@@ -163,7 +170,7 @@ def main() -> None:
             if r:
                 print(f"{proto:10s}{mode:19s}" + "".join(f"{mean_std([x[k] for x in r], 1):>14s}"
                                                           for k in ("mpjpe", "p_mpjpe", "p_best", "p_agg")))
-    print(f"wall time {time.perf_counter() - t0:.0f} s; results {out / 'results.json'}")
+    print(f"wall time {time.perf_counter() - t0:.0f} s on {device}; results {out / 'results.json'}")
 
 
 if __name__ == "__main__":
