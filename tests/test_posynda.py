@@ -88,19 +88,31 @@ def test_clip_adaptation_feeds_moving_clips_to_both_terms(small_dataset, target_
     m = cls(cfg, train, Context(inputs={"target": PoseDataset(target_dataset).load("train", with_3d=False)}))
     seen, hypotheses = [], m._hypotheses
 
-    def spy(cond, grad, flip):
+    def spy(cond, grad, flip, **kw):
         if grad:                                       # the student's calls: target term, then source term
             seen.append(cond)
-        return hypotheses(cond, grad, flip)
+        return hypotheses(cond, grad, flip, **kw)
 
-    m._hypotheses = spy
+    reprojected, reproject = [], m._reproject
+
+    def spy_reproject(hyp, kp, intr, root):             # both terms supervise every frame of every clip
+        reprojected.append((hyp.shape[1], len(kp), len(intr)))
+        return reproject(hyp, kp, intr, root)
+
+    m._hypotheses, m._reproject = spy, spy_reproject
     assert np.isfinite(m.train_epoch(0)["source_loss"])
     assert len(seen) >= 2 and len(seen) % 2 == 0
     for cond in seen:
         assert cond.shape[1] == 3 and not torch.equal(cond[:, 0], cond[:, 1]), "a clip repeats one frame"
+    assert len(reprojected) == 3 * len(seen) // 2       # per step: teacher, student target, student source
+    for step in range(len(seen) // 2):
+        frames = 3 * len(seen[2 * step])                # clips in this step x 3 frames
+        assert reprojected[3 * step: 3 * step + 3] == [(frames,) * 3] * 3, "the losses see only the centre frame"
+    m._reproject = reproject
     # evaluation batches hold about 1024 frames, not 1024 clips (x H hypotheses x 2 flips at once)
     seen.clear()
     m._hypotheses = lambda cond, grad, flip: seen.append(cond.shape[0]) or hypotheses(cond, grad, flip)
+
     _, _, rows = m.predict_hypotheses(train)
     assert len(train) > 1024 and len(rows) == len(train) and max(seen) * 3 <= 1024
 

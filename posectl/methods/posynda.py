@@ -15,10 +15,13 @@ adapt     the pretrained source model is frozen and gets LoRA adapters (rank r) 
             target loss = w_t2d * (min-over-hypotheses 2D reprojection error, px / 100)
                         + w_t3d * MPJPE(every hypothesis, pseudo-label)
             source loss = w_s3d * MPJPE(every hypothesis, source 3D) + w_s2d * (min 2D error, px / 100)
+          With clips (denoiser.frames > 1) both losses cover every frame of every clip, each frame with its
+          own root estimate (the released code's seq2seq losses), so clips a stride of `frames` apart use
+          every frame once per epoch.
           The released code calls backward with the loss as upstream gradient (so it minimises loss^2/2);
           that is reproduced only with `legacy_backward=true`.
 Prediction: H hypotheses by K-step DDIM with flip averaging at every step, then JPMA (root estimated from
-the 2D). Evaluation adds P-Best (best hypothesis per sample) and P-Agg (mean hypothesis). Target 3D is
+the 2D); with clips, for the centre frame of the clip around each row. Evaluation adds P-Best (best hypothesis per sample) and P-Agg (mean hypothesis). Target 3D is
 read only by the test split; the target 2D used for adaptation comes from a different split.
 """
 from __future__ import annotations
@@ -243,8 +246,9 @@ class PoSynDA:
             y = (y + flip_poses(yf, self.layout)) / 2
         return y
 
-    def _hypotheses(self, cond: torch.Tensor, grad: bool, flip: bool) -> torch.Tensor:
-        """(H, B, J, 3) centre-frame hypotheses by K-step DDIM from noise (DDIM eta = 1, as released)."""
+    def _hypotheses(self, cond: torch.Tensor, grad: bool, flip: bool, all_frames: bool = False) -> torch.Tensor:
+        """Hypotheses by K-step DDIM from noise (DDIM eta = 1, as released): (H, B, J, 3) for the centre frame
+        of each clip, or (H, B, T, J, 3) for every frame with `all_frames`."""
         cfg, H = self.cfg, self.cfg.hypotheses
         B, T = cond.shape[:2]
         c = cond.repeat(H, 1, 1, 1)
@@ -258,10 +262,10 @@ class PoSynDA:
                 noise = torch.randn(shape, generator=self.gen).to(cond)
                 x = d.ddim_step(x, x0, t, t_next, 1.0, noise)
             x = x / d.scale
-        out = x[:, T // 2].view(H, B, *x.shape[2:])
+        out = (x if all_frames else x[:, T // 2]).view(H, B, *x.shape[1 + (not all_frames):])
         if self.refiner is not None:
             with torch.set_grad_enabled(grad):
-                out = self.refiner(out.flatten(0, 1)).view_as(out)
+                out = self.refiner(out.reshape(-1, *out.shape[-2:])).view_as(out)
         return out
 
     def _reproject(self, hyp: torch.Tensor, kp_px: torch.Tensor, intr: torch.Tensor, root: torch.Tensor | None):
@@ -334,15 +338,17 @@ class PoSynDA:
         stats = {"target_loss": 0.0, "source_loss": 0.0, "target_min2d_px": 0.0, "pseudo_vs_mean_mm": 0.0}
         n = 0
         for step, tidx in enumerate(t_batches):
-            # target step: teacher pseudo-labels by JPMA, student pulled towards them
+            # target step: teacher pseudo-labels by JPMA, student pulled towards them; with clips every frame
+            # of the clip is supervised (each with its own root estimate), as the released code does
             cond = tdata.windows(tidx, T).to(dev)
-            kp, intr = tgt["kp"][tidx].to(dev), tgt["intr"][tidx].to(dev)
+            kp = tdata.windows(tidx, T, inputs=tgt["kp"]).flatten(0, 1).to(dev)      # (B*T, J, 2)
+            intr = tgt["intr"][tidx].repeat_interleave(T, 0).to(dev)                # a clip is one sequence
             student = self._swap_in(self.teacher)
             with torch.no_grad():
-                hyp_t = self._hypotheses(cond, grad=False, flip=cfg.test_flip)
+                hyp_t = self._hypotheses(cond, grad=False, flip=cfg.test_flip, all_frames=True).flatten(1, 2)
                 pseudo, _ = self._reproject(hyp_t, kp, intr, None)
             self._swap_in(student)
-            hyp = self._hypotheses(cond, grad=True, flip=False)
+            hyp = self._hypotheses(cond, grad=True, flip=False, all_frames=True).flatten(1, 2)
             _, err2d = self._reproject(hyp, kp, intr, None)
             loss_t = cfg.w_t2d * err2d.mean() / 100 + cfg.w_t3d * _mpjpe_all(hyp, pseudo)
             # source step: source clips moved frame by frame into a target clip's 2D scale/position (as the
@@ -357,11 +363,9 @@ class PoSynDA:
             s_px = project(moved, t_intr)
             wh = tgt["wh"][pick].repeat_interleave(T, 0)
             s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
-            mid = slice(T // 2, None, T)                                            # the centre frame of each clip
-            hyp_s = self._hypotheses(s_cond.to(dev), grad=True, flip=False)
-            _, err_s = self._reproject(hyp_s, s_px[mid].to(dev), t_intr[mid].to(dev),
-                                       moved[mid, self.layout.root].to(dev))
-            loss_s = cfg.w_s3d * _mpjpe_all(hyp_s, y[:, T // 2].to(dev)) + cfg.w_s2d * err_s.mean() / 100
+            hyp_s = self._hypotheses(s_cond.to(dev), grad=True, flip=False, all_frames=True).flatten(1, 2)
+            _, err_s = self._reproject(hyp_s, s_px.to(dev), t_intr.to(dev), moved[:, self.layout.root].to(dev))
+            loss_s = cfg.w_s3d * _mpjpe_all(hyp_s, y.flatten(0, 1).to(dev)) + cfg.w_s2d * err_s.mean() / 100
             self._backward(loss_t + loss_s)
             self._ema_update()
             stats["target_loss"] += loss_t.item()
