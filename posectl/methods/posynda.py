@@ -21,8 +21,9 @@ adapt     the pretrained source model is frozen and gets LoRA adapters (rank r) 
           The released code calls backward with the loss as upstream gradient (so it minimises loss^2/2);
           that is reproduced only with `legacy_backward=true`.
 Prediction: H hypotheses by K-step DDIM with flip averaging at every step, then JPMA (root estimated from
-the 2D); with clips, for the centre frame of the clip around each row. Evaluation adds P-Best (best hypothesis per sample) and P-Agg (mean hypothesis). Target 3D is
-read only by the test split; the target 2D used for adaptation comes from a different split.
+the 2D); with clips, for the centre frame of the clip around each row. Evaluation adds P-Best (best
+hypothesis per sample) and P-Agg (mean hypothesis). Target 3D is read only by the test split; the target
+2D used for adaptation comes from a different split.
 """
 from __future__ import annotations
 
