@@ -112,7 +112,6 @@ def test_clip_adaptation_feeds_moving_clips_to_both_terms(small_dataset, target_
     # evaluation batches hold about 1024 frames, not 1024 clips (x H hypotheses x 2 flips at once)
     seen.clear()
     m._hypotheses = lambda cond, grad, flip: seen.append(cond.shape[0]) or hypotheses(cond, grad, flip)
-
     _, _, rows = m.predict_hypotheses(train)
     assert len(train) > 1024 and len(rows) == len(train) and max(seen) * 3 <= 1024
 

@@ -263,7 +263,8 @@ class PoSynDA:
                 noise = torch.randn(shape, generator=self.gen).to(cond)
                 x = d.ddim_step(x, x0, t, t_next, 1.0, noise)
             x = x / d.scale
-        out = (x if all_frames else x[:, T // 2]).view(H, B, *x.shape[1 + (not all_frames):])
+        out = x if all_frames else x[:, T // 2]
+        out = out.view(H, B, *out.shape[1:])
         if self.refiner is not None:
             with torch.set_grad_enabled(grad):
                 out = self.refiner(out.reshape(-1, *out.shape[-2:])).view_as(out)
