@@ -43,6 +43,62 @@ def test_restricted_unpickler_refuses_code(tmp_path):
     assert d["meta"] == [1, "x", (2.5,)] and d["S1"]["A"].shape == (2, 32, 3)
 
 
+class _ForgedDtype:
+    """Pickles as numpy.dtype(descr) followed by a hand-written __setstate__ state."""
+    def __init__(self, descr, state):
+        self.descr, self.state = descr, state
+
+    def __reduce__(self):
+        return (np.dtype, (self.descr, False, True), self.state)
+
+
+class _RawArray:
+    """Pickles as numpy's own array reconstruction: (1,) elements of `dtype` from the raw bytes `raw`."""
+    def __init__(self, dtype, raw):
+        self.dtype, self.raw = dtype, raw
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+        return (_reconstruct, (np.ndarray, (0,), b"b"), (1, (1,), self.dtype, False, self.raw))
+
+
+@pytest.mark.parametrize("state", [
+    (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0),    # an object field, flags claiming none
+    (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 63),   # an object field, honest flags
+    (3, "|", None, None, None, 8, 1, 63),                           # object flags on plain bytes
+    (3, "|", None, None, None, 64, 1, 0),                           # a size the constructor did not give
+])
+def test_restricted_unpickler_refuses_forged_dtype_state(tmp_path, state):
+    """Only allowed names, yet the file's bytes would become object pointers: refused, not loaded."""
+    p = tmp_path / "forged.npz"
+    np.savez(p, positions_3d=_obj({"S1": {"Walking": _RawArray(_ForgedDtype("V8", state), b"\x41" * 8)}}))
+    with pytest.raises(UnsafePickleError, match=r"\|V8 dtype with state other than its plain one"):
+        load_npz(p)
+    # the same array with the dtype's own state loads, and so do byte-swapped numbers
+    ok = tmp_path / "plain.npz"
+    np.savez(ok, positions_3d=_obj({"S1": {"W": _RawArray(_ForgedDtype("V8", (3, "|", None, None, None, 8, 1, 0)),
+                                                          b"\x41" * 8)},
+                                    "be": np.arange(3, dtype=">f4")}))
+    d = load_npz(ok)["positions_3d"]
+    assert d["S1"]["W"].tobytes() == b"\x41" * 8 and d["be"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_truncated_pickles_are_corrupt_files(tmp_path):
+    """Every prefix of a pickled member is a one-line DataError, never another exception."""
+    import pickle
+    import zipfile
+    full = tmp_path / "full.npz"
+    _write_3d(full, {"S1": {"A": np.ones((2, 32, 3), np.float32)}, "meta": [1, "x"]})
+    raw = zipfile.ZipFile(full).read("positions_3d.npy")
+    start = raw.index(pickle.PROTO)                # the pickle after the .npy header
+    for cut in range(start, len(raw) - 1):
+        p = tmp_path / "cut.npz"
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("positions_3d.npy", raw[:cut])
+        with pytest.raises(DataError):
+            load_npz(p)
+
+
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["S1"].__setitem__("Walking", np.ones((50, 17, 3), np.float32)), r"S1 'Walking': expected shape \(T, 32, 3\)"),
     (lambda d: d["S1"].__setitem__("Walking", np.full((50, 32, 3), np.nan, np.float32)), "S1 'Walking': NaN/Inf"),

@@ -20,7 +20,6 @@ no activity labels), extrinsics are null.
 """
 from __future__ import annotations
 
-import pickle
 import re
 import warnings
 from pathlib import Path
@@ -211,7 +210,7 @@ def load_cameras(path: str | Path) -> tuple[dict[str, tuple[tuple[int, int], np.
             obj = _RestrictedUnpickler(f, encoding="latin1").load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{p}: {e} (only arrays and plain containers are allowed)") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except Exception as e:      # any other failure of the restricted unpickler on these bytes
         raise DataError(f"{p}: not a readable cameras pickle ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(obj, dict) or not obj:
         raise DataError(f"{p}: expected a non-empty dict camera name -> {{c, f, w, h}}")

@@ -3,6 +3,11 @@
 `np.load(allow_pickle=True)` unpickles arbitrary objects: a file from the internet can run any
 code. Here object arrays are unpickled by a restricted unpickler that only rebuilds numpy arrays,
 dtypes and plain containers (dict, list, tuple, str, numbers); anything else is refused.
+
+Allowed names are not enough on their own: a dtype's pickled state can add object fields or set its
+flags so that numpy reads raw bytes from the file as object pointers (memory corruption, without any
+forbidden name). So a dtype's state must be the one its constructor arguments give (byte order
+aside): no fields, no sub-arrays, the same size, alignment and flags.
 """
 from __future__ import annotations
 
@@ -32,13 +37,34 @@ class UnsafePickleError(DataError):
     pass
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its BUILD opcode can be checked), with an allow-list of names."""
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def find_class(self, module: str, name: str):
         if (module, name) not in _ALLOWED:
             raise UnsafePickleError(f"refusing to unpickle {module}.{name}")
         if module.startswith("numpy.core") and _NUMPY_CORE == "numpy._core":
             module = module.replace("numpy.core", "numpy._core", 1)
         return super().find_class(module, name)
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.dtype):
+            _check_dtype_state(inst, state)
+        super().load_build()
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _check_dtype_state(dt: np.dtype, state: Any) -> None:
+    """Refuse a dtype state other than the plain one of its constructor (see the module docstring)."""
+    plain = dt.__reduce__()[2]        # (3, byte order, subarray, names, fields, size, alignment, flags)
+    ok = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
+          and state[2] is None and state[3] is None and state[4] is None
+          and all(type(state[i]) is int and state[i] == plain[i] for i in (5, 6, 7)))
+    if not ok:
+        raise UnsafePickleError(f"refusing a {dt.str} dtype with state other than its plain one "
+                                "(fields, sub-arrays, flags or metadata)")
 
 
 def _read_member(raw: bytes, where: str) -> np.ndarray:
@@ -55,7 +81,9 @@ def _read_member(raw: bytes, where: str) -> np.ndarray:
         return _RestrictedUnpickler(f, encoding="latin1").load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{where}: {e} (only arrays and plain containers are allowed)") from None
-    except (ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as e:
+    except DataError:
+        raise
+    except Exception as e:      # anything else the unpickler or numpy raise on these bytes: a corrupt file
         raise DataError(f"{where}: corrupt array data ({type(e).__name__}: {str(e)[:80]})") from None
 
 
@@ -97,5 +125,7 @@ def load_pickle(path: str | Path) -> Any:
             return _RestrictedUnpickler(f, encoding="latin1").load()
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{p}: {e} (only arrays and plain containers are allowed)") from None
-    except (ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ImportError) as e:
+    except OSError as e:
+        raise DataError(f"{p}: unreadable ({type(e).__name__})") from None
+    except Exception as e:      # see _read_member
         raise DataError(f"{p}: corrupt pickle ({type(e).__name__}: {str(e)[:80]})") from None
