@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import operator
 import types
 import typing
 from pathlib import Path
@@ -105,6 +106,8 @@ def coerce(key: str, value: Any, tp) -> Any:
     if origin is Literal:
         if value in get_args(tp):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in get_args(tp):
+            return str(value)        # `eval_joints=16` reads as the number 16; the choice is the string '16'
         raise ConfigError(f"{key}: must be one of {type_name(tp)}, got {value!r}")
     if origin in (list, tuple):
         if isinstance(value, str):
@@ -147,8 +150,8 @@ def coerce(key: str, value: Any, tp) -> Any:
                 raise bad from None
         else:
             raise bad
-        if out != out:  # NaN
-            raise ConfigError(f"{key}: NaN is not allowed")
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ConfigError(f"{key}: NaN and Inf are not allowed, got {value!r}")
         return out
     if tp is str:
         if isinstance(value, (dict, list)):
@@ -182,10 +185,23 @@ def _instantiate(cls, values: dict[str, Any], prefix: str):
         elif f"{prefix}{name}" in values:
             kwargs[name] = values[f"{prefix}{name}"]
     obj = cls(**kwargs)
+    for name, (f, tp) in _fields(cls).items():
+        if not dataclasses.is_dataclass(tp):
+            _check_range(f"{prefix}{name}", getattr(obj, name), f.metadata.get("range"))
     check = getattr(obj, "validate", None)
     if callable(check):
         check()
     return obj
+
+
+def _check_range(key: str, value: Any, bounds: tuple | None) -> None:
+    """Numbers are >= 0 unless their field gives its own bounds (`field(..., ge=, gt=, le=, lt=)`)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    for bound, word, ok in zip(bounds or (0, None, None, None), (">=", ">", "<=", "<"),
+                               (operator.ge, operator.gt, operator.le, operator.lt)):
+        if bound is not None and not ok(value, bound):
+            raise ConfigError(f"{key}: must be {word} {bound}, got {value!r}")
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -224,10 +240,14 @@ def _helps(cls, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def field(default, help: str = "", **kw):
-    """dataclasses.field with a help text shown by `posectl methods`."""
+def field(default, help: str = "", *, ge=None, gt=None, le=None, lt=None, **kw):
+    """dataclasses.field with a help text shown by `posectl methods`. A number must be >= 0 unless
+    `ge`/`gt`/`le`/`lt` give its bounds instead."""
+    meta = {"help": help}
+    if (ge, gt, le, lt) != (None, None, None, None):
+        meta["range"] = (ge, gt, le, lt)
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
     if dataclasses.is_dataclass(default) and isinstance(default, type):
-        return dataclasses.field(default_factory=default, metadata={"help": help}, **kw)
-    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+        return dataclasses.field(default_factory=default, metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)

@@ -28,10 +28,40 @@ def test_defaults_yaml_and_overrides_in_order(tmp_path):
     ("lr=-1", "lr: must be > 0"),
     ("lr=.nan", "NaN"),
     ("data=3", "unknown parameter 'data'"),
+    ("lr=inf", "lr: NaN and Inf are not allowed"),
+    ("backbone.dropout=2", r"backbone.dropout: must be < 1, got 2"),
+    ("backbone.width=-5", r"backbone.width: must be >= 1, got -5"),
+    ("backbone.blocks=-1", r"backbone.blocks: must be >= 0, got -1"),
+    ("data.max_train_samples=-5", r"data.max_train_samples: must be >= 0"),
+    ("precise_bn=-2", r"precise_bn: must be >= -1"),
+    ("data.val_split=test", "data.val_split: 'test' is also the test split"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         build(BaselineConfig, parse_overrides([override]))
+
+
+def test_numbers_read_from_yaml_match_string_choices(tmp_path):
+    """`eval_joints=16` (as the README writes it) is the choice '16', from the command line and from YAML."""
+    from posectl.methods.dhaug import DHAugConfig
+    assert build(DHAugConfig, parse_overrides(["eval_joints=16"])).eval_joints == "16"
+    f = tmp_path / "c.yaml"
+    f.write_text("eval_joints: 14\n")
+    assert build(DHAugConfig, load_yaml(f)).eval_joints == "14"
+    with pytest.raises(ConfigError, match="eval_joints: must be one of"):
+        build(DHAugConfig, parse_overrides(["eval_joints=15"]))
+
+
+def test_every_method_default_config_is_in_range():
+    """The shipped defaults pass the range checks, and a range is enforced in each method's own fields."""
+    from posectl.methods.base import get_method
+    bad = {"baseline": "backbone.width=0", "dhaug": "gan.critic_steps=0", "gpa": "gpa_prob=1.5",
+           "posynda": "denoiser.heads=3", "pose2mesh": "meshnet.cheb_order=0", "l2d": "detector.sigma=0"}
+    for name, override in bad.items():
+        cls = get_method(name).Config
+        build(cls, {})
+        with pytest.raises(ConfigError, match=override.split("=")[0]):
+            build(cls, parse_overrides([override]))
 
 
 def test_override_syntax():

@@ -17,6 +17,7 @@ from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.datasets.store import PoseDataset
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, get_method
+from posectl.orchestrator.spaces import reported_metric
 
 LENGTHS = torch.tensor([0.13, 0.44, 0.45, 0.13, 0.44, 0.45, 0.23, 0.26, 0.33, 0.15, 0.28, 0.25, 0.15, 0.28, 0.25])
 
@@ -201,7 +202,9 @@ def test_video_mode_generates_clips_and_trains(small_lifting):
     r1 = m.train_epoch(1)
     assert r1["w_dist_motion"] != 0.0 and "train_loss_mm" not in r1
     r2 = m.train_epoch(2)
-    assert np.isfinite(r2["train_loss_mm"]) and np.isfinite(m.evaluate(val)["mpjpe"])
+    ev = m.evaluate(val)
+    assert np.isfinite(r2["train_loss_mm"]) and np.isfinite(ev["mpjpe"])
+    assert all(reported_metric("dhaug", f"val_{k}") for k, v in ev.items() if isinstance(v, (int, float)))  # declared
 
 
 @pytest.mark.ray

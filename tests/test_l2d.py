@@ -22,6 +22,7 @@ from posectl.methods.base import Context, get_method
 from posectl.methods.l2d import FrozenLifter, dwa_weights, hard_joints
 from posectl.models.hrnet import HRNet
 from posectl.orchestrator.experiment import save_checkpoint
+from posectl.orchestrator.spaces import reported_metric
 
 TINY = {"detector.width": 8, "detector.stages": 2, "detector.blocks": 1, "detector.image_size": 32,
         "batch_size": 32}
@@ -219,6 +220,7 @@ def test_l2d_crops_the_dataset_photos_and_trains_on_them(photo_dataset, lifters)
     assert np.isfinite(r["loss"]) and r["xy"] > 0
     ev = m.evaluate(LiftingData(ds.load("val", images=True), ds.layout), stride=3)
     assert np.isfinite(ev["mpjpe"]) and "crops of the dataset's images" in ev["protocol"]
+    assert all(reported_metric("l2d", f"val_{k}") for k, v in ev.items() if isinstance(v, (int, float)))  # declared
     with pytest.raises(ConfigError, match="images=dataset: the data has no image column"):
         cls(cfg, LiftingData(PoseDataset(plain).load("train"), ds.layout), Context())
 

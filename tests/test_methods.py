@@ -12,6 +12,7 @@ from posectl.datasets.store import PoseDataset
 from posectl.errors import ConfigError
 from posectl.methods import base
 from posectl.methods.base import Context, Method, TrainConfig, get_method
+from posectl.orchestrator.spaces import reported_metric
 
 
 def test_registry_and_protocol():
@@ -52,6 +53,7 @@ def test_baseline_epoch_learns_and_round_trips_state(small_dataset):
     for e in range(3):
         m.train_epoch(e)
     after = m.evaluate(data)
+    assert all(reported_metric("baseline", f"val_{k}") for k, v in after.items() if isinstance(v, (int, float)))  # declared
     assert after["mpjpe"] < 0.7 * before
     m2 = cls(cfg, data, Context())
     m2.load_state_dict(m.state_dict())

@@ -13,6 +13,7 @@ from posectl.datasets.store import PoseDataset
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, get_method
 from posectl.models.meshnet import ChebConv, MeshNet
+from posectl.orchestrator.spaces import reported_metric
 
 H36M = get_layout("h36m17")
 TINY = {"posenet.width": 128, "meshnet.width": 8, "meshnet.levels": 3, "body.model": "tube", "body.ring": 8,
@@ -135,6 +136,7 @@ def test_training_in_process_learns_meshes_and_resumes_exactly(small_dataset):
     cfg = build(cls.Config, {**TINY, "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 2, "data.train_stride": 2})
     m = cls(cfg, tr, Context())
     before = m.evaluate(va, stride=4)
+    assert all(reported_metric("pose2mesh", f"val_{k}") for k, v in before.items() if isinstance(v, (int, float)))  # declared
     r0 = m.train_epoch(0)
     assert r0["stage_mesh"] == 0 and "vertex_l1_mm" not in r0
     r1 = m.train_epoch(1)

@@ -10,6 +10,7 @@ from posectl.datasets.synthetic import SynthConfig, write_synthetic
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, get_method
 from posectl.orchestrator.experiment import save_checkpoint
+from posectl.orchestrator.spaces import reported_metric
 
 TINY = {"denoiser.width": 32, "denoiser.depth": 1, "denoiser.heads": 4, "hypotheses": 2, "sampling_steps": 1,
         "refiner.width": 16, "refiner.depth": 1, "batch_size": 64}
@@ -71,6 +72,7 @@ def test_adaptation_freezes_the_source_and_never_reads_target_3d(small_dataset, 
     student = m._student_state()
     assert any(not torch.equal(m.teacher[k], student[k]) for k in student)
     ev = m.evaluate(LiftingData(src.load("val"), src.layout))
+    assert all(reported_metric("posynda", f"val_{k}") for k, v in ev.items() if isinstance(v, (int, float)))  # declared
     assert np.isfinite(ev["mpjpe"]) and np.isfinite(ev["p_best"]) and np.isfinite(ev["p_agg"])
 
 

@@ -25,6 +25,9 @@ from posectl.config import field
 from posectl.errors import ConfigError
 
 
+POSE_METRICS = ("mpjpe", "p_mpjpe", "n_mpjpe", "pck150", "auc", "mpjpe_action_avg", "p_mpjpe_action_avg")
+
+
 @dataclass
 class DataConfig:
     path: str = field("synthetic", "dataset: 'synthetic', 'synthetic:target' or a prepared dataset directory")
@@ -42,7 +45,7 @@ class DataConfig:
 class TrainConfig:
     epochs: int = field(10, "training epochs")
     batch_size: int = field(256, "global batch size (split across workers)")
-    lr: float = field(1e-3, "learning rate")
+    lr: float = field(1e-3, "learning rate", gt=0)
     lr_decay: float = field(0.95, "multiplicative learning-rate decay per epoch")
     seed: int = field(0, "random seed (workers add their rank)")
     data: DataConfig = field(DataConfig, "dataset options")
@@ -58,6 +61,9 @@ class TrainConfig:
             raise ConfigError("lr_decay: must be in (0, 1]")
         if self.data.train_stride < 1 or self.data.eval_stride < 1:
             raise ConfigError("data.train_stride/eval_stride: must be >= 1")
+        if self.data.val_split == self.data.test_split:
+            raise ConfigError(f"data.val_split: '{self.data.val_split}' is also the test split; model selection "
+                              "and searches never see the test split")
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,9 @@ class Method(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Config: ClassVar[type]
+    # Optional, and so not a member here: `metrics`, a tuple of the numeric entries of evaluate(), which
+    # the loop reports as val_<name> every epoch (<N> stands for an index). A search space's metric must
+    # be one of them; without it, any val_ metric is accepted.
 
     def __init__(self, cfg: Any, data: Any, ctx: Context): ...
     def train_epoch(self, epoch: int) -> dict[str, float]: ...

@@ -51,18 +51,18 @@ KEEP16 = tuple(i for i in range(17) if i != 9)     # h36m17 -> h36m16 (drop Neck
 
 @dataclass
 class GANConfig:
-    gen_width: int = field(256, "generator width (released default 1000, README runs 256)")
-    critic3d_width: int = field(256, "3D critic width")
-    critic2d_width: int = field(256, "2D critic width")
-    noise_dim: int = field(128, "generator noise dimension")
-    lr: float = field(1e-4, "Adam learning rate of generator and critics (1e-4, betas 0.5/0.9, as released)")
+    gen_width: int = field(256, "generator width (released default 1000, README runs 256)", ge=1)
+    critic3d_width: int = field(256, "3D critic width", ge=1)
+    critic2d_width: int = field(256, "2D critic width", ge=1)
+    noise_dim: int = field(128, "generator noise dimension", ge=1)
+    lr: float = field(1e-4, "Adam learning rate of generator and critics (1e-4, betas 0.5/0.9, as released)", gt=0)
     w3d: float = field(1.0, "generator weight of the 3D critic")
     w2d: float = field(0.2, "generator weight of the 2D critic")
     w_motion: float = field(1.0, "video: generator weight of each motion critic")
     gp: float = field(10.0, "gradient-penalty weight (WGAN-GP lambda)")
-    critic_steps: int = field(5, "critic iterations per generator update")
+    critic_steps: int = field(5, "critic iterations per generator update", ge=1)
     batch_size: int = field(64, "GAN batch (global). Released: the lifting batch, 1024, for 110 epochs; at short "
-                                "budgets a small batch gives the generator many more updates per pass")
+                                "budgets a small batch gives the generator many more updates per pass", ge=1)
     flip: bool = field(True, "average every critic and generator term with the left-right mirrored input")
     bone_scaling: Literal["different", "same", "none"] = field(
         "different", "bone-length jitter: independent per symmetric group, one factor for all, or none")
@@ -84,7 +84,7 @@ class DHAugConfig(LiftingConfig):
     bone_swap: bool = field(True, "swap in a random training subject's bone lengths every epoch (PoseAug's step)")
     train_flip: bool = field(True, "a second optimiser step on the mirrored pair")
     pose_loss: Literal["mse", "mpjpe"] = field("mse", "lifting loss (released: MSE single-frame, MPJPE video)")
-    max_2d: float = field(1.0, "drop generated pairs with a normalised 2D coordinate beyond this")
+    max_2d: float = field(1.0, "drop generated pairs with a normalised 2D coordinate beyond this", gt=0)
     gan: GANConfig = field(GANConfig, "generator and critics")
 
     def validate(self) -> None:

@@ -47,7 +47,7 @@ class TargetConfig:
 @dataclass
 class LocalAugConfig:
     angle_deg: float = field(15.0, "largest change of a limb bone's direction (degrees)")
-    length: float = field(0.1, "bone-length jitter per symmetric group (+- fraction)")
+    length: float = field(0.1, "bone-length jitter per symmetric group (+- fraction)", lt=1)
     rotation_deg: float = field(30.0, "rotation about the vertical axis through the root (+- degrees)")
     tilt_deg: float = field(10.0, "rotation about the two other axes (+- degrees)")
 
@@ -56,8 +56,9 @@ class LocalAugConfig:
 class GPAConfig(LiftingConfig):
     mode: Literal["source_only", "gpa", "local", "gpa_local"] = field(
         "gpa", "source_only (baseline), gpa (global position alignment), local (local augmentation), gpa_local (both)")
-    gpa_prob: float = field(1.0, "share of each batch moved to a target pose's position (the rest keeps its source 2D)")
-    local_prob: float = field(0.5, "share of each batch given a local augmentation (local modes)")
+    gpa_prob: float = field(1.0, "share of each batch moved to a target pose's position (the rest keeps its source 2D)",
+                            le=1)
+    local_prob: float = field(0.5, "share of each batch given a local augmentation (local modes)", le=1)
     depth_jitter: float = field(0.0, "lognormal sigma of an extra depth factor after alignment (0: off)")
     train_flip: bool = field(True, "random horizontal-flip augmentation")
     target: TargetConfig = field(TargetConfig, "the unlabelled target domain")

@@ -47,17 +47,17 @@ from posectl.core.render import crop_around, crop_frames, render
 from posectl.datasets.images import decode
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, DataError, PosectlError
-from posectl.methods.base import Context, TrainConfig, get_method, register, seed_everything
+from posectl.methods.base import POSE_METRICS, Context, TrainConfig, get_method, register, seed_everything
 from posectl.models.hrnet import HRNet
 
 
 @dataclass
 class DetectorConfig:
-    width: int = field(16, "channels of the high-resolution branch (HRNet-W32: 32); lower branches double it")
-    stages: int = field(3, "stages; stage s has s parallel branches (HRNet: 4)")
+    width: int = field(16, "channels of the high-resolution branch (HRNet-W32: 32); lower branches double it", ge=1)
+    stages: int = field(3, "stages; stage s has s parallel branches (HRNet: 4)", ge=1)
     blocks: int = field(2, "residual blocks per branch and stage (HRNet: 4)")
-    image_size: int = field(64, "side of the square image crop in pixels (paper: 288x384); heatmaps are half")
-    sigma: float = field(2.0, "Gaussian target sigma in heatmap pixels (paper: 3 at 72x96)")
+    image_size: int = field(64, "side of the square image crop in pixels (paper: 288x384); heatmaps are half", ge=1)
+    sigma: float = field(2.0, "Gaussian target sigma in heatmap pixels (paper: 3 at 72x96)", gt=0)
 
 
 @dataclass
@@ -82,20 +82,20 @@ class L2DConfig(TrainConfig):
     augment: AugmentConfig = field(AugmentConfig, "training-image augmentation")
     beta: float = field(15.0, "soft-argmax sharpness (softmax of beta x heatmap). The paper's 100 (at sigma 3, "
                               "72x96) acts as a hard argmax on small maps: measured on Gaussian peaks at sigma 2, "
-                              "beta 15 is off by 0.02 px on average, beta 100 by 0.29 px")
+                              "beta 15 is off by 0.02 px on average, beta 100 by 0.29 px", gt=0)
     loss_2d_w: float = field(0.5, "weight of the heatmap loss")
     ohklm: bool = field(True, "online hard keypoint lifting mining")
     ohklm_w: float = field(0.3, "weight of the OHKLM heatmap term")
-    top_k: int = field(10, "OHKLM: joints per sample with the largest 3D error")
+    top_k: int = field(10, "OHKLM: joints per sample with the largest 3D error", ge=1)
     loss_3d_xy_w: float = field(0.02, "weight of the lifted xy MSE")
     loss_3d_z_w: float = field(0.04, "weight of the lifted z MSE")
     loss_single_w: float = field(1.0, "weight of the per-lifter part (README: 0.8)")
     loss_3d_avg_w: float = field(0.05, "multi: weight of the global consistency MSE(mean prediction, GT)")
     loss_3d_cons_w: float = field(0.1, "multi: weight of the local consistency sum of pairwise MSEs")
-    dwa_temperature: float = field(2.0, "Dynamic Weight Average temperature T")
+    dwa_temperature: float = field(2.0, "Dynamic Weight Average temperature T", gt=0)
     lifter_dropout: bool = field(False, "multi: zero one random lifter's weight per iteration")
-    lr_step_every: int = field(5, "epochs between lr steps")
-    lr_gamma: float = field(0.67, "lr factor at each step")
+    lr_step_every: int = field(5, "epochs between lr steps", ge=1)
+    lr_gamma: float = field(0.67, "lr factor at each step", gt=0)
 
     def validate(self) -> None:
         super().validate()
@@ -190,6 +190,8 @@ def hard_joints(errors: torch.Tensor, k: int) -> torch.Tensor:
 @register
 class L2D:
     name = "l2d"
+    metrics = POSE_METRICS + ("mpjpe_gt2d", "mpjpe_ensemble", "err_2d_px", "pdj", "mpjpe_l<N>", "p_mpjpe_l<N>",
+                              "mpjpe_gt2d_l<N>")
     description = "L2D: a 2D detector on photographs or rendered figures, trained through frozen 3D lifters (ACCV'24)"
     Config = L2DConfig
     smoke_overrides = {"epochs": 1, "detector.width": 8, "detector.stages": 2, "detector.blocks": 1,

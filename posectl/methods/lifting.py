@@ -14,7 +14,7 @@ from posectl.core import metrics
 from posectl.core.skeleton import EVAL_JOINT_SETS, Layout, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
-from posectl.methods.base import TrainConfig
+from posectl.methods.base import POSE_METRICS, TrainConfig
 from posectl.models import build_backbone
 from posectl.models.norm import precise_bn
 
@@ -24,10 +24,10 @@ class BackboneConfig:
     name: Literal["simple", "videopose", "semgcn"] = field(
         "simple", "SimpleBaseline MLP, VideoPose3D temporal convolutions or SemGCN graph convolutions")
     receptive_field: int = field(1, "frames seen per prediction (videopose: 1, 27, 81, 243)")
-    width: int = field(1024, "hidden width (MLP units / conv channels / graph features; SemGCN's paper: 128)")
+    width: int = field(1024, "hidden width (MLP units / conv channels / graph features; SemGCN's paper: 128)", ge=1)
     blocks: int = field(2, "residual blocks: simple, semgcn (paper: 4), videopose with receptive_field 1 (PoseAug: 4); "
                            "videopose derives them from receptive_field otherwise")
-    dropout: float = field(0.5, "dropout probability")
+    dropout: float = field(0.5, "dropout probability", lt=1)
 
     def build(self, joints_in: int, joints_out: int, layout: Layout | None = None) -> torch.nn.Module:
         if self.name == "semgcn":
@@ -59,7 +59,7 @@ class LiftingConfig(TrainConfig):
         "all", "evaluation joint set: all 17, 16 without Neck/Nose (PoseAug), 14 (Pose2Mesh / 3DHP PCK)")
     precise_bn: int = field(-1, "after each training epoch, re-estimate batch-norm statistics over this many "
                                 "training batches (PreciseBN; 0: off, keep the moving averages; -1: 50 for "
-                                "semgcn, whose moving averages lag its weights, off for the others)")
+                                "semgcn, whose moving averages lag its weights, off for the others)", ge=-1)
 
     def validate(self) -> None:
         super().validate()
@@ -74,6 +74,7 @@ class LiftingConfig(TrainConfig):
 
 class LiftingMethod:
     """Base for methods whose product is a 2D->3D lifting network `self.model`."""
+    metrics = POSE_METRICS
 
     model: torch.nn.Module
     cfg: LiftingConfig

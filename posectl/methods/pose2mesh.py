@@ -40,7 +40,7 @@ from posectl.core.skeleton import EVAL_JOINT_SETS
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.synthetic import cache_dir
 from posectl.errors import ConfigError, DataError
-from posectl.methods.base import Context, DataConfig, TrainConfig, register, seed_everything
+from posectl.methods.base import POSE_METRICS, Context, DataConfig, TrainConfig, register, seed_everything
 from posectl.methods.lifting import BackboneConfig
 from posectl.models.meshnet import MeshNet
 
@@ -51,8 +51,8 @@ class BodyConfig:
         "anny", "body model giving the mesh topology and ground truth (tube: free skeleton-driven body, exact for "
                 "any 3D pose; anny: free parametric body, pseudo-GT fitted to the 3D joints; smpl: the user's SMPL "
                 "files, pseudo-GT fitted likewise)")
-    ring: int = field(12, "tube: vertices around each bone")
-    rings: int = field(5, "tube: rings along each bone (both ends included)")
+    ring: int = field(12, "tube: vertices around each bone", ge=3)
+    rings: int = field(5, "tube: rings along each bone (both ends included)", ge=2)
     topology: str = field("notoes_collapse10pc", "anny: mesh topology (notoes_collapse10pc: 1229 vertices, CPU; "
                                                  "notoes_collapse5pc / 3pc smaller; notoes, anny: full resolution)")
     path: str = field("", "smpl: directory with SMPL_NEUTRAL.npz (or .pkl of plain arrays) and J_regressor_h36m.npy")
@@ -69,9 +69,9 @@ class Pose2MeshData(DataConfig):
 
 @dataclass
 class MeshNetConfig:
-    width: int = field(64, "base channel width (paper: 64; coarse levels use up to 4x)")
+    width: int = field(64, "base channel width (paper: 64; coarse levels use up to 4x)", ge=1)
     levels: int = field(4, "coarsening levels between the mesh and its coarsest graph (each halves the nodes)")
-    cheb_order: int = field(3, "Chebyshev polynomial order K (paper: 3)")
+    cheb_order: int = field(3, "Chebyshev polynomial order K (paper: 3)", ge=1)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class Pose2MeshConfig(TrainConfig):
     body: BodyConfig = field(BodyConfig, "body model")
     posenet_epochs: int = field(2, "first epochs that train PoseNet alone (paper: a separate pre-training run)")
     optimizer: Literal["rmsprop", "adam"] = field("rmsprop", "optimiser (paper: RMSprop)")
-    lr_step: float = field(0.8, "share of the mesh-stage epochs after which the lr drops x0.1 (paper: 12 of 15)")
+    lr_step: float = field(0.8, "share of the mesh-stage epochs after which the lr drops x0.1 (paper: 12 of 15)", le=1)
     normal_loss_weight: float = field(0.1, "weight of the surface-normal loss")
     edge_loss_weight: float = field(20.0, "weight of the edge-length loss")
     edge_loss_start: int = field(5, "epoch (0-based) from which the edge-length loss is on (paper: 7 of 15)")
@@ -300,6 +300,7 @@ class MeshTargets:
 @register
 class Pose2Mesh:
     name = "pose2mesh"
+    metrics = POSE_METRICS + ("mpvpe", "mesh_gt_valid", "mpjpe_all17", "posenet_mpjpe")
     description = "Pose2Mesh: 2D pose -> 3D pose -> mesh with a coarse-to-fine graph network (ECCV'20)"
     Config = Pose2MeshConfig
     smoke_overrides = {"epochs": 2, "posenet_epochs": 1, "posenet.width": 256, "meshnet.width": 16,

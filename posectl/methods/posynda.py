@@ -45,27 +45,27 @@ from posectl.core.diffusion import Diffusion, estimate_root, jpma
 from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
-from posectl.methods.base import Context, DataInput, TrainConfig, register, seed_everything
+from posectl.methods.base import POSE_METRICS, Context, DataInput, TrainConfig, register, seed_everything
 from posectl.models.lora import LoRALinear, inject_lora, lora_state
 from posectl.models.mixste import Attention, MixSTEDenoiser
 
 
 @dataclass
 class DenoiserConfig:
-    width: int = field(128, "token width (published: 512)")
-    depth: int = field(4, "spatial + temporal block pairs (published: 8)")
-    heads: int = field(4, "attention heads (published: 8)")
-    frames: int = field(1, "frames per clip (published: 243; 1 = single-frame)")
-    dropout: float = field(0.1, "dropout in attention and MLPs")
+    width: int = field(128, "token width (published: 512)", ge=1)
+    depth: int = field(4, "spatial + temporal block pairs (published: 8)", ge=1)
+    heads: int = field(4, "attention heads (published: 8)", ge=1)
+    frames: int = field(1, "frames per clip (published: 243; 1 = single-frame)", ge=1)
+    dropout: float = field(0.1, "dropout in attention and MLPs", lt=1)
     checkpointing: bool = field(False, "recompute block activations in backward: far less memory, 1.4-1.8x "
                                        "the step time (for long clips, e.g. the published 243 frames)")
 
 
 @dataclass
 class RefinerConfig:
-    width: int = field(64, "token width of the per-pose refinement transformer (published: 512)")
-    depth: int = field(2, "encoder layers (published: 8)")
-    heads: int = field(4, "attention heads")
+    width: int = field(64, "token width of the per-pose refinement transformer (published: 512)", ge=1)
+    depth: int = field(2, "encoder layers (published: 8)", ge=1)
+    heads: int = field(4, "attention heads", ge=1)
 
 
 @dataclass
@@ -81,12 +81,12 @@ class PoSyndaTarget:
 class PoSyndaConfig(TrainConfig):
     stage: Literal["pretrain", "adapt"] = field("pretrain", "pretrain: supervised source diffusion; adapt: LoRA adaptation")
     source_checkpoint: str = field("", "adapt: a `posynda stage=pretrain` checkpoint (best.pt or its run directory)")
-    timesteps: int = field(1000, "diffusion steps T of the cosine schedule")
-    scale: float = field(1.0, "signal scale of the diffusion")
-    hypotheses: int = field(3, "hypotheses H sampled in parallel (README: 3)")
-    sampling_steps: int = field(2, "DDIM steps K")
-    lora_rank: int = field(4, "adapt: LoRA rank r on the attention projections")
-    ema: float = field(0.99, "adapt: EMA momentum of the teacher")
+    timesteps: int = field(1000, "diffusion steps T of the cosine schedule", ge=1)
+    scale: float = field(1.0, "signal scale of the diffusion", gt=0)
+    hypotheses: int = field(3, "hypotheses H sampled in parallel (README: 3)", ge=1)
+    sampling_steps: int = field(2, "DDIM steps K", ge=1)
+    lora_rank: int = field(4, "adapt: LoRA rank r on the attention projections", ge=1)
+    ema: float = field(0.99, "adapt: EMA momentum of the teacher", lt=1)
     w_t2d: float = field(0.5, "adapt: weight of the target 2D reprojection term")
     w_t3d: float = field(1.0, "adapt: weight of the target pseudo-label term")
     w_s3d: float = field(1.0, "adapt: weight of the GPA-styled source 3D term")
@@ -101,9 +101,10 @@ class PoSyndaConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("timesteps", "hypotheses", "sampling_steps", "lora_rank"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}: must be >= 1")
+        for part in ("denoiser", "refiner"):
+            c = getattr(self, part)
+            if c.width % c.heads:
+                raise ConfigError(f"{part}.width: must be a multiple of {part}.heads ({c.width} vs {c.heads})")
         if self.sampling_steps > self.timesteps:
             raise ConfigError("sampling_steps: at most `timesteps`")
         if not 0 <= self.ema < 1:
@@ -143,6 +144,7 @@ def _mpjpe_all(hyp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @register
 class PoSynDA:
     name = "posynda"
+    metrics = POSE_METRICS + ("p_best", "p_agg")
     description = "PoSynDA: diffusion multi-hypothesis pose synthesis for domain adaptation (MM'23)"
     Config = PoSyndaConfig
     smoke_overrides = {"epochs": 1}
