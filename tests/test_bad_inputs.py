@@ -245,6 +245,48 @@ def case_zero_gpus(tmp):
     return ["train", "baseline", "--gpus", "0"], "--gpus must be >= 1"
 
 
+def case_zero_workers(tmp):
+    return ["train", "baseline", "--workers", "0"], "--workers must be >= 1"
+
+
+def case_negative_cpus_per_worker(tmp):
+    return ["train", "baseline", "--cpus-per-worker", "-1"], "--cpus-per-worker must be > 0"
+
+
+def case_negative_max_failures(tmp):
+    return ["train", "baseline", "--max-failures", "-1"], "--max-failures must be >= 0"
+
+
+def case_dropout_out_of_range(tmp):
+    return ["train", "baseline", "backbone.dropout=2"], "backbone.dropout: must be < 1"
+
+
+def case_selection_on_the_test_split(tmp):
+    return ["train", "baseline", "data.val_split=test"], "data.val_split: 'test' is also the test split"
+
+
+def case_smoke_test_keeps_the_users_checks(tmp):
+    return ["train", "baseline", "epochs=0", "--smoke-test"], "epochs: must be >= 1"
+
+
+def case_search_negative_samples(tmp):
+    return ["tune", "baseline", "--samples", "-1", "--smoke-test"], "--samples must be >= 1"
+
+
+def case_search_zero_concurrent(tmp):
+    return ["tune", "baseline", "--concurrent", "0"], "--concurrent must be >= 1"
+
+
+def case_search_misspelt_method(tmp):
+    return ["tune", "basline"], "unknown method 'basline'"
+
+
+def case_eval_stride_zero(tmp):
+    p = tmp / "x.pt"
+    p.write_bytes(b"\x00garbage")
+    return ["eval", str(p), "--stride", "0"], "--stride must be >= 1"
+
+
 def case_checkpoint_garbage(tmp):
     p = tmp / "x.pt"
     p.write_bytes(b"\x00garbage")

@@ -80,3 +80,27 @@ def test_train_smoke_then_eval(ray_session, small_dataset, capsys, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     code, _, err = run_main(capsys, "eval", str(bad))
     assert code == 2 and "not a readable checkpoint" in err
+
+
+def test_an_unreachable_address_fails_in_seconds_not_minutes():
+    """ray.init retries an address where nothing listens for minutes; posectl checks it first."""
+    import socket
+
+    from posectl.errors import ResourceError
+    from posectl.orchestrator.cluster import _check_reachable
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                                           # a port nothing listens on
+    with pytest.raises(ResourceError, match=f"cannot connect to Ray at 127.0.0.1:{port}: nothing answers"):
+        _check_reachable(f"127.0.0.1:{port}")
+    with pytest.raises(ResourceError, match="nothing answers"):
+        _check_reachable(f"ray://127.0.0.1:{port}")
+    _check_reachable("auto")                            # resolved by ray.init itself
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    try:
+        _check_reachable(f"127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        listener.close()

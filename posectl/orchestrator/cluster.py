@@ -31,15 +31,32 @@ class Resources:
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} x ({per})"
 
 
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at host:port (ray.init would retry for minutes)."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return                                  # 'auto', or an address form ray.init resolves itself
+    import socket
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise ResourceError(f"cannot connect to Ray at {address}: nothing answers at {host}:{port} "
+                            f"({reason} after up to {timeout_s:g} s)") from None
+
+
 def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float | None = None) -> Resources:
     """`--gpus N`: one worker per GPU; `--workers N`: N CPU workers; default: one CPU worker."""
     if gpus is not None and workers is not None:
         raise ResourceError("use either --gpus or --workers, not both")
+    if cpus_per_worker is not None and not cpus_per_worker > 0:
+        raise ResourceError(f"--cpus-per-worker must be > 0, got {cpus_per_worker:g}")
     if gpus is not None:
         if gpus < 1:
             raise ResourceError("--gpus must be >= 1")
         return Resources(workers=gpus, cpus=cpus_per_worker or 1.0, gpus=1.0)
-    n = workers or 1
+    n = 1 if workers is None else workers
     if n < 1:
         raise ResourceError("--workers must be >= 1")
     if cpus_per_worker is None:
@@ -62,6 +79,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
         logging.getLogger(name).setLevel(level)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=not quiet, namespace="posectl", logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as e:

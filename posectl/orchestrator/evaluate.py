@@ -9,7 +9,7 @@ import torch
 from posectl.config import build
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
-from posectl.errors import DataError
+from posectl.errors import ConfigError, DataError
 from posectl.methods.base import Context, get_method, method_inputs, reads_images
 from posectl.orchestrator.experiment import load_checkpoint
 
@@ -17,6 +17,8 @@ from posectl.orchestrator.experiment import load_checkpoint
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None,
                         keypoints: str | None = None, flip: bool | None = None, stride: int = 1,
                         joints: str | None = None) -> dict[str, Any]:
+    if stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {stride}")
     state = load_checkpoint(checkpoint)
     method_cls = get_method(state["method"])
     _require(state, checkpoint)

@@ -180,6 +180,8 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
     from posectl.orchestrator.experiment import default_runs_dir
 
     method_cls = get_method(method)
+    if max_failures < 0:
+        raise PosectlError(f"--max-failures must be >= 0, got {max_failures} (Ray reads -1 as retrying forever)")
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
     if resume:
         if not name:
@@ -195,6 +197,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         if to_dict(cfg) != doc["config"]:
             raise PosectlError(f"--resume cannot change the config of run '{name}' (see {exp.config_path})")
     else:
+        build(method_cls.Config, *cfg_layers, context=f"method {method}")    # the user's values, before --smoke-test's
         layers = list(cfg_layers) + ([smoke_overrides(method_cls)] if smoke_test else [])
         cfg = build(method_cls.Config, *layers, context=f"method {method}")
         exp = Experiment(runs_dir / (name or default_run_name(method)))

@@ -63,9 +63,14 @@ class Search:
         return sorted(self.trials, key=lambda t: (math.isnan(t.best), sign * t.best if not math.isnan(t.best) else 0))
 
     def trial(self, trial_id: str) -> Trial:
-        for t in self.trials:
-            if t.id == trial_id or t.path.name == trial_id or t.id.startswith(trial_id):
-                return t
+        """The trial with this id or directory name, or the one whose id starts with it."""
+        exact = [t for t in self.trials if trial_id and trial_id in (t.id, t.path.name)]
+        found = exact or [t for t in self.trials if trial_id and t.id.startswith(trial_id)]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise PosectlError(f"trial id prefix '{trial_id}' is ambiguous in {self.path}: "
+                               f"{', '.join(t.id for t in found)}")
         raise PosectlError(f"no trial '{trial_id}' in {self.path} (trials: {', '.join(t.id for t in self.trials)})")
 
     def best(self) -> Trial:

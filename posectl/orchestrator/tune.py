@@ -153,24 +153,30 @@ def plan_search(method: str, space: str | Path | None = None, samples: int | Non
                 workers_per_trial: int | None = None, name: str | None = None,
                 storage_path: str | Path | None = None, smoke_test: bool = False,
                 overrides: dict | None = None, have: dict | None = None) -> tuple[Plan, list[dict]]:
+    cls = get_method(method)                   # an unknown method is named as such, with a suggestion
     sp = _resolve_space(method, space)
-    cls = get_method(method)
     layers = [sp.fixed, overrides or {}]
+    build(cls.Config, *layers, context=f"method {method}")      # the user's values, before --smoke-test's
     if smoke_test:
         layers.append({"epochs": 2, "data.max_train_samples": 1024, "data.eval_stride": 10})
-        samples = samples or 2
+        samples = 2 if samples is None else samples
+    for flag, value in (("--samples", samples), ("--concurrent", concurrent), ("--gpus-per-trial", gpus_per_trial),
+                        ("--workers-per-trial", workers_per_trial)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     base = build(cls.Config, *layers, context=f"method {method}")
     if gpus_per_trial is not None and workers_per_trial is not None:
         raise ConfigError("use either --gpus-per-trial or --workers-per-trial")
     res = sp.resources
-    if gpus_per_trial:
+    if gpus_per_trial is not None:
         resources = cluster.Resources(workers=gpus_per_trial, cpus=float(res["cpus"]), gpus=1.0)
     else:
-        resources = cluster.Resources(workers=workers_per_trial or int(res["workers"]), cpus=float(res["cpus"]),
+        resources = cluster.Resources(workers=workers_per_trial if workers_per_trial is not None else int(res["workers"]), cpus=float(res["cpus"]),
                                       gpus=float(res["gpus"]))
     storage = Path(storage_path).absolute() if storage_path else default_storage()
     name = name or f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    plan = Plan(method, name, storage / name, sp, samples or sp.samples, concurrent or sp.concurrent,
+    plan = Plan(method, name, storage / name, sp, sp.samples if samples is None else samples,
+                sp.concurrent if concurrent is None else concurrent,
                 resources, have or {}, base.epochs)
     return plan, layers
 
