@@ -1,5 +1,6 @@
 """Arrow schema round trip, manifest validation, synthetic generator determinism and anatomy."""
 import json
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -178,3 +179,96 @@ def test_write_synthetic_splits_by_subject(small_dataset):
     subjects = [set(splits[s]["subjects"]) for s in splits]
     assert all(not (a & b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
     assert ds.layout.name == "h36m17" and ds.manifest["info"]["generator"] == "posectl.synthetic"
+
+
+def _relabel(ds, **fields):
+    """Edit a committed dataset's manifest.json (its shards and their checksums stay as they are)."""
+    m = json.loads((ds / "manifest.json").read_text())
+    m.update(fields)
+    (ds / "manifest.json").write_text(json.dumps(m))
+    return ds
+
+
+def test_shards_of_another_joint_count_are_refused_on_open(tmp_path):
+    """16-joint shards under a manifest that says h36m17 (checksums valid): a one-line DataError naming the shard
+    and the column when the dataset is opened (as training and `data info` do), not a reshape in a Ray worker."""
+    w = DatasetWriter(tmp_path / "ds", "t", "h36m16")
+    w.add_split("train", table_from_arrays(_arrays(J=16), "t", "source", detections={"sh": _arrays(J=16).keypoints_2d}))
+    ds = _relabel(w.commit(), joint_layout="h36m17", num_joints=17)
+    msg = r"train-00000\.parquet: column 'keypoints_2d' has type .*shape=\[16,2\].*expected .*shape=\[17,2\]"
+    for verify in (False, True):
+        with pytest.raises(DataError, match=msg):
+            PoseDataset(ds, verify=verify)
+    # training opens the dataset on the driver: the same error, before Ray is started or a run is created
+    from posectl.orchestrator.train import train
+    with pytest.raises(DataError, match=msg):
+        train("baseline", [{"data.path": str(ds)}], runs_dir=tmp_path / "runs", name="r")
+    assert not (tmp_path / "runs" / "r").exists()
+    # `posectl data info`: error line, exit code 2
+    from posectl.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["data", "info", str(ds)])
+    assert e.value.code == 2
+    # a detection column of another joint count than the ground truth is named too
+    w = DatasetWriter(tmp_path / "det", "t", "h36m17")
+    t = table_from_arrays(_arrays(), "t", "source", detections={"sh": _arrays().keypoints_2d})
+    bad = table_from_arrays(_arrays(J=16), "t", "source", detections={"sh": _arrays(J=16).keypoints_2d})
+    t = t.set_column(t.schema.get_field_index("keypoints_2d_sh"), "keypoints_2d_sh", bad.column("keypoints_2d_sh"))
+    w.add_split("train", t)
+    with pytest.raises(DataError, match=r"column 'keypoints_2d_sh' has type .*shape=\[16,2\]"):
+        PoseDataset(w.commit())
+
+
+def test_batches_of_another_joint_count_are_data_errors():
+    """A worker's numpy batch whose rows do not hold J joints: a DataError naming the column, not a reshape error."""
+    from posectl.datasets.store import arrays_from_batch
+    a = _arrays(n=4, J=16)
+    batch = {"keypoints_2d": a.keypoints_2d, "joints_3d": a.joints_3d, "intrinsics": a.intrinsics,
+             "image_size": a.image_size, "subject": a.subject, "action": a.action, "camera": a.camera,
+             "frame": a.frame}
+    with pytest.raises(DataError, match=r"w: column keypoints_2d has rows of shape \[16, 2\], expected \[17, 2\]"):
+        arrays_from_batch(batch, num_joints=17, where="w")
+    batch["keypoints_2d"] = _arrays(n=4).keypoints_2d
+    with pytest.raises(DataError, match=r"w: column joints_3d has rows of shape \[16, 3\], expected \[17, 3\]"):
+        arrays_from_batch(batch, num_joints=17, where="w")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["splits"]["train"].pop("shards"), "split 'train' lacks 'shards'"),
+    (lambda m: m["splits"]["train"].pop("rows"), "split 'train' lacks 'rows'"),
+    (lambda m: m.__setitem__("splits", ["train"]), "'splits' must be an object"),
+    (lambda m: m.__setitem__("splits", {}), "no splits"),
+    (lambda m: m["splits"].__setitem__("train", "train-00000.parquet"), "split 'train' must be an object"),
+    (lambda m: m["splits"]["train"].__setitem__("shards", "train-00000.parquet"), "'shards' must be a non-empty list"),
+    (lambda m: m["splits"]["train"].__setitem__("subjects", "S1"), "'subjects' must be a list"),
+    (lambda m: m["shards"]["train-00000.parquet"].pop("sha256"), "shard train-00000.parquet lacks its 'sha256'"),
+    (lambda m: m["shards"].__setitem__("train-00000.parquet", "abc"), "shard train-00000.parquet: entry must be"),
+    (lambda m: m["shards"].pop("train-00000.parquet"), "train-00000.parquet of split 'train' is not listed in 'shards'"),
+    (lambda m: m.__setitem__("shards", []), "'shards' must be an object"),
+    (lambda m: m["shards"].__setitem__("../x.parquet", m["shards"]["train-00000.parquet"]), "not a file name"),
+    (lambda m: m.__setitem__("joint_layout", ["h36m17"]), "'joint_layout' must be a layout name"),
+    (lambda m: m.__setitem__("num_joints", "17"), "'num_joints' must be an integer"),
+    (lambda m: m.__setitem__("keypoints_2d", "gt"), "'keypoints_2d' must be a list"),
+    (lambda m: m.__setitem__("info", [1]), "'info' must be an object"),
+])
+def test_malformed_manifest_is_a_data_error(tiny, edit, message):
+    """A hand-edited manifest.json: a one-line DataError naming the file, never a KeyError/AttributeError."""
+    m = json.loads((tiny / "manifest.json").read_text())
+    edit(m)
+    (tiny / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"manifest\.json: .*" + re.escape(message)) as e:
+        PoseDataset(tiny, verify=True).summary()
+    assert "\n" not in str(e.value)
+
+
+def test_attach_images_pattern_errors_are_data_errors(tiny, tmp_path):
+    """A format spec or conversion that does not fit a field (subject is a string, frame an integer): a DataError
+    naming the pattern, and nothing written at --out."""
+    from posectl.datasets.images import attach_images
+    for pattern, message in (("{subject:06d}.jpg", "Unknown format code 'd'"),
+                             ("{frame!x}.jpg", "Unknown conversion specifier x"),
+                             ("{frame[0]}.jpg", "not subscriptable"),
+                             ("{subject/{frame}.jpg", "")):
+        with pytest.raises(DataError, match=re.escape(f"--pattern '{pattern}': ") + ".*" + re.escape(message)):
+            attach_images(tiny, tmp_path / "out", pattern)
+    assert not (tmp_path / "out").exists()

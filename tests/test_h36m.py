@@ -1,5 +1,6 @@
 """Human3.6M importer and the restricted npz loader: on constructed bad files and on the real data."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -216,3 +217,110 @@ def test_training_on_real_detections(ray_session, real_h36m, tmp_path):
                               "backbone.width": 128, "data.train_stride": 50, "data.eval_stride": 50}],
                 runs_dir=tmp_path, name="det")
     assert 20 < out.results["test"]["mpjpe"] < 400
+
+
+def _write_2d(path, J, T=50, subjects=("S1", "S9")):
+    d2 = {s: {a: [np.random.default_rng(1).uniform(0, 1000, (T, J, 2)).astype(np.float32)] * 4
+              for a in ("Walking", "Eating 2")} for s in subjects}
+    np.savez(path, positions_2d=_obj(d2), metadata=_obj({"num_joints": J}))
+    return path
+
+
+def _ragged(d):
+    d["S1"]["Walking"] = [np.ones((3, 32, 3), np.float32), np.ones((2, 32, 3), np.float32)]
+
+
+def _objects(d):
+    a = np.empty(2, dtype=object)
+    a[0], a[1] = np.ones((3, 32, 3)), np.ones((2, 32, 3))
+    d["S1"]["Walking"] = a
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_ragged, "S1 'Walking': not an array of numbers"),
+    (_objects, "S1 'Walking': not an array of numbers"),
+    (lambda d: d.__setitem__("S1", {}), "subject S1 has no actions"),
+    (lambda d: d.__setitem__("S1", {1: np.ones((5, 32, 3), np.float32)}), "action names that are not strings"),
+])
+def test_bad_3d_structure_is_refused(tmp_path, mutate, message):
+    """Ragged/object action arrays and a subject without actions: one-line DataErrors, nothing written."""
+    d = _fake_3d()
+    mutate(d)
+    with pytest.raises(DataError, match=message):
+        prepare_h36m(tmp_path / "out", _write_3d(tmp_path / "d3.npz", d))
+    assert [p.name for p in tmp_path.iterdir()] == ["d3.npz"]  # nothing half-written
+
+
+def test_nothing_to_write_is_refused(tmp_path):
+    """Only subjects without benchmark 3D (S2-S4): no rows, so no dataset (not an empty one with rc 0)."""
+    d3 = _write_3d(tmp_path / "d3.npz", _fake_3d(subjects=("S2",)))
+    cams = tmp_path / "cameras.json"
+    cams.write_text(json.dumps({"subjects": {"S2": {"54138969": _cam()}}}))
+    with pytest.raises(DataError, match="d3.npz: nothing to write"):
+        prepare_h36m(tmp_path / "out", d3, cameras_json=cams)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cameras.json", "d3.npz"]
+
+
+@pytest.mark.parametrize("J, layout, message", [
+    (17, "mpii16", "camera 0: 17 joints, but --2d-layout mpii16 has 16"),
+    (17, "h36m16", "camera 0: 17 joints, but --2d-layout h36m16 has 16"),
+    (16, "h36m17", "camera 0: 16 joints, but --2d-layout h36m17 has 17"),
+    (16, "foo", "--2d-layout: unknown layout 'foo' (use mpii16, h36m16, h36m17)"),
+    (16, "h36m32", "--2d-layout: unknown layout 'h36m32'"),
+])
+def test_2d_layout_must_fit_the_2d_files(tmp_path, J, layout, message):
+    d3 = _write_3d(tmp_path / "d3.npz", _fake_3d())
+    d2 = _write_2d(tmp_path / "data_2d_h36m_x.npz", J)
+    with pytest.raises(DataError, match=re.escape(message)):
+        prepare_h36m(tmp_path / "out", d3, [d2], detection_layout=layout)
+    assert not (tmp_path / "out").exists() and len(list(tmp_path.iterdir())) == 2
+
+
+def test_2d_layout_that_fits_is_used(tmp_path):
+    d3 = _write_3d(tmp_path / "d3.npz", _fake_3d())
+    with pytest.warns(UserWarning, match="S11"):
+        out = prepare_h36m(tmp_path / "out", d3, [_write_2d(tmp_path / "data_2d_h36m_x.npz", 16)],
+                           detection_layout="h36m16")
+    assert PoseDataset(out).manifest["info"]["detections"]["x"]["layout"] == "h36m16"
+
+
+def _cam(**edit):
+    c = {"R": np.eye(3).tolist(), "t": [0, 0, 5], "f": [1000, 1000], "c": [500, 500], "k": [0, 0, 0], "p": [0, 0],
+         "width": 1000, "height": 1000}
+    c.update(edit)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def _cameras(**edit):
+    return {"subjects": {s: {"54138969": _cam(**edit)} for s in ("S1", "S9")}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ("{}", "expected an object with 'subjects'"),
+    ("[1, 2]", "expected an object with 'subjects'"),
+    (json.dumps({"subjects": {"S1": [1, 2]}}), "subjects['S1'] must be an object"),
+    (json.dumps({"subjects": {"S1": {"54138969": 3}}}), "S1 camera 54138969: calibration must be an object"),
+    (json.dumps(_cameras(R=None)), "S1 camera 54138969: lacks 'R'"),
+    (json.dumps(_cameras(t=[0, 0])), "S1 camera 54138969: 't' must be 3 finite numbers"),
+    (json.dumps(_cameras(f="x")), "'f' must be 2 finite numbers"),
+    (json.dumps(_cameras(width="1000")), "'width' must be a positive integer"),
+    (json.dumps({**_cameras(), "camera_order": "54138969"}), "'camera_order' must be a list"),
+    (json.dumps({**_cameras(), "camera_order": ["1"]}), "no camera of S1 is in the camera order"),
+])
+def test_bad_cameras_json_is_refused(tmp_path, text, message):
+    """--cameras: bad JSON or a wrong structure is a DataError naming the file, before anything is written."""
+    d3 = _write_3d(tmp_path / "d3.npz", _fake_3d())
+    cams = tmp_path / "cameras.json"
+    cams.write_text(text)
+    with pytest.raises(DataError, match=re.escape(f"{cams}: ") + ".*" + re.escape(message)):
+        prepare_h36m(tmp_path / "out", d3, cameras_json=cams)
+    assert not (tmp_path / "out").exists() and len(list(tmp_path.iterdir())) == 2
+
+
+def test_cameras_json_round_trip(tmp_path):
+    d3 = _write_3d(tmp_path / "d3.npz", _fake_3d())
+    cams = tmp_path / "cameras.json"
+    cams.write_text(json.dumps(_cameras(width=1000.0)))
+    out = prepare_h36m(tmp_path / "out", d3, cameras_json=cams, subjects=["S1", "S9"])
+    assert PoseDataset(out, verify=True).manifest["splits"]["test"]["rows"] == 2 * 50

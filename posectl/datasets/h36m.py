@@ -23,8 +23,8 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
-from posectl.core.skeleton import conversion_indices
+from posectl.core.camera import H36M_CAMERA_IDS, Camera, cameras_from_json, h36m_cameras, project, world_to_camera
+from posectl.core.skeleton import conversion_indices, get_layout
 from posectl.datasets.safe_npz import load_npz
 from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
 from posectl.errors import DataError
@@ -41,8 +41,14 @@ def source_name(path: Path) -> str:
     return m.group(1) if m else path.stem
 
 
+DETECTION_LAYOUTS = ("mpii16", "h36m16", "h36m17")   # joint orders of 2D files that map to h36m17
+
+
 def _detection_layout(meta: dict, num_joints: int, name: str, override: str | None) -> str:
     if override:
+        expected = get_layout(override).num_joints
+        if num_joints != expected:
+            raise ValueError(f"{num_joints} joints, but --2d-layout {override} has {expected}")
         return override
     layout = (meta or {}).get("layout_name")
     if num_joints == 17:
@@ -51,7 +57,18 @@ def _detection_layout(meta: dict, num_joints: int, name: str, override: str | No
         if layout == "mpii" or (layout is None and name.startswith("sh")):
             return "mpii16"
         return "h36m16"
-    raise ValueError(f"{num_joints} joints")
+    raise ValueError(f"unsupported joint count {num_joints}")
+
+
+def _as_float_array(x, where: str) -> np.ndarray:
+    """An action's poses as a numeric array; a ragged list or an object array is a one-line DataError."""
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError):
+        raise DataError(f"{where}: not an array of numbers (ragged or nested values)") from None
+    if a.dtype.kind not in "fiu":
+        raise DataError(f"{where}: not an array of numbers (dtype {a.dtype}, shape {a.shape})")
+    return a
 
 
 def _to_h36m17(kp: np.ndarray, layout: str) -> np.ndarray:
@@ -74,7 +91,57 @@ def _check_subject_dict(obj, path: Path, key: str) -> dict:
             raise DataError(f"{path}: unknown subject '{subject}' (Human3.6M has {', '.join(KNOWN_SUBJECTS)})")
         if not isinstance(actions, dict):
             raise DataError(f"{path}: {key}['{subject}'] must be a dict action -> array")
+        if not all(isinstance(a, str) for a in actions):
+            raise DataError(f"{path}: {key}['{subject}'] has action names that are not strings")
     return obj
+
+
+def _load_cameras(path: Path) -> dict[str, list[Camera]]:
+    """cameras.json (subjects -> camera id -> {R, t, f, c, k, p, width, height}), its structure checked
+    before it is parsed, so that a wrong file is a one-line DataError naming it."""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: cameras file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read cameras file ({e.__class__.__name__})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("subjects"), dict) or not obj["subjects"]:
+        raise DataError(f"{path}: expected an object with 'subjects': subject -> camera id -> calibration")
+    order = obj.get("camera_order")
+    if order is not None and (not isinstance(order, list) or not all(isinstance(c, str) for c in order)):
+        raise DataError(f"{path}: 'camera_order' must be a list of camera ids")
+    shapes = {"R": (3, 3), "t": (3,), "f": (2,), "c": (2,), "k": (3,), "p": (2,)}
+    for subject, cams in obj["subjects"].items():
+        if not isinstance(cams, dict) or not cams:
+            raise DataError(f"{path}: subjects['{subject}'] must be an object camera id -> calibration")
+        for cid, c in cams.items():
+            where = f"{path}: {subject} camera {cid}"
+            if not isinstance(c, dict):
+                raise DataError(f"{where}: calibration must be an object with R, t, f, c, width, height")
+            for key, shape in shapes.items():
+                if key not in c:
+                    if key in ("k", "p"):
+                        continue
+                    raise DataError(f"{where}: lacks '{key}'")
+                try:
+                    v = np.asarray(c[key], dtype=np.float64)
+                except (ValueError, TypeError):
+                    v = None
+                if v is None or v.shape != shape or not np.isfinite(v).all():
+                    raise DataError(f"{where}: '{key}' must be {' x '.join(map(str, shape))} finite numbers")
+            for key in ("width", "height"):
+                v = c.get(key)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v != int(v) \
+                        or v <= 0:
+                    raise DataError(f"{where}: '{key}' must be a positive integer (pixels)")
+    cams = cameras_from_json(obj)
+    empty = [s for s, v in cams.items() if not v]
+    if empty:
+        raise DataError(f"{path}: no camera of {empty[0]} is in the camera order "
+                        f"({', '.join(order or H36M_CAMERA_IDS)})")
+    return cams
 
 
 def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path] = (),
@@ -85,11 +152,13 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
     say = progress or (lambda msg: None)
     if not 0 <= val_fraction < 0.5:
         raise DataError("--val-fraction must be in [0, 0.5)")
+    if detection_layout is not None and detection_layout not in DETECTION_LAYOUTS:
+        raise DataError(f"--2d-layout: unknown layout '{detection_layout}' (use {', '.join(DETECTION_LAYOUTS)})")
     say(f"reading {path_3d}")
     pos3d = _check_subject_dict(load_npz(path_3d, ("positions_3d",))["positions_3d"], path_3d, "positions_3d")
     cams: dict[str, list[Camera]]
     if cameras_json:
-        cams = cameras_from_json(json.loads(Path(cameras_json).read_text()))
+        cams = _load_cameras(Path(cameras_json))
     else:
         cams = {s: h36m_cameras(s) for s in pos3d if s not in ("S2", "S3", "S4")}
     dets: dict[str, tuple[dict, str]] = {}
@@ -114,10 +183,12 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
         split_of_subject = "train" if subject in TRAIN_SUBJECTS else "test" if subject in TEST_SUBJECTS else None
         if split_of_subject is None:
             continue  # S2-S4 have no 3D in the benchmark protocol
+        if not pos3d[subject]:
+            raise DataError(f"{path_3d}: subject {subject} has no actions")
         say(f"converting {subject}")
         for action, X in sorted(pos3d[subject].items()):
             where = f"{path_3d}: {subject} '{action}'"
-            X = np.asarray(X)
+            X = _as_float_array(X, where)
             if X.ndim != 3 or X.shape[1:] != (32, 3):
                 raise DataError(f"{where}: expected shape (T, 32, 3), got {X.shape}")
             if len(X) == 0:
@@ -135,8 +206,8 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
                     raise DataError(f"{p}: {subject} '{action}': expected {len(cams[subject])} camera arrays")
                 det_arrays[src] = []
                 for ci, v in enumerate(views):
-                    v = np.asarray(v)
                     w2 = f"{p}: {subject} '{action}' camera {ci}"
+                    v = _as_float_array(v, w2)
                     if v.ndim != 3 or v.shape[-1] < 2 or v.shape[1] not in (16, 17):
                         raise DataError(f"{w2}: expected (T, 16|17, 2), got {v.shape}")
                     if len(v) < T:
@@ -147,7 +218,7 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
                     try:
                         layout = _detection_layout(meta, v.shape[1], src, detection_layout)
                     except ValueError as e:
-                        raise DataError(f"{w2}: unsupported joint count ({e})") from None
+                        raise DataError(f"{w2}: {e}") from None
                     det_info[src] = {"layout": layout, "filled": ["Neck/Nose"] if layout != "h36m17" else []}
                     det_arrays[src].append(_to_h36m17(v, layout))
             n_val = int(round(T * val_fraction)) if split_of_subject == "train" else 0
@@ -166,6 +237,9 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
                     if sl.stop > sl.start:
                         per_split[split].append(table_from_arrays(
                             arr.take(sl), "h36m", "h36m", ext[sl], {k: v[sl] for k, v in det.items()}))
+    if not any(per_split.values()):
+        raise DataError(f"{path_3d}: nothing to write (no frames of S1, S5-S9 or S11"
+                        f"{' among ' + ', '.join(subjects) if subjects else ''})")
     missing = [s for s in TEST_SUBJECTS if s not in pos3d and (not subjects or s in subjects)]
     if missing:
         warnings.warn(f"test subject(s) {', '.join(missing)} not in {path_3d.name}: the test split has "

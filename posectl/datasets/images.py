@@ -34,13 +34,39 @@ def decode(value) -> np.ndarray:
         raise DataError(f"{what}: cannot be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+EXAMPLE_PATTERN = "'{subject}/{action}.{camera}/{frame:06d}.jpg'"
+# a row as the pattern sees it: split, subject, action and camera are strings, frame an integer
+SAMPLE_ROW = {"split": "train", "subject": "S1", "action": "Walking 1", "camera": "54138969", "frame": 0}
+
+
 def check_pattern(pattern: str) -> None:
-    names = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as e:
+        raise DataError(f"--pattern '{pattern}': {e}, e.g. {EXAMPLE_PATTERN}") from None
     unknown = [n for n in names if n.split(".")[0].split("[")[0] not in FIELDS]
     if unknown or not names:
         raise DataError(f"--pattern: use fields {', '.join('{' + f + '}' for f in FIELDS)}"
-                        f"{'' if not unknown else f' (unknown: {unknown[0]})'}, e.g. "
-                        "'{subject}/{action}.{camera}/{frame:06d}.jpg'")
+                        f"{'' if not unknown else f' (unknown: {unknown[0]})'}, e.g. {EXAMPLE_PATTERN}")
+    try:                                  # format specs and conversions: '{subject:06d}' is refused here
+        pattern.format(**SAMPLE_ROW)
+    except IndexError:
+        pass                              # '{subject[3]}' depends on the row's values: checked per row
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise DataError(_pattern_error(pattern, e)) from None
+
+
+def format_pattern(pattern: str, row: dict) -> str:
+    """`pattern` formatted with one row's fields; a format spec that does not fit a field is a DataError."""
+    try:
+        return pattern.format(**row)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise DataError(_pattern_error(pattern, e)) from None
+
+
+def _pattern_error(pattern: str, e: Exception) -> str:
+    return (f"--pattern '{pattern}': {e} (split, subject, action and camera are strings, frame an integer), "
+            f"e.g. {EXAMPLE_PATTERN}")
 
 
 def attach_images(src: str | Path, out: str | Path, pattern: str, root: str | Path | None = None,
@@ -60,7 +86,8 @@ def attach_images(src: str | Path, out: str | Path, pattern: str, root: str | Pa
             t = ds.read_table(split)
             cols = {k: t.column(k).to_pylist() for k in FIELDS[1:]}
             size = t.column("image_size").to_pylist()
-            paths = [base / pattern.format(split=split, **{k: cols[k][i] for k in cols}) for i in range(t.num_rows)]
+            paths = [base / format_pattern(pattern, {"split": split, **{k: cols[k][i] for k in cols}})
+                     for i in range(t.num_rows)]
             missing = [p for p in paths if not p.is_file()]
             if missing:
                 raise DataError(f"{len(missing)} of {len(paths)} '{split}' images not found, e.g. {missing[0]}")

@@ -117,6 +117,9 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
         v = np.asarray(v)
         if v.dtype == object:
             v = np.stack(list(v))
+        if shape_tail and v.size != len(v) * int(np.prod(shape_tail)):
+            raise DataError(f"{where}: column {name} has rows of shape {list(v.shape[1:])}, "
+                            f"expected {list(shape_tail)}")
         return v.reshape((-1, *shape_tail)) if shape_tail else v
 
     def strings(name):
@@ -127,6 +130,8 @@ def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None
 
     kp = tensor(col, ())
     J = num_joints or kp.shape[1]
+    if kp.size != len(kp) * J * 2:
+        raise DataError(f"{where}: column {col} has rows of shape {list(kp.shape[1:])}, expected [{J}, 2]")
     out = PoseArrays(
         keypoints_2d=kp.reshape(-1, J, 2).astype(np.float32, copy=False),
         joints_3d=(tensor("joints_3d", (J, 3)).astype(np.float32, copy=False) if with_3d
@@ -343,6 +348,74 @@ def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
         raise DataError(f"{path}: unreadable Parquet shard ({str(e).splitlines()[0]})") from None
 
 
+def read_shard_schema(path: str) -> pa.Schema:
+    """One Parquet shard's schema (read from its footer), with a one-line error for an unreadable file."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise DataError(f"{path}: unreadable Parquet shard ({str(e).splitlines()[0]})") from None
+
+
+def _check_manifest(m: dict, mpath: Path) -> None:
+    """The manifest's structure (types of its entries, split shards listed with their checksums), so that a
+    hand-edited or damaged manifest.json is a one-line error and not a KeyError later."""
+    def bad(problem: str):
+        raise DataError(f"{mpath}: {problem}")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def str_list(v) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    if not isinstance(m["joint_layout"], str):
+        bad("'joint_layout' must be a layout name (a string)")
+    if not is_int(m["num_joints"]):
+        bad("'num_joints' must be an integer")
+    shards = m["shards"]
+    if not isinstance(shards, dict):
+        bad("'shards' must be an object: file name -> {rows, sha256}")
+    for name, meta in shards.items():
+        if not name or name in (".", "..") or "/" in name or "\\" in name or name == MANIFEST:
+            bad(f"shard name '{name}' is not a file name in the dataset directory")
+        if not isinstance(meta, dict):
+            bad(f"shard {name}: entry must be an object with 'rows' and 'sha256'")
+        if not isinstance(meta.get("sha256"), str):
+            bad(f"shard {name} lacks its 'sha256' checksum")
+        if not is_int(meta.get("rows")) or meta["rows"] < 0:
+            bad(f"shard {name} lacks a row count ('rows')")
+        if "subject" in meta and not isinstance(meta["subject"], str):
+            bad(f"shard {name}: 'subject' must be a string")
+    splits = m["splits"]
+    if not isinstance(splits, dict):
+        bad("'splits' must be an object: split -> {subjects, rows, shards}")
+    if not splits:
+        bad("no splits (the dataset has no rows)")
+    for split, entry in splits.items():
+        if not isinstance(entry, dict):
+            bad(f"split '{split}' must be an object with 'subjects', 'rows' and 'shards'")
+        for key in ("subjects", "rows", "shards"):
+            if key not in entry:
+                bad(f"split '{split}' lacks '{key}'")
+        if not str_list(entry["shards"]) or not entry["shards"]:
+            bad(f"split '{split}': 'shards' must be a non-empty list of file names")
+        if not str_list(entry["subjects"]):
+            bad(f"split '{split}': 'subjects' must be a list of strings")
+        if not is_int(entry["rows"]) or entry["rows"] < 0:
+            bad(f"split '{split}': 'rows' must be a non-negative integer")
+        unlisted = [s for s in entry["shards"] if s not in shards]
+        if unlisted:
+            bad(f"shard {unlisted[0]} of split '{split}' is not listed in 'shards' (no checksum)")
+    kp = m.get("keypoints_2d", ["gt"])
+    if not str_list(kp) or not kp or kp[0] != "gt":
+        bad("'keypoints_2d' must be a list of 2D sources starting with \"gt\"")
+    if m.get("images") not in (None, *set(IMAGE_TYPES.values())):
+        bad(f"'images' must be {' or '.join(sorted(set(IMAGE_TYPES.values())))}")
+    for key in ("info", "body_params"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            bad(f"'{key}' must be an object")
+
+
 class PoseDataset:
     """A validated on-disk dataset. Opening it checks the manifest; `verify()` checks checksums."""
 
@@ -365,6 +438,7 @@ class PoseDataset:
         for key in ("joint_layout", "num_joints", "splits", "shards"):
             if key not in m:
                 raise DataError(f"{mpath}: manifest lacks '{key}'")
+        _check_manifest(m, mpath)
         try:
             self.layout = get_layout(m["joint_layout"])
         except ValueError as e:
@@ -377,8 +451,15 @@ class PoseDataset:
             for shard in entry["shards"]:
                 if not (self.path / shard).is_file():
                     raise DataError(f"{self.path}: shard {shard} of split '{split}' is missing")
+        for shard in m["shards"]:
+            if not (self.path / shard).is_file():
+                raise DataError(f"{self.path}: shard {shard} is missing")
         if verify:
             self.verify()
+        # every shard's columns (its Parquet footer only) against the manifest's layout, so that a shard of
+        # another joint count is named here, on the driver, and not in a training worker's reshape
+        for shard in m["shards"]:
+            self.check_schema(read_shard_schema(str(self.path / shard)), str(self.path / shard))
 
     @property
     def name(self) -> str:
@@ -440,6 +521,10 @@ class PoseDataset:
             got = schema.field(f.name).type
             if got != f.type:
                 raise DataError(f"{where}: column '{f.name}' has type {got}, expected {f.type}")
+        kp = expected.field("keypoints_2d").type
+        for name in schema.names:          # detections (keypoints_2d_<src>): the same joint count as the GT
+            if name.startswith("keypoints_2d_") and schema.field(name).type != kp:
+                raise DataError(f"{where}: column '{name}' has type {schema.field(name).type}, expected {kp}")
         if IMAGE_COLUMN in schema.names and schema.field(IMAGE_COLUMN).type not in IMAGE_TYPES:
             raise DataError(f"{where}: column 'image' has type {schema.field(IMAGE_COLUMN).type}, expected "
                             f"binary (encoded image) or string (path)")
