@@ -11,7 +11,14 @@ Each run is the plugin's epoch loop in this process (the loop a Tune trial runs)
 
     python benchmarks/posynda_effect.py [--protocols subject domain] [--seeds 0 1 2]
         [--pretrain-epochs 12] [--pretrain-batch 64] [--adapt-epochs 2] [--rows 14000] [--adapt-rows 8000]
-        [--adapt-batch 256] [--adapt-lr 1e-3] [--eval-stride 40] [--out DIR]
+        [--adapt-batch 256] [--adapt-lr 1e-3] [--eval-stride 40] [--out DIR] [--cost [--tflops 67]]
+
+--cost trains nothing: it prints the compute the same command would take. It counts the FLOPs
+(torch.utils.flop_counter: matrix products, attention included, activation checkpointing's recomputation
+included) of one real pretraining step, adaptation step and evaluated row on one row at the configured
+size, and multiplies by the command's rows, epochs, evaluations (validation after every epoch and at
+the end, test once per stage) and seeds. Element-wise work is not counted, so the hours printed at
+--tflops sustained are a lower bound. At the published size the adaptation row alone takes minutes on a CPU.
 """
 from __future__ import annotations
 
@@ -49,6 +56,10 @@ def main() -> None:
     ap.add_argument("--device", default="", help="torch device for every stage (default: cuda when available, "
                                                  "else cpu)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cost", action="store_true", help="print the compute this command would take; train nothing")
+    ap.add_argument("--tflops", type=float, default=67.0,
+                    help="sustained TFLOP/s for --cost's hours (67: an H100/H200's dense FP32 peak, "
+                         "the precision posectl trains in)")
     args = ap.parse_args()
 
     import torch
@@ -113,6 +124,12 @@ def main() -> None:
         test = LiftingData(s["test"][0].load(s["test"][1]), hds.layout)
         common = {"data.path": h36m, "data.train_subjects": s["source"], "data.eval_stride": args.eval_stride,
                   "target.path": tpath, "target.subjects": tsubj, **model_set}
+        if args.cost:
+            sup = {"rows": len(hds.load("train", subjects=tsubj, with_3d=False)),
+                   "val": len(hds.load("val", subjects=tsubj, with_3d=False))} if proto == "subject" else None
+            print(f"{proto}: compute of this command")
+            print_cost(args, cls, common, adapt_set, train, val, target_2d, test, sup, out)
+            continue
         for seed in args.seeds:
             t1 = time.perf_counter()
             pre_cfg = build(cls.Config, common, {"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
@@ -151,6 +168,8 @@ def main() -> None:
             (out / "results.json").write_text(json.dumps(results, indent=1))
         del train, val, train_arrays, target_2d, test
 
+    if args.cost:
+        return
     print()
     print(f"PoSynDA effect: pretrain {args.pretrain_epochs} epochs (~{args.rows} rows), adapt {args.adapt_epochs} "
           f"epochs (~{args.adapt_rows} target rows, lr {args.adapt_lr:g}{''.join(', ' + kv for kv in args.adapt_set)}), "
@@ -172,6 +191,77 @@ def main() -> None:
                                                           for k in ("mpjpe", "p_mpjpe", "p_best", "p_agg")))
     print(f"wall time {time.perf_counter() - t0:.0f} s on {device}; results {out / 'results.json'}")
 
+
+def print_cost(args, cls, common, adapt_set, train, val, target_2d, test, sup, out) -> None:
+    """--cost: FLOPs of one row of each stage, counted on a real step at the configured size, times the
+    command's rows, epochs, evaluations and seeds."""
+    import math
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    from posectl.config import build, to_dict
+    from posectl.methods.base import Context
+    from posectl.orchestrator.experiment import save_checkpoint
+
+    class Count(TorchDispatchMode):
+        """torch's FLOP formulas per op, without FlopCounterMode's module tracker (which doubled the
+        memory of a checkpointed backward: an adaptation step at the published size did not fit 24 GB)."""
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Count.total += formula(*args, **(kwargs or {}), out_val=out)
+            return out
+
+    def flops(fn) -> int:
+        Count.total = 0
+        with sdpa_kernel(SDPBackend.MATH), Count():     # the math kernel: fused attention kernels have no formula
+            fn()
+        return Count.total
+
+    one = {"data.train_stride": len(train) + 1, "batch_size": 1}      # an epoch of one row
+    pre = cls(build(cls.Config, common, {"stage": "pretrain", **one}), train, Context())
+    per_row = {"pretrain": flops(lambda: pre.train_epoch(0)),
+               "evaluation": flops(lambda: pre.predict_hypotheses(val, stride=len(val) + 1))}
+    ckpt = out / "cost-source.pt"
+    save_checkpoint(ckpt, {"method": "posynda", "config": to_dict(pre.cfg), "epoch": 0,
+                           "method_state": pre.state_dict()})
+    ad = cls(build(cls.Config, common, {"stage": "adapt", "source_checkpoint": str(ckpt), **adapt_set, **one,
+                                        "data.train_stride": len(target_2d) + 1}),
+             train, Context(inputs={"target": target_2d}))
+    per_row["adaptation"] = flops(lambda: ad.train_epoch(0))
+
+    def rows(n, stride):
+        return math.ceil(n / stride)
+
+    stages = [("pretrain (source)", args.pretrain_epochs, rows(len(train), max(1, round(len(train) / args.rows))),
+               per_row["pretrain"], rows(len(val), args.eval_stride)),
+              ("adapt", args.adapt_epochs, rows(len(target_2d), max(1, round(len(target_2d) / args.adapt_rows))),
+               per_row["adaptation"], rows(len(val), args.eval_stride))]
+    if sup:
+        stages.append(("target-supervised", args.pretrain_epochs,
+                       rows(sup["rows"], max(1, round(sup["rows"] / args.rows))), per_row["pretrain"],
+                       rows(sup["val"], args.eval_stride)))
+    test_rows = rows(len(test), args.eval_stride)
+    d = pre.cfg.denoiser
+    print(f"denoiser {d.frames} frames, width {d.width}, depth {d.depth}, heads {d.heads}, checkpointing "
+          f"{d.checkpointing}; H {ad.cfg.hypotheses}, K {ad.cfg.sampling_steps}; GFLOP per row: "
+          + ", ".join(f"{k} {v / 1e9:.4g}" for k, v in per_row.items()))
+    total = 0.0
+    print(f"{'stage':20s}{'epochs':>7s}{'rows/epoch':>12s}{'train PFLOP':>13s}{'eval rows':>11s}{'eval PFLOP':>12s}")
+    for name, epochs, n, c, nval in stages:
+        train_f = epochs * n * c
+        n_eval = (epochs + 1) * nval + test_rows               # validation every epoch and at the end, test once
+        eval_f = n_eval * per_row["evaluation"]
+        total += train_f + eval_f
+        print(f"{name:20s}{epochs:7d}{n:12d}{train_f / 1e15:13.4g}{n_eval:11d}{eval_f / 1e15:12.4g}")
+    seeds = len(args.seeds)
+    print(f"per seed {total / 1e15:.4g} PFLOP; {seeds} seed(s) {seeds * total / 1e15:.4g} PFLOP: at least "
+          f"{seeds * total / (args.tflops * 1e12) / 3600:.3g} h at {args.tflops:g} TFLOP/s sustained")
 
 if __name__ == "__main__":
     main()
