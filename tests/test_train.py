@@ -28,6 +28,8 @@ def test_two_worker_ddp_run_beats_the_mean_pose_on_held_out_subjects(ray_session
     ds = PoseDataset(synthetic_source)
     assert hist[0]["train_samples"] == ds.manifest["splits"]["train"]["rows"] // 2  # each worker trained on its half
     assert (exp.checkpoints / "last.pt").is_file() and (exp.checkpoints / "best.pt").is_file()
+    # two files, never one linked under two names: damage to last.pt must leave best.pt readable
+    assert not os.path.samefile(exp.checkpoints / "last.pt", exp.checkpoints / "best.pt")
     assert exp.read_config()["config"]["epochs"] == 4
     res = json.loads((exp.root / "results.json").read_text())
     assert np.isfinite(res["test"]["mpjpe"]) and res["test"]["per_action"]

@@ -84,9 +84,9 @@ class _TrainReporter:
         with tempfile.TemporaryDirectory(dir=self.exp.checkpoints) as d:
             path = Path(d) / "state.pt"
             save_checkpoint(path, state)                    # written and fsynced once
+            if improved:    # first, and a file of its own: a crash before last.pt, or damage to last.pt
+                _link_atomic(path, self.exp.checkpoints / "best.pt", copy=True)    # later, leaves it whole
             _link_atomic(path, self.exp.checkpoints / "last.pt")
-            if improved:
-                _link_atomic(path, self.exp.checkpoints / "best.pt")
             self.exp.write_history(state["history"])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         self.events.put({"type": "epoch", "row": row, "improved": improved})
@@ -101,14 +101,21 @@ class _TrainReporter:
         self.events.put({"type": "final"})
 
 
-def _link_atomic(src: Path, dst: Path) -> None:
-    """Publish `src` as `dst` atomically (hard link + rename; copy if links are unsupported)."""
+def _link_atomic(src: Path, dst: Path, copy: bool = False) -> None:
+    """Publish `src` as `dst` atomically: a hard link (with `copy`, or where links are unsupported, an
+    fsynced copy), then a rename."""
     tmp = dst.with_name(f".{dst.name}.tmp")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
+    if not copy:
+        try:
+            os.link(src, tmp)
+            tmp.replace(dst)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(src, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     tmp.replace(dst)
 
 
