@@ -159,3 +159,24 @@ def test_node_loss_retries_its_trial_elsewhere_and_the_search_completes(tmp_path
                for r in rows.values())
     assert ledger.lost(lost) == 0
     ledger.recovered()
+
+
+def test_cluster_down_never_signals_a_reused_pid(tmp_path, monkeypatch):
+    """After a reboot or a crashed head, the recorded PID may belong to another process of this user:
+    `down` must leave that process alone (and still forget the state)."""
+    from posectl.orchestrator import head
+    monkeypatch.setenv("POSECTL_HOME", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        st = {"pid": other.pid, "pid_start": "1", "address": "127.0.0.1:1", "session_dir": None}
+        head.state_file().write_text(json.dumps(st))
+        assert head.read_state() is None                 # not the recorded `ray start`
+        assert head.down(timeout_s=1) is True
+        assert other.poll() is None, "down killed a process that reused the recorded PID"
+        assert not head.state_file().exists()
+        st["pid_start"] = head._start_time(other.pid)      # the same process: it is ours
+        head.state_file().write_text(json.dumps(st))
+        assert head.read_state() == st
+    finally:
+        other.kill()
+        other.wait()

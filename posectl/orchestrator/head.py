@@ -51,7 +51,7 @@ def read_state() -> dict | None:
     if not p.is_file():
         return None
     st = json.loads(p.read_text())
-    return st if _alive(st["pid"]) else None
+    return st if _ours(st) else None
 
 
 def _alive(pid: int) -> bool:
@@ -60,6 +60,21 @@ def _alive(pid: int) -> bool:
         return True
     except OSError:
         return False
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def _ours(st: dict) -> bool:
+    """The recorded `ray start` is still running, and the PID has not been reused by another process
+    (after a reboot or a crash of the head) since `up` recorded it."""
+    return _alive(st["pid"]) and st.get("pid_start") in (None, _start_time(st["pid"]))
 
 
 def _ray_bin() -> str:
@@ -110,7 +125,7 @@ def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.
     else:
         _kill_group(proc.pid)
         raise PosectlError(f"the Ray head did not come up within {timeout_s:.0f} s; see {log}")
-    st = {"pid": proc.pid, "address": f"127.0.0.1:{port}", "dashboard": url, "dashboard_host": dashboard_host,
+    st = {"pid": proc.pid, "pid_start": _start_time(proc.pid), "address": f"127.0.0.1:{port}", "dashboard": url, "dashboard_host": dashboard_host,
           "log": str(log), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "session_dir": _session_dir(proc.pid)}
     state_file().write_text(json.dumps(st, indent=2))
     return st
@@ -161,16 +176,17 @@ def down(timeout_s: float = 30) -> bool:
         return False
     st = json.loads(p.read_text())
     pid, session = st["pid"], st.get("session_dir")
-    _kill_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline - timeout_s / 2:
-        time.sleep(0.3)
-    for q in _descendants(pid) + [pid]:
-        if _alive(q):
-            try:
-                os.kill(q, signal.SIGKILL)
-            except OSError:
-                pass
+    if _ours(st):                        # never signal a process that merely reuses the recorded PID
+        _kill_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline - timeout_s / 2:
+            time.sleep(0.3)
+        for q in _descendants(pid) + [pid]:
+            if _alive(q):
+                try:
+                    os.kill(q, signal.SIGKILL)
+                except OSError:
+                    pass
     if session:
         from posectl.orchestrator.cluster import reap
         reap(session, timeout_s / 2)
