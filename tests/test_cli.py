@@ -104,3 +104,10 @@ def test_an_unreachable_address_fails_in_seconds_not_minutes():
         _check_reachable(f"127.0.0.1:{listener.getsockname()[1]}")
     finally:
         listener.close()
+
+
+def test_a_submitted_search_runs_without_submit_and_address():
+    from posectl.cli import _job_argv
+    argv = ["tune", "baseline", "--submit", "--address", "http://127.0.0.1:8265", "--samples", "4", "lr=1e-3"]
+    assert _job_argv(argv) == ["tune", "baseline", "--samples", "4", "lr=1e-3"]
+    assert _job_argv(["tune", "gpa", "--address=http://h:8265", "--submit"]) == ["tune", "gpa"]

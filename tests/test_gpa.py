@@ -90,6 +90,9 @@ def test_gpa_trains_with_two_workers_evaluates_on_the_target_and_resumes(ray_ses
     ev = evaluate_checkpoint(out.experiment.checkpoints / "best.pt")             # the same data by default
     assert ev["metrics"]["mpjpe"] == pytest.approx(test["mpjpe"], abs=1e-3)
     assert os.path.samefile(PoseDataset(target_dataset).path, target_dataset)
+    # `--split val` is the split selection used (the source's), not the target domain's
+    ev = evaluate_checkpoint(out.experiment.checkpoints / "best.pt", split="val")
+    assert ev["metrics"]["mpjpe"] == pytest.approx(out.results["val"]["mpjpe"], abs=1e-3)
 
 
 @pytest.mark.ray

@@ -115,7 +115,7 @@ def tune(
     if submit:
         from posectl.orchestrator import head
         from posectl.orchestrator.tune import default_storage
-        argv = [a for a in sys.argv[1:] if a != "--submit"]
+        argv = _job_argv(sys.argv[1:])
         if "--storage-path" not in argv:
             argv += ["--storage-path", str(Path(storage_path).absolute() if storage_path else default_storage())]
         if "--name" not in argv:
@@ -291,6 +291,20 @@ def cluster_down():
     from posectl.cli.render import console
     from posectl.orchestrator import head
     console.print("stopped" if head.down() else "no posectl cluster was running")
+
+
+def _job_argv(argv: list[str]) -> list[str]:
+    """The command line a submitted job runs: without --submit, and without --address (the dashboard's
+    http:// address is not one ray.init takes; the job supervisor sets RAY_ADDRESS for the job)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--address":
+            skip = True
+        elif a != "--submit" and not a.startswith("--address="):
+            out.append(a)
+    return out
 
 
 @app.command("eval")

@@ -31,7 +31,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         overrides["eval_joints"] = joints
     cfg = build(method_cls.Config, state["config"], overrides, context=f"method {state['method']}")
     test_input = method_inputs(method_cls, cfg).get("test")
-    if data is None and test_input is not None:      # a method whose test data is its own (a target domain)
+    # a method whose test data is its own (a target domain); another split (`--split val`) is the run's
+    # own data, where model selection happened
+    if data is None and test_input is not None and split in (None, test_input.split):
         path, split, kp = test_input.path, split or test_input.split, keypoints or test_input.keypoints
         subjects = list(test_input.subjects) or None
     else:
