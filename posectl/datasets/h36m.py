@@ -258,13 +258,14 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
 
 def cached_h36m(path_3d: str | Path) -> Path:
     """Prepare `data_3d_h36m.npz` (GT 2D only) once into the posectl cache and return the directory;
-    keyed by the file's resolved path and size (benchmarks share it)."""
+    keyed by the file's resolved path and size (benchmarks share it) and the version of the built-in
+    cameras that project its 2D (v2: constants corrected in 1820ba4)."""
     import hashlib
     import os
 
     from posectl.datasets.synthetic import cache_dir
     key = hashlib.sha256(f"{Path(path_3d).resolve()}:{os.path.getsize(path_3d)}".encode()).hexdigest()[:10]
-    out = cache_dir() / f"h36m-gt-{key}"
+    out = cache_dir() / f"h36m-gt-cams2-{key}"
     if not (out / "manifest.json").exists():
         print(f"preparing {path_3d} -> {out}")
         prepare_h36m(out, path_3d)

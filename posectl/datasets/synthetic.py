@@ -27,7 +27,7 @@ import numpy as np
 from posectl.core.camera import Camera, h36m_cameras, look_at, project, world_to_camera
 from posectl.core.skeleton import H36M17
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2      # 2: the built-in H36M camera constants corrected (1820ba4), so cached v1 data differs
 FPS = 50
 
 # Rest directions (body frame: x = subject's right, y = forward, z = up) of each joint's bone from
