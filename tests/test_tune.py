@@ -1,10 +1,12 @@
 """Search spaces, and searches through Ray Tune + Optuna: end to end, multi-worker trials, resume."""
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -126,16 +128,43 @@ def test_search_end_to_end_then_export_and_eval(ray_session, small_dataset, tmp_
     assert got == pytest.approx(best.best, abs=0.01)  # eval of the export matches the table
 
 
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        d = d[part]
+    return d
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(600)  # a regression of the nested Tune + Train hang fails here instead of eating CI
 def test_concurrent_multiworker_trials(ray_session, small_dataset, tmp_path):
+    """Two trials of 2 Train workers each, side by side on 2 CPUs (0.49 CPU a worker: the groups and the
+    trial functions' 0.01 CPU each fit at once), selected by a metric other than val_mpjpe; the best
+    trial exports (its checkpoints live with the Train job, not with Tune) and loads."""
+    from posectl.orchestrator.experiment import load_checkpoint
+    from posectl.orchestrator.trials import export_best, load_search
     from posectl.orchestrator.tune import tune_search
-    sp = _space(tmp_path, samples=2, concurrent=2, resources={"cpus": 0.5, "workers": 2},
+    sp = _space(tmp_path, samples=2, concurrent=2, resources={"cpus": 0.49, "workers": 2},
+                metric="val_pck150", mode="max",
                 scheduler={"name": "none"}, fixed={"epochs": 2, "backbone.width": 32, "batch_size": 64})
     plan, grid = tune_search("baseline", space=sp, storage_path=tmp_path / "tune", name="mw",
                              overrides={"data.path": str(small_dataset)}, verbose=0)
     assert len(grid) == 2 and grid.num_errors == 0
     assert all(r.metrics["training_iteration"] == 2 and np.isfinite(r.metrics["val_mpjpe"]) for r in grid)
+    assert all("best_val_pck150" in r.metrics for r in grid)    # the workers select by the space's metric
+    s = load_search("mw", tmp_path / "tune")
+    for t in s.trials:    # the Train jobs keep only their latest checkpoint
+        assert len([d for d in (s.path / "_train" / f"train-{t.id}").glob("checkpoint_*") if d.is_dir()]) == 1
+    best, ckpt = export_best(s, tmp_path / "best")
+    assert best.id == max(s.trials, key=lambda t: t.best).id
+    state = load_checkpoint(ckpt, "baseline")
+    assert state["method_state"]["model"]
+    assert state["config"]["epochs"] == 2 and state["config"]["backbone"]["width"] == 32
+    assert state["config"]["data"]["path"] == str(small_dataset)
+    for key, value in best.params.items():
+        assert _dotted(state["config"], key) == pytest.approx(value)
+    pck = [r["val_pck150"] for r in best.history]
+    assert state["best_epoch"] == best.history[pck.index(max(pck))]["epoch"]
+    assert yaml.safe_load((tmp_path / "best" / "trial.yaml").read_text())["trial"] == best.id
 
 
 @pytest.mark.ray
@@ -149,6 +178,16 @@ def test_plans_that_cannot_run_are_refused(ray_session, small_dataset, tmp_path,
     with pytest.raises(ResourceError, match="GPUs"):
         tune_search("baseline", space=_space(tmp_path), gpus_per_trial=1, storage_path=tmp_path / "t",
                     overrides={"data.path": str(small_dataset)})
+    # worker groups that fill the cluster exactly leave nothing for the trial functions' own sliver of CPU:
+    # the group would wait for a placement (Ray Train retrying the start) for ever
+    ledger.bad_input()
+
+    def never_run(plan):
+        pytest.fail(f"a plan that cannot be placed was accepted: {plan.lines()}")
+    with pytest.raises(ResourceError, match=r"asked for 2\.01 CPUs \(2 workers x \(1 CPU\) x 1 trial = 2, plus 0\.01 "
+                                            r"per trial .*\) but the cluster has 2 CPUs"):
+        tune_search("baseline", space=_space(tmp_path, concurrent=1, resources={"cpus": 1, "workers": 2}),
+                    storage_path=tmp_path / "t", overrides={"data.path": str(small_dataset)}, on_plan=never_run)
 
 
 @pytest.mark.ray
@@ -194,3 +233,91 @@ def test_space_round_trips_through_its_saved_form():
                                                 "backbone.width": {"type": "int", "low": 64, "high": 256}}})
     again = validate_space(sp.to_dict())
     assert [vars(p) for p in again.parameters] == [vars(p) for p in sp.parameters]
+
+
+@dataclasses.dataclass
+class _LoopData:
+    eval_stride: int = 1
+    val_split: str = "val"
+    test_split: str = "test"
+
+
+@dataclasses.dataclass
+class _LoopConfig:
+    epochs: int = 3
+    data: _LoopData = dataclasses.field(default_factory=_LoopData)
+
+
+class _ScriptedMethod:
+    """Validation metrics read from a script, one row per epoch; its "weights" are the epoch they came from."""
+    name = "scripted"
+
+    def __init__(self, rows):
+        self.rows, self.epoch, self.loaded = rows, -1, None
+
+    def train_epoch(self, epoch):
+        self.epoch = epoch
+        return {"train_loss_mm": 1.0}
+
+    def evaluate(self, data, stride=1, detailed=False):
+        return dict(self.rows[self.epoch])
+
+    def state_dict(self):
+        return {"model": {"trained_epochs": self.epoch + 1}}
+
+    def load_state_dict(self, sd):
+        self.epoch = sd["model"]["trained_epochs"] - 1
+        self.loaded = sd["model"]["trained_epochs"]
+
+
+class _Recorder:
+    def __init__(self, stop_after=None):
+        self.improved, self.best, self.states, self.stop_after = [], None, [], stop_after
+
+    def epoch(self, row, state_fn, improved):
+        self.improved.append(improved)
+        self.states.append(state_fn())
+        if improved:
+            self.best = self.states[-1]
+
+    def best_state(self):
+        return self.best
+
+    def finish(self, results):
+        pass
+
+
+# val_mpjpe is lowest after epoch 2; val_pck150 (higher is better) is highest after epoch 3
+_ROWS = [{"mpjpe": 50.0, "pck150": 60.0}, {"mpjpe": 40.0, "pck150": 70.0}, {"mpjpe": 45.0, "pck150": 80.0}]
+
+
+@pytest.mark.parametrize("kw, best_epoch, pattern, best", [
+    ({}, 2, [True, True, False], 40.0),                                         # train runs: val_mpjpe, min
+    ({"metric": "val_pck150", "mode": "max"}, 3, [True, True, True], 80.0),     # a search's metric
+])
+def test_run_epochs_selects_the_best_epoch_by_the_given_metric(kw, best_epoch, pattern, best):
+    from posectl.orchestrator.loop import run_epochs
+    method, rec = _ScriptedMethod(_ROWS), _Recorder()
+    data = {"train": SimpleNamespace(layout=SimpleNamespace(name="h36m17")), "val": None}
+    res = run_epochs(method, _LoopConfig(), data, SimpleNamespace(world_size=1, is_main=True), None, rec, **kw)
+    assert rec.improved == pattern
+    assert res["best_epoch"] == best_epoch and method.loaded == best_epoch   # final weights: the selected epoch's
+    last = rec.states[-1]
+    assert last["best_epoch"] == best_epoch and last["best_metric"]["value"] == best
+    assert last["best_val_mpjpe"] == _ROWS[best_epoch - 1]["mpjpe"]         # val_mpjpe of the selected epoch
+
+
+@pytest.mark.parametrize("kw, best_epoch", [({}, 2), ({"metric": "val_pck150", "mode": "max"}, 3)])
+def test_run_epochs_resumes_states_saved_before_the_metric_was_configurable(kw, best_epoch):
+    """A state written by the old loop has "best_val_mpjpe" and no "best_metric"."""
+    from posectl.orchestrator.loop import run_epochs
+    data = {"train": SimpleNamespace(layout=SimpleNamespace(name="h36m17")), "val": None}
+    ctx = SimpleNamespace(world_size=1, is_main=True)
+    first = _Recorder()
+    run_epochs(_ScriptedMethod(_ROWS), _LoopConfig(epochs=2), data, ctx, None, first)
+    old = {k: v for k, v in first.states[-1].items() if k != "best_metric"}
+    rec = _Recorder()
+    rec.best = first.best
+    res = run_epochs(_ScriptedMethod(_ROWS), _LoopConfig(), data, ctx, old, rec, **kw)
+    assert [r["epoch"] for r in res["history"]] == [1, 2, 3]
+    assert rec.improved == [best_epoch == 3] and res["best_epoch"] == best_epoch

@@ -1,7 +1,8 @@
 """The epoch loop shared by Ray Train jobs and Tune trials: train, validate, checkpoint, finish.
 
-Model selection uses the validation split only; the test split is evaluated once, at the end,
-with the best-validation weights.
+Model selection uses the validation split only: the best epoch is the one with the lowest (mode
+"min") or highest ("max") value of one validation metric, val_mpjpe unless a search names another.
+The test split is evaluated once, at the end, with the best-validation weights.
 """
 from __future__ import annotations
 
@@ -20,11 +21,41 @@ class Reporter(Protocol):
     def finish(self, results: dict[str, Any]) -> None: ...
 
 
-def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Reporter) -> dict | None:
-    start, best, best_epoch, history = 0, math.inf, -1, []
+def _better(value, best: float, mode: str) -> bool:
+    if not isinstance(value, (int, float)) or math.isnan(value):
+        return False
+    return value < best if mode == "min" else value > best
+
+
+def _restored_best(state: dict, metric: str, mode: str) -> tuple[float, int]:
+    """(best value, best epoch) of `metric` from a saved state. States written before the selection
+    metric was configurable hold only "best_val_mpjpe"; for another metric, the best is found again
+    in the saved history."""
+    saved = state.get("best_metric")
+    if saved is not None and saved.get("name") == metric and saved.get("mode") == mode:
+        return saved["value"], state["best_epoch"]
+    if metric == "val_mpjpe" and mode == "min" and "best_val_mpjpe" in state:
+        return state["best_val_mpjpe"], state["best_epoch"]
+    best, best_epoch = (math.inf if mode == "min" else -math.inf), -1
+    for row in state["history"]:
+        if _better(row.get(metric), best, mode):
+            best, best_epoch = row[metric], row["epoch"]
+    return best, best_epoch
+
+
+def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Reporter,
+               metric: str = "val_mpjpe", mode: str = "min") -> dict | None:
+    """Train `cfg.epochs` epochs (continuing `state`); an epoch is `improved` when its `metric`
+    beats every earlier one (lower for mode "min", higher for "max")."""
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    start, best, best_epoch, history = 0, (math.inf if mode == "min" else -math.inf), -1, []
+    best_mpjpe = math.inf       # val_mpjpe of the best epoch ("best_val_mpjpe" in states, as before)
     if state is not None:
         method.load_state_dict(state["method_state"])
-        start, best, best_epoch = state["epoch"] + 1, state["best_val_mpjpe"], state["best_epoch"]
+        start = state["epoch"] + 1
+        best, best_epoch = _restored_best(state, metric, mode)
+        best_mpjpe = state.get("best_val_mpjpe", math.inf)
         history = list(state["history"])
         torch.set_rng_state(state["torch_rng"])
     eval_stride = cfg.data.eval_stride
@@ -38,14 +69,16 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Repor
                "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0}
         if "train_samples" in train_m:
             row["train_samples_per_s"] = train_m["train_samples"] * ctx.world_size / max(train_time, 1e-9)
-        improved = row["val_mpjpe"] < best
+        improved = _better(row.get(metric), best, mode)
         if improved:
-            best, best_epoch = row["val_mpjpe"], epoch + 1
+            best, best_epoch = row[metric], epoch + 1
+            best_mpjpe = row.get("val_mpjpe", math.nan)
         history.append(row)
 
-        def state_fn(epoch=epoch, best=best, best_epoch=best_epoch):
+        def state_fn(epoch=epoch, best=best, best_epoch=best_epoch, best_mpjpe=best_mpjpe):
             return {"method": method.name, "config": to_dict(cfg), "layout": data["train"].layout.name,
-                    "epoch": epoch, "best_val_mpjpe": best, "best_epoch": best_epoch,
+                    "epoch": epoch, "best_val_mpjpe": best_mpjpe, "best_epoch": best_epoch,
+                    "best_metric": {"name": metric, "mode": mode, "value": best},
                     "history": list(history), "method_state": method.state_dict(),
                     "torch_rng": torch.get_rng_state()}
 

@@ -14,6 +14,8 @@ from posectl.errors import PosectlError
 from posectl.orchestrator.experiment import Experiment, atomic_write_bytes, load_checkpoint
 from posectl.orchestrator.tune import SEARCH_FILE, default_storage
 
+CHECKPOINT_PATH_KEY = "checkpoint_path"   # ray.tune.integration.ray_train.CHECKPOINT_PATH_KEY (no Ray import here)
+
 
 @dataclass
 class Trial:
@@ -45,9 +47,20 @@ class Trial:
         return {"ERROR": "error", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(
             self.status, self.status.lower())
 
+    def checkpoint_dirs(self) -> list[Path]:
+        """Where this trial's latest checkpoint may be, most trusted first: Tune's (single-worker
+        trials); for a trial that ran a Ray Train job, the checkpoint it last reported ("checkpoint_path"
+        in result.json), then the newest one in <search>/_train/train-<trial id>/."""
+        found = sorted(self.path.glob("checkpoint_*"))[-1:]
+        reported = [r[CHECKPOINT_PATH_KEY] for r in self.history if isinstance(r.get(CHECKPOINT_PATH_KEY), str)]
+        if reported:
+            found.append(Path(reported[-1].removeprefix("file://")))
+        found += sorted((self.path.parent / "_train" / f"train-{self.id}").glob("checkpoint_*"), reverse=True)
+        return [d for d in found if (d / "best.pt").is_file()]   # (also skips checkpoint_manager_snapshot.json)
+
     def checkpoint_dir(self) -> Path | None:
-        cks = sorted(self.path.glob("checkpoint_*"))
-        return cks[-1] if cks else None
+        found = self.checkpoint_dirs()
+        return found[0] if found else None
 
 
 @dataclass
@@ -128,13 +141,19 @@ def load_search(name: str | Path, storage_path: str | Path | None = None) -> Sea
 def export_best(search: Search, out: str | Path) -> tuple[Trial, Path]:
     """Copy the best trial's best-validation weights and config to `out` (for `posectl eval`)."""
     t = search.best()
-    ck = t.checkpoint_dir()
-    if ck is None or not (ck / "best.pt").exists():
+    found = t.checkpoint_dirs()
+    if not found:
         raise PosectlError(f"trial {t.id} has no checkpoint to export")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise PosectlError(f"export directory {out} is not empty")
-    state = load_checkpoint(ck / "best.pt", search.method)
+    for i, ck in enumerate(found):
+        try:
+            state = load_checkpoint(ck / "best.pt", search.method)
+            break
+        except PosectlError:        # a checkpoint cut short when the trial was stopped: try an older one
+            if i == len(found) - 1:
+                raise
     exp = Experiment(out)
     exp.create(search.method, state["config"])
     shutil.copyfile(ck / "best.pt", exp.checkpoints / "best.pt")

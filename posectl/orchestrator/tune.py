@@ -24,7 +24,7 @@ import yaml
 from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
-from posectl.errors import ConfigError, PosectlError
+from posectl.errors import ConfigError, PosectlError, ResourceError
 from posectl.methods.base import Context, get_method, method_inputs, reads_images
 from posectl.orchestrator import cluster
 from posectl.orchestrator.data import open_dataset, open_inputs
@@ -37,6 +37,11 @@ SEARCH_FILE = "posectl-search.yaml"
 
 def default_storage() -> Path:
     return Path(os.environ.get("POSECTL_STORAGE_PATH", Path(os.environ.get("POSECTL_RUNS", "runs")) / "tune")).absolute()
+
+
+def runs_train_jobs(res: cluster.Resources) -> bool:
+    """Whether a search's trials each run a Ray Train job (several workers, or GPUs; see tune_train)."""
+    return res.workers > 1 or bool(res.gpus)
 
 
 @dataclass
@@ -61,13 +66,14 @@ class Plan:
             f"trials   {self.samples} x up to {self.epochs} epochs, {self.concurrent} at a time, scheduler "
             + (f"ASHA (grace {sched['grace_period']}, reduction {sched['reduction_factor']})"
                if sched.get("name") == "asha" else "none"),
-            f"per trial {r.describe()}" + (" (a Ray Train job per trial)" if r.workers > 1 or r.gpus else ""),
+            f"per trial {r.describe()}" + (" (a Ray Train job per trial)" if runs_train_jobs(r) else ""),
             f"cluster  {self.cluster['nodes']} node(s), {self.cluster['cpus']:g} CPUs, {self.cluster['gpus']:g} GPUs",
         ]
 
 
 class SearchReporter:
-    """Reports every epoch of a trial with a checkpoint holding the full state and the best weights.
+    """Reports every epoch of a trial with a checkpoint holding the full state and the best weights
+    (best by the search's metric: run_epochs decides `improved`).
 
     `report` is `ray.tune.report` (single-worker trials) or `ray.train.report` (inside the Train
     workers of a multi-worker trial, forwarded to Tune); only rank 0 attaches a checkpoint.
@@ -87,6 +93,8 @@ class SearchReporter:
         if improved or self.best is None:
             self.best = {**state, "method_state": {"model": state["method_state"]["model"]}}
         metrics["best_val_mpjpe"] = state["best_val_mpjpe"]
+        best = state["best_metric"]
+        metrics[f"best_{best['name']}"] = best["value"]
         metrics["node_id"] = _node_id()
         with tempfile.TemporaryDirectory() as d:
             save_checkpoint(Path(d) / "state.pt", state)
@@ -130,7 +138,8 @@ def _node_id() -> str:
 
 
 def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, threads: int,
-           train=None, val=None, fault_hook=None, inputs=None) -> None:
+           train=None, val=None, fault_hook=None, inputs=None, metric: str = "val_mpjpe",
+           mode: str = "min") -> None:
     """A single-worker trial: the method's epoch loop, in this Tune trial's process."""
     from ray import tune
     torch.set_num_threads(max(1, threads))
@@ -141,7 +150,7 @@ def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, th
     ctx = Context(inputs=inputs or {})
     m = cls(cfg, data["train"], ctx)
     state, best = restore_trial_state(tune.get_checkpoint(), method)
-    run_epochs(m, cfg, data, ctx, state, SearchReporter(tune.report, 0, best, fault_hook))
+    run_epochs(m, cfg, data, ctx, state, SearchReporter(tune.report, 0, best, fault_hook), metric=metric, mode=mode)
 
 
 def _resolve_space(method: str, space: str | Path | None) -> Space:
@@ -207,7 +216,7 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
     dataset = open_dataset(base.data)
     started = cluster.connect(address)
     try:
-        plan.cluster = cluster.check_resources(plan.resources, concurrent=plan.concurrent)
+        plan.cluster = check_search_resources(plan)
         if on_plan:
             on_plan(plan)
         if not resume:
@@ -227,6 +236,24 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
             ray.shutdown()
 
 
+def check_search_resources(plan: Plan) -> dict:
+    """cluster.check_resources for a search. A multi-worker (or GPU) trial holds a sliver of CPU for its
+    Tune trial function besides its Train worker group, and Ray Train checks a group only against the
+    cluster's total: a plan whose groups exactly fill the CPUs would wait for a placement forever."""
+    from posectl.orchestrator.tune_train import DRIVER_CPU
+    have = cluster.check_resources(plan.resources, concurrent=plan.concurrent)
+    if not runs_train_jobs(plan.resources):
+        return have
+    r, n = plan.resources, plan.concurrent
+    groups, drivers = r.workers * r.cpus * n, DRIVER_CPU * n
+    if groups + drivers > have["cpus"] + 1e-9:
+        raise ResourceError(
+            f"asked for {groups + drivers:g} CPUs ({r.describe()} x {n} trial{'s' if n != 1 else ''} = {groups:g}, "
+            f"plus {DRIVER_CPU:g} per trial for its Tune trial function) but the cluster has {have['cpus']:g} CPUs; "
+            f"lower the CPUs per worker or --concurrent")
+    return have
+
+
 def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fault_hook):
     import optuna
     from ray import tune
@@ -239,13 +266,13 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
     train, val, extra = load_search_data(dataset, base, open_inputs(method_inputs(cls, base), dataset.layout.name),
                                          images=reads_images(cls, base))
     threads = max(1, int(plan.resources.cpus))
-    if plan.resources.workers > 1 or plan.resources.gpus:
+    if runs_train_jobs(plan.resources):
         from posectl.orchestrator.tune_train import multiworker_trainable
         trainable = multiworker_trainable(plan, cls, layers, dataset.layout.name, train, val, extra)
     else:
         trainable = tune.with_parameters(posectl_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
                                          threads=threads, train=train, val=val, fault_hook=fault_hook,
-                                         inputs=extra)
+                                         inputs=extra, metric=sp.metric, mode=sp.mode)
         trainable = tune.with_resources(trainable, {"cpu": plan.resources.cpus})
     run_config = tune.RunConfig(
         name=plan.name, storage_path=str(plan.path.parent), verbose=verbose,
