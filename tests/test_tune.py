@@ -218,6 +218,7 @@ def test_interrupted_search_resumes_without_retraining(ray_session, small_datase
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert proc.returncode == 130, "an interrupted search must not exit as if it had finished"
     plan, grid = tune_search("baseline", storage_path=storage, name="r", resume=True, verbose=0)
     s = load_search("r", storage)
     assert ledger.lost(abs(4 - len(s.trials)) + len(s.trials) - len({t.id for t in s.trials})) == 0

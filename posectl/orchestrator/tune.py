@@ -281,7 +281,7 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
     if resume and tune.Tuner.can_restore(str(plan.path)):
         tuner = tune.Tuner.restore(str(plan.path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
-        return tuner.fit()
+        return _completed(tuner.fit(), plan.samples)
     sampler = optuna.samplers.TPESampler(seed=int(sp.searcher.get("seed", 0)),
                                          n_startup_trials=int(sp.searcher.get("startup_trials", max(4, plan.concurrent))))
     storage_kw = {}
@@ -302,8 +302,16 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
                                                               trial_dirname_creator=_trial_name),
                        run_config=run_config)
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    grid = _completed(tuner.fit(), plan.samples)
     grid.wall_s = time.perf_counter() - t0
+    return grid
+
+
+def _completed(grid, samples: int):
+    """On Ctrl-C, Tune's own SIGINT handler saves the search and fit() *returns*; a search with trials
+    missing or unfinished is then an interruption (exit 130 and a hint to --resume), not a result."""
+    if len(grid) < samples or len(grid) > grid.num_terminated + grid.num_errors:
+        raise KeyboardInterrupt
     return grid
 
 
