@@ -219,6 +219,8 @@ def test_interrupted_search_resumes_without_retraining(ray_session, small_datase
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, "an interrupted search must not exit as if it had finished"
+    # the driver noted its private Ray, so a --resume after a SIGKILL could stop what it left running
+    assert json.loads((storage / "r" / ".ray_session.json").read_text())["session_dir"]
     plan, grid = tune_search("baseline", storage_path=storage, name="r", resume=True, verbose=0)
     s = load_search("r", storage)
     assert ledger.lost(abs(4 - len(s.trials)) + len(s.trials) - len({t.id for t in s.trials})) == 0

@@ -1,8 +1,10 @@
 """Connecting to Ray and checking that a resource plan can be scheduled before submitting it."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from posectl.errors import ResourceError
 
@@ -179,3 +181,40 @@ def check_resources(res: Resources, concurrent: int = 1, reserve_cpus: float = 0
                             f"but the largest node has {have['max_node_cpus']:g} CPUs and "
                             f"{have['max_node_gpus']:g} GPUs")
     return have
+
+
+SESSION_FILE = ".ray_session.json"
+
+
+def record_session(directory: Path) -> None:
+    """Note the private local Ray this driver started in `directory` (a run or a search), so that a
+    later --resume can stop what a driver killed with SIGKILL left running."""
+    from posectl.orchestrator.experiment import atomic_write_bytes
+    atomic_write_bytes(Path(directory) / SESSION_FILE,
+                       json.dumps({"session_dir": local_session_dir(), "driver_pid": os.getpid()}).encode())
+
+
+def reap_orphans(directory: Path) -> None:
+    """A driver killed with SIGKILL leaves its local Ray running: stop what is left of it."""
+    import warnings
+    p = Path(directory) / SESSION_FILE
+    if not p.exists():
+        return
+    try:
+        info = json.loads(p.read_text())
+    except ValueError:
+        return
+    session, pid = info.get("session_dir"), info.get("driver_pid")
+    if not session or _pid_alive(pid):
+        return
+    n = reap(session)
+    if n:
+        warnings.warn(f"stopped {n} leftover Ray process(es) of the interrupted run ({session})", stacklevel=2)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False

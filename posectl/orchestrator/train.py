@@ -214,45 +214,18 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
     dataset = open_dataset(cfg.data)             # validates manifest, splits, checksums
     inputs = open_inputs(method_inputs(method_cls, cfg), dataset.layout.name)
     if resume:
-        _reap_orphans(exp)
+        cluster.reap_orphans(exp.root)
     started = cluster.connect(address)
     try:
         have = cluster.check_resources(res)
         exp.create(method, to_dict(cfg))
         if started:
-            atomic_write_bytes(exp.root / ".ray_session.json", json.dumps(
-                {"session_dir": cluster.local_session_dir(), "driver_pid": os.getpid()}).encode())
+            cluster.record_session(exp.root)
         return _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have, inputs)
     finally:
         if started:
             import ray
             ray.shutdown()
-
-
-def _reap_orphans(exp: Experiment) -> None:
-    """A driver killed with SIGKILL leaves its local Ray running: stop what is left of it."""
-    import warnings
-    p = exp.root / ".ray_session.json"
-    if not p.exists():
-        return
-    try:
-        info = json.loads(p.read_text())
-    except ValueError:
-        return
-    session, pid = info.get("session_dir"), info.get("driver_pid")
-    if not session or _pid_alive(pid):
-        return
-    n = cluster.reap(session)
-    if n:
-        warnings.warn(f"stopped {n} leftover Ray process(es) of the interrupted run ({session})", stacklevel=2)
-
-
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def _fit(method_cls, cfg, dataset, exp, res, resume, max_failures, on_event, fault_hook, have,

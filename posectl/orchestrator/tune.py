@@ -214,6 +214,8 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
     cls = get_method(method)
     base = build(cls.Config, *layers)
     dataset = open_dataset(base.data)
+    if resume:
+        cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
     started = cluster.connect(address)
     try:
         plan.cluster = check_search_resources(plan)
@@ -229,6 +231,8 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
                 "smoke_test": smoke_test, "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial,
                 "base_config": to_dict(base), "created": datetime.now().isoformat(timespec="seconds"),
             }, sort_keys=False).encode())
+        if started:
+            cluster.record_session(plan.path)
         return plan, _run(plan, cls, layers, base, dataset, resume, verbose, fault_hook)
     finally:
         if started:
