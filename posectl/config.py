@@ -1,7 +1,8 @@
 """Typed configuration: dataclass defaults, then YAML, then `key=value` overrides.
 
-Every value is checked against the dataclass field's type; unknown keys, wrong types and values
-outside a `Literal[...]` fail with a one-line `ConfigError` naming the key.
+Every value is checked against the dataclass field's type and range; unknown keys, wrong types,
+values outside a `Literal[...]`, NaN/Inf and numbers outside their field's bounds (>= 0 unless the
+field gives others) fail with a one-line `ConfigError` naming the key.
 """
 from __future__ import annotations
 
