@@ -2,6 +2,7 @@
 run's weights, e.g. PoSynDA's adaptation of a pretrained source model)."""
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ def load_checkpoint(path: str | Path, method: str | None = None) -> dict[str, An
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise PosectlError(f"{p}: not a readable checkpoint ({str(e).splitlines()[0][:120]})") from None
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if not zipfile.is_zipfile(p):
+            why = "not a torch.save archive (another kind of file, or truncated)"
+        elif "Weights only load failed" in str(e):
+            why = "it holds Python objects that weights-only loading refuses (only tensors and plain containers)"
+        else:
+            why = f"a damaged torch.save archive ({type(e).__name__}: {msg[:80]})"
+        raise PosectlError(f"{p}: not a readable checkpoint: {why}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise PosectlError(f"{p}: not a posectl checkpoint")
     if method is not None and state.get("method") != method:

@@ -290,13 +290,13 @@ def case_eval_stride_zero(tmp):
 def case_checkpoint_garbage(tmp):
     p = tmp / "x.pt"
     p.write_bytes(b"\x00garbage")
-    return ["eval", str(p)], "not a readable checkpoint"
+    return ["eval", str(p)], "not a readable checkpoint: not a torch.save archive"
 
 
 def case_checkpoint_unsafe_pickle(tmp):
     p = tmp / "evil.pt"
     torch.save({"format": "posectl-checkpoint", "payload": Evil()}, p)
-    return ["eval", str(p)], "not a readable checkpoint"
+    return ["eval", str(p)], "not a readable checkpoint: it holds Python objects that weights-only loading refuses"
 
 
 def case_checkpoint_other_method(tmp):
