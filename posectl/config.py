@@ -2,7 +2,7 @@
 
 Every value is checked against the dataclass field's type and range; unknown keys, wrong types,
 values outside a `Literal[...]`, NaN/Inf and numbers outside their field's bounds (>= 0 unless the
-field gives others) fail with a one-line `ConfigError` naming the key.
+field gives another lower bound) fail with a one-line `ConfigError` naming the key.
 """
 from __future__ import annotations
 
@@ -196,10 +196,14 @@ def _instantiate(cls, values: dict[str, Any], prefix: str):
 
 
 def _check_range(key: str, value: Any, bounds: tuple | None) -> None:
-    """Numbers are >= 0 unless their field gives its own bounds (`field(..., ge=, gt=, le=, lt=)`)."""
+    """Numbers are >= 0 unless their field gives another lower bound (`field(..., ge=, gt=)`); `le=`/`lt=`
+    add an upper one."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
-    for bound, word, ok in zip(bounds or (0, None, None, None), (">=", ">", "<=", "<"),
+    ge, gt, le, lt = bounds or (None, None, None, None)
+    if ge is None and gt is None:
+        ge = 0
+    for bound, word, ok in zip((ge, gt, le, lt), (">=", ">", "<=", "<"),
                                (operator.ge, operator.gt, operator.le, operator.lt)):
         if bound is not None and not ok(value, bound):
             raise ConfigError(f"{key}: must be {word} {bound}, got {value!r}")
@@ -242,8 +246,8 @@ def _helps(cls, prefix: str = "") -> dict[str, str]:
 
 
 def field(default, help: str = "", *, ge=None, gt=None, le=None, lt=None, **kw):
-    """dataclasses.field with a help text shown by `posectl methods`. A number must be >= 0 unless
-    `ge`/`gt`/`le`/`lt` give its bounds instead."""
+    """dataclasses.field with a help text shown by `posectl methods`. A number must be >= 0 unless `ge`
+    or `gt` give another lower bound; `le`/`lt` give an upper one."""
     meta = {"help": help}
     if (ge, gt, le, lt) != (None, None, None, None):
         meta["range"] = (ge, gt, le, lt)

@@ -30,6 +30,7 @@ def test_defaults_yaml_and_overrides_in_order(tmp_path):
     ("data=3", "unknown parameter 'data'"),
     ("lr=inf", "lr: NaN and Inf are not allowed"),
     ("backbone.dropout=2", r"backbone.dropout: must be < 1, got 2"),
+    ("backbone.dropout=-0.1", r"backbone.dropout: must be >= 0, got -0.1"),   # an upper bound keeps the lower
     ("backbone.width=-5", r"backbone.width: must be >= 1, got -5"),
     ("backbone.blocks=-1", r"backbone.blocks: must be >= 0, got -1"),
     ("data.max_train_samples=-5", r"data.max_train_samples: must be >= 0"),
