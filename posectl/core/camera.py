@@ -189,14 +189,45 @@ def h36m_cameras(subject: str) -> list[Camera]:
 
 
 def cameras_from_json(obj: dict) -> dict[str, list[Camera]]:
-    """Parse a cameras.json-style dict: subjects -> camera id -> {R, t, f, c, k, p, width, height}."""
-    order = obj.get("camera_order") or list(H36M_CAMERA_IDS)
+    """Parse a cameras.json-style dict: subjects -> camera id -> {R, t, f, c, k, p, width, height};
+    a wrong structure is a one-line DataError naming the subject, camera and key."""
+    from posectl.errors import DataError
+    if not isinstance(obj, dict) or not isinstance(obj.get("subjects"), dict) or not obj["subjects"]:
+        raise DataError("expected an object with 'subjects': subject -> camera id -> calibration")
+    order = obj.get("camera_order")
+    if order is not None and (not isinstance(order, list) or not all(isinstance(c, str) for c in order)):
+        raise DataError("'camera_order' must be a list of camera ids")
+    order = order or list(H36M_CAMERA_IDS)
     out = {}
     for subject, cams in obj["subjects"].items():
-        out[subject] = [Camera(cid, np.asarray(c["R"], float), np.asarray(c["t"], float),
-                               np.asarray(c["f"], float), np.asarray(c["c"], float),
-                               np.asarray(c.get("k", [0, 0, 0]), float),
-                               np.asarray(c.get("p", [0, 0]), float),
-                               int(c["width"]), int(c["height"]))
-                        for cid, c in ((cid, cams[cid]) for cid in order if cid in cams)]
+        if not isinstance(cams, dict) or not cams:
+            raise DataError(f"subjects['{subject}'] must be an object camera id -> calibration")
+        parsed = {cid: _camera_from_json(cid, c, f"{subject} camera {cid}") for cid, c in cams.items()}
+        out[subject] = [parsed[cid] for cid in order if cid in parsed]
+        if not out[subject]:
+            raise DataError(f"no camera of {subject} is in the camera order ({', '.join(order)})")
     return out
+
+
+def _camera_from_json(cid: str, c, where: str) -> Camera:
+    from posectl.errors import DataError
+    if not isinstance(c, dict):
+        raise DataError(f"{where}: calibration must be an object with R, t, f, c, width, height")
+    shapes = {"R": (3, 3), "t": (3,), "f": (2,), "c": (2,), "k": (3,), "p": (2,)}
+    v = {"k": np.zeros(3), "p": np.zeros(2)}               # no distortion unless given
+    for key, shape in shapes.items():
+        if key not in c:
+            if key in v:
+                continue
+            raise DataError(f"{where}: lacks '{key}'")
+        try:
+            v[key] = np.asarray(c[key], dtype=np.float64)
+        except (ValueError, TypeError):
+            v[key] = None
+        if v[key] is None or v[key].shape != shape or not np.isfinite(v[key]).all():
+            raise DataError(f"{where}: '{key}' must be {' x '.join(map(str, shape))} finite numbers")
+    for key in ("width", "height"):
+        x = c.get(key)
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not np.isfinite(x) or x != int(x) or x <= 0:
+            raise DataError(f"{where}: '{key}' must be a positive integer (pixels)")
+    return Camera(cid, v["R"], v["t"], v["f"], v["c"], v["k"], v["p"], int(c["width"]), int(c["height"]))

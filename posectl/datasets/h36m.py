@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from posectl.core.camera import H36M_CAMERA_IDS, Camera, cameras_from_json, h36m_cameras, project, world_to_camera
+from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
 from posectl.core.skeleton import conversion_indices, get_layout
 from posectl.datasets.safe_npz import load_npz
 from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
@@ -97,8 +97,7 @@ def _check_subject_dict(obj, path: Path, key: str) -> dict:
 
 
 def _load_cameras(path: Path) -> dict[str, list[Camera]]:
-    """cameras.json (subjects -> camera id -> {R, t, f, c, k, p, width, height}), its structure checked
-    before it is parsed, so that a wrong file is a one-line DataError naming it."""
+    """cameras.json read and parsed; a missing, unreadable or malformed file is a DataError naming it."""
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
@@ -107,41 +106,10 @@ def _load_cameras(path: Path) -> dict[str, list[Camera]]:
         raise DataError(f"{path}: cannot read cameras file ({e.__class__.__name__})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("subjects"), dict) or not obj["subjects"]:
-        raise DataError(f"{path}: expected an object with 'subjects': subject -> camera id -> calibration")
-    order = obj.get("camera_order")
-    if order is not None and (not isinstance(order, list) or not all(isinstance(c, str) for c in order)):
-        raise DataError(f"{path}: 'camera_order' must be a list of camera ids")
-    shapes = {"R": (3, 3), "t": (3,), "f": (2,), "c": (2,), "k": (3,), "p": (2,)}
-    for subject, cams in obj["subjects"].items():
-        if not isinstance(cams, dict) or not cams:
-            raise DataError(f"{path}: subjects['{subject}'] must be an object camera id -> calibration")
-        for cid, c in cams.items():
-            where = f"{path}: {subject} camera {cid}"
-            if not isinstance(c, dict):
-                raise DataError(f"{where}: calibration must be an object with R, t, f, c, width, height")
-            for key, shape in shapes.items():
-                if key not in c:
-                    if key in ("k", "p"):
-                        continue
-                    raise DataError(f"{where}: lacks '{key}'")
-                try:
-                    v = np.asarray(c[key], dtype=np.float64)
-                except (ValueError, TypeError):
-                    v = None
-                if v is None or v.shape != shape or not np.isfinite(v).all():
-                    raise DataError(f"{where}: '{key}' must be {' x '.join(map(str, shape))} finite numbers")
-            for key in ("width", "height"):
-                v = c.get(key)
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v != int(v) \
-                        or v <= 0:
-                    raise DataError(f"{where}: '{key}' must be a positive integer (pixels)")
-    cams = cameras_from_json(obj)
-    empty = [s for s, v in cams.items() if not v]
-    if empty:
-        raise DataError(f"{path}: no camera of {empty[0]} is in the camera order "
-                        f"({', '.join(order or H36M_CAMERA_IDS)})")
-    return cams
+    try:
+        return cameras_from_json(obj)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
 
 
 def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path] = (),

@@ -55,8 +55,6 @@ class TrainConfig:
             raise ConfigError("epochs: must be >= 1")
         if self.batch_size < 1:
             raise ConfigError("batch_size: must be >= 1")
-        if not self.lr > 0:
-            raise ConfigError("lr: must be > 0")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError("lr_decay: must be in (0, 1]")
         if self.data.train_stride < 1 or self.data.eval_stride < 1:

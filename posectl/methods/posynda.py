@@ -107,8 +107,6 @@ class PoSyndaConfig(TrainConfig):
                 raise ConfigError(f"{part}.width: must be a multiple of {part}.heads ({c.width} vs {c.heads})")
         if self.sampling_steps > self.timesteps:
             raise ConfigError("sampling_steps: at most `timesteps`")
-        if not 0 <= self.ema < 1:
-            raise ConfigError("ema: must be in [0, 1)")
         if self.denoiser.frames not in (1, 3, 9, 27, 81, 243):
             raise ConfigError("denoiser.frames: one of 1, 3, 9, 27, 81, 243")
         if self.target.split == self.target.test_split:
