@@ -125,7 +125,7 @@ def main() -> None:
         common = {"data.path": h36m, "data.train_subjects": s["source"], "data.eval_stride": args.eval_stride,
                   "target.path": tpath, "target.subjects": tsubj, **model_set}
         if args.cost:
-            sup = {"rows": len(hds.load("train", subjects=tsubj, with_3d=False)),
+            sup = {"rows": len(target_2d),          # the same S5-S8 training rows, here with labels
                    "val": len(hds.load("val", subjects=tsubj, with_3d=False))} if proto == "subject" else None
             print(f"{proto}: compute of this command")
             print_cost(args, cls, common, adapt_set, train, val, target_2d, test, sup, out)
