@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from posectl.errors import ConfigError
+from posectl.methods.base import Context
 from posectl.orchestrator.spaces import load_space, packaged_spaces, validate_space
 
 BASE = {"method": "baseline", "parameters": {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}
@@ -302,7 +303,7 @@ def test_run_epochs_selects_the_best_epoch_by_the_given_metric(kw, best_epoch, p
     from posectl.orchestrator.loop import run_epochs
     method, rec = _ScriptedMethod(_ROWS), _Recorder()
     data = {"train": SimpleNamespace(layout=SimpleNamespace(name="h36m17")), "val": None}
-    res = run_epochs(method, _LoopConfig(), data, SimpleNamespace(world_size=1, is_main=True), None, rec, **kw)
+    res = run_epochs(method, _LoopConfig(), data, Context(), None, rec, **kw)
     assert rec.improved == pattern
     assert res["best_epoch"] == best_epoch and method.loaded == best_epoch   # final weights: the selected epoch's
     last = rec.states[-1]
@@ -315,7 +316,7 @@ def test_run_epochs_resumes_states_saved_before_the_metric_was_configurable(kw, 
     """A state written by the old loop has "best_val_mpjpe" and no "best_metric"."""
     from posectl.orchestrator.loop import run_epochs
     data = {"train": SimpleNamespace(layout=SimpleNamespace(name="h36m17")), "val": None}
-    ctx = SimpleNamespace(world_size=1, is_main=True)
+    ctx = Context()
     first = _Recorder()
     run_epochs(_ScriptedMethod(_ROWS), _LoopConfig(epochs=2), data, ctx, None, first)
     old = {k: v for k, v in first.states[-1].items() if k != "best_metric"}

@@ -112,7 +112,9 @@ class Method(Protocol):
     Config: ClassVar[type]
     # Optional, and so not a member here: `metrics`, a tuple of the numeric entries of evaluate(), which
     # the loop reports as val_<name> every epoch (<N> stands for an index). A search space's metric must
-    # be one of them; without it, any val_ metric is accepted.
+    # be one of them; without it, any val_ metric is accepted. Also optional: `gen`, the torch.Generator
+    # of this worker's own random draws (shuffles, flips, noise; seeded with seed + rank), which the
+    # loop saves and restores per worker together with torch's global random state.
 
     def __init__(self, cfg: Any, data: Any, ctx: Context): ...
     def train_epoch(self, epoch: int) -> dict[str, float]: ...

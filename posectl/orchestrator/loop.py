@@ -43,6 +43,44 @@ def _restored_best(state: dict, metric: str, mode: str) -> tuple[float, int]:
     return best, best_epoch
 
 
+def _rank_random_state(method, ctx) -> dict:
+    """This rank's random streams: torch's global CPU state, the CUDA state of its device, and the
+    method's own generator (`gen`, seeded per rank), if it has one."""
+    st = {"torch": torch.get_rng_state()}
+    gen = getattr(method, "gen", None)
+    if isinstance(gen, torch.Generator):
+        st["generator"] = gen.get_state()
+    if ctx.device.type == "cuda":
+        st["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return st
+
+
+def _restore_random_state(method, ctx, state: dict) -> None:
+    """Each rank continues its own random streams. States written by another number of workers (or
+    before they were kept per rank) hold rank 0's only: then every rank continues from it."""
+    ranks = state.get("rank_rng")
+    if not ranks or len(ranks) != ctx.world_size:
+        torch.set_rng_state(state["torch_rng"])
+        return
+    mine = ranks[ctx.rank]
+    torch.set_rng_state(mine["torch"])
+    gen = getattr(method, "gen", None)
+    if isinstance(gen, torch.Generator) and "generator" in mine:
+        gen.set_state(mine["generator"])
+    if ctx.device.type == "cuda" and "cuda" in mine:
+        torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+
+
+def _gather(obj, ctx) -> list:
+    """`obj` of every rank, in rank order (a collective: every rank calls it)."""
+    dist = torch.distributed
+    if ctx.world_size > 1 and dist.is_available() and dist.is_initialized():
+        out = [None] * ctx.world_size
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Reporter,
                metric: str = "val_mpjpe", mode: str = "min") -> dict | None:
     """Train `cfg.epochs` epochs (continuing `state`); an epoch is `improved` when its `metric`
@@ -57,7 +95,7 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Repor
         best, best_epoch = _restored_best(state, metric, mode)
         best_mpjpe = state.get("best_val_mpjpe", math.inf)
         history = list(state["history"])
-        torch.set_rng_state(state["torch_rng"])
+        _restore_random_state(method, ctx, state)
     eval_stride = cfg.data.eval_stride
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -74,13 +112,14 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Repor
             best, best_epoch = row[metric], epoch + 1
             best_mpjpe = row.get("val_mpjpe", math.nan)
         history.append(row)
+        rank_rng = _gather(_rank_random_state(method, ctx), ctx)
 
-        def state_fn(epoch=epoch, best=best, best_epoch=best_epoch, best_mpjpe=best_mpjpe):
+        def state_fn(epoch=epoch, best=best, best_epoch=best_epoch, best_mpjpe=best_mpjpe, rank_rng=rank_rng):
             return {"method": method.name, "config": to_dict(cfg), "layout": data["train"].layout.name,
                     "epoch": epoch, "best_val_mpjpe": best_mpjpe, "best_epoch": best_epoch,
                     "best_metric": {"name": metric, "mode": mode, "value": best},
                     "history": list(history), "method_state": method.state_dict(),
-                    "torch_rng": torch.get_rng_state()}
+                    "torch_rng": rank_rng[0]["torch"], "rank_rng": rank_rng}
 
         reporter.epoch(row, state_fn, improved)
     if not ctx.is_main or not getattr(reporter, "final_eval", True):
