@@ -28,6 +28,8 @@ def test_config_refuses_training_on_the_target_domain(small_dataset):
         build(cls.Config, {"data.path": "synthetic:target"})         # the default target is synthetic:target
     with pytest.raises(ConfigError, match="single-frame"):
         build(cls.Config, {"backbone.name": "videopose", "backbone.receptive_field": 9})
+    with pytest.raises(ConfigError, match="different splits"):     # the test frames' 2D never drives training
+        build(cls.Config, {"target.split": "test"})
 
 
 def test_target_3d_never_reaches_the_loss(small_dataset, target_dataset):

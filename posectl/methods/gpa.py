@@ -76,6 +76,9 @@ class GPAConfig(LiftingConfig):
         if _dataset_id(self.data.path) == _dataset_id(self.target.path):
             raise ConfigError(f"target.path: the target domain ({self.target.path}) is also the labelled training "
                               "data (data.path); gpa never trains on target 3D - give a separate source dataset")
+        if self.target.split == self.target.test_split:
+            raise ConfigError("target.split: the unlabelled target 2D used for alignment and the target test data "
+                              "must be different splits")
 
 
 def _dataset_id(path: str) -> str:
