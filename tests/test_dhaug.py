@@ -10,7 +10,7 @@ import torch
 from posectl.config import build
 from posectl.core.kinematics import (
     BONE_NAMES, FREE_ANGLES, NUM_ANGLES, ZERO_ANGLES, DHSkeleton, angle_bounds, bone_lengths16,
-    kcs_features, swap_bone_lengths,
+    kcs_features, swap_bone_lengths, upright_alignment,
 )
 from posectl.core.skeleton import H36M17
 from posectl.datasets.lifting import LiftingData, batch_bounds
@@ -96,12 +96,12 @@ def small_lifting(small_dataset):
     return LiftingData(ds.load("train"), H36M17), LiftingData(ds.load("val"), H36M17)
 
 
-def _method(data, **over):
+def _method(data, ctx=None, **over):
     cls = get_method("dhaug")
     cfg = build(cls.Config, {"batch_size": 64, "backbone.width": 64, "gan.gen_width": 32,
                              "gan.critic3d_width": 32, "gan.critic2d_width": 32, "epochs": 3, "warmup": 1,
                              "gan.critic_steps": 2, **over})
-    return cls(cfg, data, Context())
+    return cls(cfg, data, ctx or Context())
 
 
 def test_generated_batch_is_finite_and_anatomically_valid(small_lifting):
@@ -231,3 +231,110 @@ def test_dhaug_trains_through_ray_train_with_two_workers(ray_session, small_data
         main(["samples", str(out.experiment.checkpoints / "best.pt"), "--n", "3", "--out", str(tmp_path / "b.png")])
         raise SystemExit(0)
     assert e.value.code == 0 and (tmp_path / "b.png").is_file()
+
+
+# -- review fixes ----------------------------------------------------------------------------------
+def test_left_and_right_limbs_mirror_each_other_within_their_ranges():
+    """Mirrored angles (right arm a24, a25, a26 -> left -a24, +a25, +a26; right leg a0..a3 -> left -a0, -a1,
+    +a2, +a3) give mirrored joints across the sagittal plane x = 0, so every range must map onto its
+    mirror's. The released table gave the right shoulder's a25 (-155, 65) like a24: 155 deg backwards,
+    only 65 forwards, unlike the left arm (a25 = 90 lifts the arm straight forward)."""
+    fk, gen = DHSkeleton(), torch.Generator().manual_seed(3)
+    lo, hi = angle_bounds()
+    mirror = {24: (29, -1), 25: (30, 1), 26: (31, 1), 0: (5, -1), 1: (6, -1), 2: (7, 1), 3: (8, 1)}
+    n = 512
+    right = torch.zeros(n, NUM_ANGLES)
+    for i in mirror:
+        right[:, i] = lo[i] + torch.rand(n, generator=gen) * (hi[i] - lo[i])     # inside the right limb's ranges
+    left = torch.zeros(n, NUM_ANGLES)
+    for i, (j, s) in mirror.items():
+        left[:, j] = s * right[:, i]
+    assert ((left >= lo) & (left <= hi)).all(), "a mirrored right-limb pose leaves the left limb's ranges"
+    for i, (j, s) in mirror.items():                                                # and the converse
+        assert sorted((s * lo[i].item(), s * hi[i].item())) == [lo[j].item(), hi[j].item()], (i, j)
+    p = fk(right, LENGTHS.expand(n, 15), rotate=False)
+    q = fk(left, LENGTHS.expand(n, 15), rotate=False) * torch.tensor([-1.0, 1.0, 1.0])
+    # symmetric LENGTHS: RShoulder/RElbow/RWrist, RHip/RKnee/RFoot are the mirrored left joints
+    torch.testing.assert_close(q[:, [10, 11, 12, 4, 5, 6]], p[:, [13, 14, 15, 1, 2, 3]], atol=1e-5, rtol=0)
+    for i, (s, e) in ((25, (13, 14)), (30, (10, 11))):
+        a = torch.zeros(1, NUM_ANGLES)
+        a[0, i] = 90.0
+        u = fk(a, LENGTHS[None], rotate=False)[0]
+        assert (u[e] - u[s])[1] > 0.27 and lo[i] <= 90 <= hi[i]       # upper arm straight forward, reachable
+
+
+def test_generation_runs_on_the_models_device(small_lifting):
+    """On a GPU the DH model, its alignment and the `normal`/`gan` generation once mixed CPU and device
+    tensors. No GPU here: torch's `meta` device has the same device checks. A whole `_augment_pass`
+    cannot run on meta (boolean-mask indexing `kp[valid]` needs data), so this covers everything
+    before it: alignment, generation in both modes (video too), projection, critic and generator steps."""
+    train, _ = small_lifting
+    meta = torch.device("meta")
+    assert upright_alignment(DHSkeleton().to(meta)).device == meta
+    ctx = Context(device=meta, prepare_model=lambda net: net.to(meta))
+    video = {"backbone.name": "videopose", "backbone.receptive_field": 3, "gan.motion_warmup": 1}
+    for over in ({"mode": "normal"}, {"mode": "gan"}, {"mode": "gan", **video}):
+        m = _method(train, ctx=ctx, **over)
+        m._setup_augmentation()
+        world_rc, real2d, lengths = m._swap_and_project()
+        idx, cams = torch.arange(16), torch.randint(len(m.R), (16,))
+        L = m._jitter(lengths[idx])
+        world, rc = m._generate(L, grad=False)
+        cam, kp, valid = m._view(world, cams)
+        assert world.device == rc.device == cam.device == kp.device == valid.device == meta
+        assert world.shape == (16, m.frames, 16, 3)
+        if over["mode"] == "gan":
+            c = m.frames // 2
+            m._critic_step("D3", world_rc[idx].to(meta), rc[:, c])
+            m._critic_step("D2", real2d[idx].to(meta), kp[:, c])
+            if m.frames > 1:
+                m._critic_step("M3", m.data.windows(idx, m.frames, inputs=world_rc).to(meta), rc)
+            assert m._generator_step(L, cams, motion=m.frames > 1).device == meta
+
+
+def _factors(m, n):
+    return [m.sched.lr_lambdas[0](e) for e in range(n)]
+
+
+def test_lifting_lr_extra_phase_continues_the_linear_decay(small_lifting):
+    """Release: the lambda rule 1 - e/(E+1) for E epochs, then its next value 1/(E+1) x 0.95 per extra
+    epoch (once posectl started the extra phase at 2/(E+1) x 0.95, above the linear rule's next value).
+    Single-frame the rule counts from epoch 0, warm-up included, as released."""
+    train, _ = small_lifting
+    m = _method(train, epochs=10, extra_epochs=4, warmup=2, lr_decay=0.9)
+    expect = [1 - e / 7 for e in range(6)] + [0.9 ** k / 7 for k in range(4)]
+    assert _factors(m, 10) == pytest.approx(expect)
+
+
+def test_video_lr_schedule_starts_at_the_first_lifting_epoch(small_lifting):
+    """Video: lifting waits warmup + motion_warmup epochs (defaults 2 + 4 of 8); the release steps its
+    schedule only once lifting runs, so lifting starts at the full rate (posectl once trained at 0.33
+    and 0.22 of it). The extra phase stays the last `extra_epochs` epochs."""
+    train, _ = small_lifting
+    video = {"backbone.name": "videopose", "backbone.receptive_field": 3}
+    m = _method(train, epochs=8, warmup=2, **{"gan.motion_warmup": 4, **video})
+    assert _factors(m, 8)[6:] == pytest.approx([1, 2 / 3])
+    m = _method(train, epochs=10, extra_epochs=2, warmup=2, lr_decay=0.9, **{"gan.motion_warmup": 4, **video})
+    assert _factors(m, 10)[6:] == pytest.approx([1, 2 / 3, 1 / 3, 0.9 / 3])
+
+
+def test_normal_mode_trains_the_lifter_from_the_first_epoch(small_lifting):
+    """Random DH sampling needs no warm-up; the release trains the pose net from epoch 0 there. `warmup`
+    counts GAN-only epochs in mode gan."""
+    train, _ = small_lifting
+    cls = get_method("dhaug")
+    assert build(cls.Config, {"warmup": 2})._lifting_start() == 2
+    assert build(cls.Config, {"mode": "normal", "epochs": 2, "warmup": 2})._lifting_start() == 0
+    r0 = _method(train, mode="normal", warmup=1).train_epoch(0)
+    assert np.isfinite(r0["train_loss_mm"]) and r0["generated"] > 0 and "train_fake_mpjpe_mm" in r0
+
+
+def test_same_bone_scaling_shares_one_factor_and_leaves_the_thorax(small_lifting):
+    train, _ = small_lifting
+    m = _method(train, **{"gan.bone_scaling": "same"})
+    ratio = m._jitter(LENGTHS.expand(256, 15)) / LENGTHS
+    thorax = BONE_NAMES.index("thorax")
+    assert (ratio[:, thorax] == 1).all()
+    others = ratio[:, [i for i in range(15) if i != thorax]]
+    torch.testing.assert_close(others, others[:, :1].expand_as(others))
+    assert others[:, 0].std() > 0.05 and ((others - 1).abs() <= 0.2 + 1e-6).all()

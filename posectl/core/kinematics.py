@@ -100,11 +100,16 @@ ROTATION = (34, 35, 36)
 # index later. Here the elbow frame (26 / 31) carries flexion and gets a one-sided 180-degree range on
 # the flexing side (checked numerically in tests: the forearm folds towards the front of the upper
 # arm); 27 / 32 keep their (0, 180) but cannot move a joint.
+# Right shoulder index 25 deviates from the released table, which gives it (-155, 65) like index 24.
+# The left-arm angles that mirror the right arm's (a24, a25, a26) are (-a24, +a25, +a26) (checked in
+# tests), so the ranges of 24 / 29 must be negatives of each other but 25 / 30 equal; with (-155, 65) the
+# right upper arm swung 155 deg backwards and only 65 forwards, the left one (anatomically) the opposite.
+# The rest of the table is mirror-consistent (hips: 0, 1 negated give 5, 6; 2 = 7; knees 3 = 8).
 RANGES: dict[int, tuple[float, float]] = {
     0: (-110, 65), 1: (-110, 65), 2: (-110, 180), 3: (-180, 0),         # right hip x3, knee
     5: (-65, 110), 6: (-65, 110), 7: (-110, 180), 8: (-180, 0),         # left hip x3, knee
     **{i: (-180, 180) for i in range(10, 22)},                           # pelvis, spine, thorax, neck (3 each)
-    24: (-155, 65), 25: (-155, 65), 26: (0, 180), 27: (0, 180),          # right shoulder x2, elbow, wrist frame
+    24: (-155, 65), 25: (-65, 155), 26: (0, 180), 27: (0, 180),          # right shoulder x2, elbow, wrist frame
     29: (-65, 155), 30: (-65, 155), 31: (0, 180), 32: (0, 180),          # left shoulder x2, elbow, wrist frame
     34: (-180, 180), 35: (-180, 180), 36: (-180, 180),                   # global rotation
 }
@@ -235,8 +240,8 @@ class DHSkeleton(torch.nn.Module):
 
 def upright_alignment(fk: DHSkeleton) -> torch.Tensor:
     """Rotation taking the FK model's zero-angle frame to a z-up frame (spine along +z, hips along x)."""
-    ang = torch.zeros(1, NUM_ANGLES)
-    pose = fk(ang, torch.ones(1, 15) * 0.3, rotate=False)[0]
+    dev = fk.mask.device              # the model's device (GPU in training), not the default one
+    pose = fk(torch.zeros(1, NUM_ANGLES, device=dev), torch.full((1, 15), 0.3, device=dev), rotate=False)[0]
     up = pose[8] - pose[0]
     side = pose[4] - pose[1]          # right hip -> left hip
     ez = up / up.norm()

@@ -12,10 +12,13 @@ Per epoch (docs methods.md §4.5):
   2. GAN pass over the training set (mode `gan`: critic steps, a generator step every
      `gan.critic_steps`-th iteration; mode `normal`: angles drawn at random, no learning), filling a
      fresh buffer of generated pairs (about one epoch's worth);
-  3. after `warmup` epochs: one pass of the lifting network on the generated pairs, then one on the
-     real pairs (MSE, grad-norm clip 1, a second step on the mirrored pair).
+  3. after `warmup` GAN-only epochs (mode `gan`; `normal` and `none` train from epoch 0): one pass of the
+     lifting network on the generated pairs, then one on the real pairs (MSE, grad-norm clip 1, a
+     second step on the mirrored pair).
 Learning rate of the lifting network: linear decay over the first `epochs - extra_epochs` epochs, then
-x `lr_decay` per epoch (the paper's extra phase). Mode `none` is the baseline of the ablation.
+x `lr_decay` per epoch (the paper's extra phase). Single-frame, the schedule runs from epoch 0 (warm-up
+included); in video mode it starts at the first lifting epoch (as released: the warm-ups are added to
+the first phase). Mode `none` is the baseline of the ablation.
 
 The network works on the 16-joint skeleton of PoseAug/DH-AUG (no Neck/Nose); evaluation therefore
 defaults to `eval_joints=16`. Video mode (`backbone.name=videopose`, `backbone.receptive_field` 9 or 27):
@@ -35,7 +38,7 @@ import torch.distributed as dist
 from posectl.config import field
 from posectl.core.camera import normalize_screen, project, world_to_camera
 from posectl.core.kinematics import (
-    BONE_NAMES, FREE_ANGLES, ROTATION, SCALE_GROUPS, DHSkeleton, angle_bounds, bone_lengths16,
+    BONE_NAMES, FREE_ANGLES, ROTATION, SCALE_GROUPS, DHSkeleton, bone_lengths16,
     subject_templates, swap_bone_lengths, upright_alignment, yaw_matrix,
 )
 from posectl.core.skeleton import H36M16, flip_poses
@@ -79,7 +82,8 @@ class DHAugConfig(LiftingConfig):
     eval_joints: Literal["all", "16", "14"] = field("16", "evaluation joints: 16 (PoseAug/DH-AUG protocol) or 14")
     mode: Literal["gan", "normal", "none"] = field(
         "gan", "gan: learned DH augmentation; normal: random DH sampling; none: no augmentation (baseline)")
-    warmup: int = field(2, "GAN-only epochs before the lifting network trains (gan/normal)")
+    warmup: int = field(2, "mode gan: number of GAN-only epochs; the lifting network trains from epoch `warmup` "
+                           "(0-based; the release's `epoch > warmup` waits one more). normal/none: no warm-up")
     extra_epochs: int = field(0, "final epochs of the extra phase (lr x lr_decay per epoch after the linear decay)")
     bone_swap: bool = field(True, "swap in a random training subject's bone lengths every epoch (PoseAug's step)")
     train_flip: bool = field(True, "a second optimiser step on the mirrored pair")
@@ -95,7 +99,7 @@ class DHAugConfig(LiftingConfig):
             raise ConfigError("extra_epochs: must be >= 0 and < epochs")
         if self.warmup < 0 or self.gan.critic_steps < 1 or self.gan.motion_warmup < 0:
             raise ConfigError("warmup, gan.critic_steps, gan.motion_warmup: must be >= 0 (critic_steps >= 1)")
-        if self.mode != "none" and self.warmup + self._motion_delay() >= self.epochs:
+        if self._lifting_start() >= self.epochs:
             raise ConfigError(f"warmup: the lifting network never trains ({self.warmup} warm-up epochs "
                               f"+ {self._motion_delay()} motion warm-up >= {self.epochs} epochs)")
         if self.gan.batch_size < 1:
@@ -105,6 +109,11 @@ class DHAugConfig(LiftingConfig):
 
     def _motion_delay(self) -> int:
         return self.gan.motion_warmup if self.backbone.receptive_field > 1 else 0
+
+    def _lifting_start(self) -> int:
+        """First epoch that trains the lifting network: random DH sampling (`normal`) needs no warm-up
+        and the release trains from the start there; `gan` waits for the generator (and motion critics)."""
+        return self.warmup + self._motion_delay() if self.mode == "gan" else 0
 
 
 def _distributed() -> bool:
@@ -141,9 +150,14 @@ class DHAug(LiftingMethod):
         backbone = cfg.backbone.build(16, 16, H36M16)
         self.model = ctx.prepare_model(SubsetLifter(backbone, KEEP16, 17, fill={9: 8}))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, amsgrad=True)
-        e1 = cfg.epochs - cfg.extra_epochs
+        # The release's lambda rule 1 - k/(n1+1) over the first phase's n1 epochs, then the last step's
+        # 1/(n1+1) x lr_decay per extra epoch. k counts from epoch 0 single-frame (the release steps through
+        # the warm-up), from the first lifting epoch in video mode (the release steps only once lifting
+        # runs, and the first phase holds the warm-ups), so lifting starts at the full rate there.
+        start = cfg._lifting_start() if self.frames > 1 else 0
+        n1 = max(cfg.epochs - cfg.extra_epochs - start, 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda e: (
-            1 - e / (e1 + 1) if e < e1 else (1 - (e1 - 1) / (e1 + 1)) * cfg.lr_decay ** (e - e1 + 1)))
+            1 - max(e - start, 0) / (n1 + 1) if e - start < n1 else cfg.lr_decay ** (e - start - n1) / (n1 + 1)))
         # real data in the 16-joint layout
         self.inputs16 = data.inputs[:, list(KEEP16)]
         self.targets16 = data.targets[:, list(KEEP16)]
@@ -205,12 +219,10 @@ class DHAug(LiftingMethod):
         if g.bone_scaling == "none" or g.bone_scale == 0:
             return lengths
         B = lengths.shape[0]
-        if g.bone_scaling == "same":
-            eps = (torch.rand(B, 1, generator=self.gen) * 2 - 1) * g.bone_scale
-            return lengths * (1 + eps)
-        scale = torch.ones(B, len(BONE_NAMES))
+        shared = (torch.rand(B, generator=self.gen) * 2 - 1) * g.bone_scale if g.bone_scaling == "same" else None
+        scale = torch.ones(B, len(BONE_NAMES))   # the thorax link stays unscaled in both modes (§4.3)
         for bones in SCALE_GROUPS.values():
-            eps = (torch.rand(B, generator=self.gen) * 2 - 1) * g.bone_scale
+            eps = shared if shared is not None else (torch.rand(B, generator=self.gen) * 2 - 1) * g.bone_scale
             for b in bones:
                 scale[:, BONE_NAMES.index(b)] = 1 + eps
         return lengths * scale
@@ -239,17 +251,17 @@ class DHAug(LiftingMethod):
         # a random heading, root at a random real root position. The released generator's narrower ranges
         # are not documented; the trunk and neck DOFs (range +-180 for the GAN) get sd 15 deg here, or
         # the trunk would fold over as often as not.
-        lo, hi = angle_bounds()
-        mid = (lo + hi) / 2
-        sd = torch.full((37,), 60.0)
+        # Draws come from the CPU generator (same stream on every device), then everything runs on `dev`.
+        lo, hi = self.fk.lo, self.fk.hi
+        sd = torch.full((37,), 60.0, device=dev)
         sd[10:22] = 15.0
-        angles = (mid + sd * torch.randn(B * T, 37, generator=self.gen)).clamp(lo, hi)
-        pose = self.fk(angles, lengths.repeat_interleave(T, 0), rotate=False)
-        yaw = (torch.rand(B, generator=self.gen) * 2 - 1) * torch.pi
+        angles = ((lo + hi) / 2 + sd * torch.randn(B * T, 37, generator=self.gen).to(dev)).clamp(lo, hi)
+        pose = self.fk(angles, lengths.to(dev).repeat_interleave(T, 0), rotate=False)
+        yaw = ((torch.rand(B, generator=self.gen) * 2 - 1) * torch.pi).to(dev)
         rot = yaw_matrix(yaw) @ self.align
         rc = torch.einsum("bij,btkj->btki", rot, pose.view(B, T, 16, 3))
-        root = self.world_root[torch.randint(len(self.world_root), (B,), generator=self.gen)]
-        return (rc + root[:, None, None, :]).to(dev), rc.to(dev)
+        root = self.world_root[torch.randint(len(self.world_root), (B,), generator=self.gen)].to(dev)
+        return rc + root[:, None, None, :], rc
 
     def _view(self, world: torch.Tensor, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Camera-frame 3D, normalised 2D and a validity mask for poses seen through training cameras."""
@@ -395,7 +407,7 @@ class DHAug(LiftingMethod):
         self._setup_augmentation()
         self.model.train()
         out: dict[str, float] = {}
-        lifting = cfg.mode == "none" or epoch >= cfg.warmup + cfg._motion_delay()
+        lifting = epoch >= cfg._lifting_start()
         if cfg.mode != "none":
             kp, y, stats = self._augment_pass(epoch)
             out.update(stats)
@@ -413,7 +425,7 @@ class DHAug(LiftingMethod):
             out["precise_bn_batches"] = self.refresh_batch_norm(   # statistics of real inputs: what is evaluated
                 lambda idx: self.data.windows(idx, T, inputs=self.inputs16), self.gen)
         out["lr"] = self.opt.param_groups[0]["lr"]
-        with warnings.catch_warnings():   # warm-up epochs step the schedule without a lifting step
+        with warnings.catch_warnings():   # warm-up epochs step the schedule (at 1 in video mode) without lifting
             warnings.simplefilter("ignore", UserWarning)
             self.sched.step()
         return out
