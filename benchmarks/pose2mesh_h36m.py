@@ -84,7 +84,7 @@ def main() -> None:
             cfg = build(cls.Config, {
                 "seed": seed, "epochs": args.epochs, "posenet_epochs": args.posenet_epochs, "lr": 1e-3,
                 "posenet.width": args.posenet_width, "meshnet.width": args.meshnet_width,
-                "edge_loss_start": args.posenet_epochs + (args.epochs - args.posenet_epochs) // 2,
+                "edge_loss_start": (args.epochs - args.posenet_epochs) // 2,   # mesh-stage epochs
                 "body.model": args.body, "body.fit_iters": args.fit_iters,
                 "data.path": paths[setting], "data.train_stride": stride, "data.eval_stride": args.val_stride,
                 **({"data.train_subjects": subjects} if subjects else {})})

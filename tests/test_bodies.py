@@ -201,7 +201,8 @@ def test_pose2mesh_trains_on_fitted_anny_meshes_and_caches_the_fits(anny_body, s
     tr, va = LiftingData(ds.load("train"), ds.layout), LiftingData(ds.load("val"), ds.layout)
     cls = get_method("pose2mesh")
     cfg = build(cls.Config, {"posenet.width": 128, "meshnet.width": 8, "meshnet.levels": 3, "body.model": "anny",
-                             "body.fit_iters": 40, "epochs": 3, "posenet_epochs": 1, "data.train_stride": 24})
+                             "body.fit_iters": 40, "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 1,
+                             "data.train_stride": 24})
     m = cls(cfg, tr, Context())
     m.train_epoch(0)
     r1 = m.train_epoch(1)
@@ -273,7 +274,7 @@ def test_pose2mesh_on_an_anny_dataset_needs_no_fitting(anny_body, anny_dataset, 
     tr, va = LiftingData(ds.load("train"), ds.layout), LiftingData(ds.load("val"), ds.layout)
     cls = get_method("pose2mesh")
     cfg = build(cls.Config, {"posenet.width": 128, "meshnet.width": 8, "meshnet.levels": 3, "body.model": "anny",
-                             "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 2})
+                             "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 1})
     m = cls(cfg, tr, Context())
     m.train_epoch(0)
     r1, r2 = m.train_epoch(1), m.train_epoch(2)

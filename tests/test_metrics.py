@@ -148,6 +148,26 @@ def test_evaluate_poses_keys_units_and_subset():
         M.evaluate_poses(pred, gt, joints=[7])
 
 
+def test_evaluate_poses_can_fit_the_alignments_on_the_subset_alone():
+    """align_on="subset" (Pose2Mesh: select the 14 joints, then rigid-align): P-/N-MPJPE are those of the
+    root-centred subset slices; MPJPE is unchanged; the default still aligns on all joints."""
+    rng = np.random.default_rng(7)
+    gt = _rand_pose(rng, n=6, j=17) * 0.3
+    pred = gt + 0.05 * rng.standard_normal(gt.shape)
+    idx = [1, 2, 3, 4, 5, 6, 8, 10, 11, 12, 13, 14, 15, 16]
+    sub = M.evaluate_poses(pred, gt, actions=["A"] * 6, joints=idx, align_on="subset")
+    full = M.evaluate_poses(pred, gt, actions=["A"] * 6, joints=idx)
+    p, g = M.root_relative(pred)[:, idx], M.root_relative(gt)[:, idx]
+    assert sub["p_mpjpe"] == pytest.approx(M.p_mpjpe(p, g) * 1000)
+    assert sub["p_mpjpe_action_avg"] == pytest.approx(sub["p_mpjpe"])
+    assert sub["n_mpjpe"] == pytest.approx(M.n_mpjpe_errors(p, g, root=None).mean() * 1000)
+    assert sub["mpjpe"] == full["mpjpe"] and sub["per_joint_mpjpe"] == full["per_joint_mpjpe"]
+    assert abs(sub["p_mpjpe"] - full["p_mpjpe"]) > 0.1           # the two protocols differ
+    assert full["p_mpjpe"] == pytest.approx(M.p_mpjpe_errors(pred, gt)[:, idx].mean() * 1000)
+    with pytest.raises(ValueError, match="align_on"):
+        M.evaluate_poses(pred, gt, align_on="joints")
+
+
 def test_mpjpe_loss_matches_and_backprops():
     rng = np.random.default_rng(6)
     gt = M.root_relative(_rand_pose(rng))

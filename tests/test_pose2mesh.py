@@ -7,7 +7,8 @@ import torch
 from posectl.config import build
 from posectl.core.mesh import (Graph, TubeBody, coarsen, edge_length_loss, joint_graph, mesh_edges, normal_loss,
                                scaled_laplacian, write_obj)
-from posectl.core.skeleton import get_layout
+from posectl.core import metrics
+from posectl.core.skeleton import EVAL_JOINT_SETS, get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.store import PoseDataset
 from posectl.errors import ConfigError
@@ -71,6 +72,50 @@ def test_coarsening_halves_each_level_and_its_layout_round_trips():
         assert all(a == b or Ac[a, b] > 0 for a, b in zip(pr, pc))
 
 
+def _dense(idx, val, n):
+    L = np.zeros((n, n))
+    np.add.at(L, (idx[0], idx[1]), val)
+    return L
+
+
+def _reference_laplacian(A):
+    """2 L / lambda_max - I, L = I - D^-1/2 A D^-1/2 by hand from a dense A (isolated nodes: L_ii = 1)."""
+    d = A.sum(1)
+    dinv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0)
+    L = np.eye(len(A)) - dinv[:, None] * A * dinv[None]
+    return 2 * L / np.linalg.eigvalsh(L)[-1] - np.eye(len(A))
+
+
+def test_joint_graph_is_pose2mesh_build_adj_with_self_loops():
+    A = np.eye(17)                                # build_adj: skeleton + left/right pairs + I
+    for a, b in list(H36M.bones) + list(zip(H36M.left, H36M.right)):
+        A[a, b] = A[b, a] = 1
+    g = joint_graph(H36M)
+    assert np.array_equal(g.dense(), A) and np.array_equal(g.degree(), A.sum(1))
+    idx, val, n = scaled_laplacian(g)
+    assert len(set(zip(*idx.tolist()))) == idx.shape[1]           # one entry per position
+    L = _dense(idx, val, n)
+    assert np.allclose(L, _reference_laplacian(A), atol=1e-5)
+    # the loops are no T0 term: without them the degrees, hence every entry, differ
+    assert np.abs(_reference_laplacian(A - np.eye(17)) - L).max() > 0.3
+
+
+def test_coarsening_keeps_the_edges_inside_merged_pairs_as_self_loops():
+    """As Pose2Mesh's HEM: a coarse edge weight sums the fine weights between the children (P^T A P), so the
+    edge inside a merged pair becomes a self-loop of its parent, counted in its degree and Laplacian; the
+    mesh graph itself has none (Pose2Mesh's build_graph adds no I)."""
+    body = TubeBody(H36M, ring=8, rings=3)
+    h = coarsen(Graph.from_edges(body.num_vertices, mesh_edges(body.faces)), 3)
+    assert not (h.graphs[0].rows == h.graphs[0].cols).any()
+    for fine, coarse in zip(h.graphs, h.graphs[1:]):
+        P = np.zeros((fine.n, coarse.n))
+        P[np.arange(fine.n), np.arange(fine.n) // 2] = 1           # node k -> parent k // 2
+        assert np.allclose(coarse.dense(), P.T @ fine.dense() @ P)
+    A = h.graphs[-1].dense()
+    assert np.diag(A).max() > 0
+    assert np.allclose(_dense(*scaled_laplacian(h.graphs[-1])), _reference_laplacian(A), atol=1e-5)
+
+
 def test_scaled_laplacian_spectrum_lies_in_minus_one_one():
     g = joint_graph(H36M)
     idx, val, n = scaled_laplacian(g)
@@ -129,11 +174,43 @@ def test_config_guards():
         build(cls.Config, {"meshnet.levels": 0})
 
 
+def test_edge_loss_start_counts_epochs_of_the_mesh_stage(small_dataset):
+    """Like lr_step, edge_loss_start counts from the first mesh-stage epoch (the paper's mesh run starts from a
+    pre-trained PoseNet); a start the run never reaches is refused."""
+    cls = get_method("pose2mesh")
+    with pytest.raises(ConfigError, match="edge_loss_start"):
+        build(cls.Config, {"epochs": 4, "posenet_epochs": 2, "edge_loss_start": 2})
+    build(cls.Config, {"epochs": 4, "posenet_epochs": 2, "edge_loss_start": 2, "edge_loss_weight": 0})
+    ds = PoseDataset(small_dataset)
+    tr = LiftingData(ds.load("train"), ds.layout)
+    cfg = build(cls.Config, {**TINY, "epochs": 4, "posenet_epochs": 2, "edge_loss_start": 1, "data.train_stride": 16})
+    m = cls(cfg, tr, Context())
+    assert [m.train_epoch(e)["edge_loss_on"] for e in range(4)] == [0, 0, 0, 1]
+
+
+def test_pa_mpjpe_is_aligned_on_the_14_evaluation_joints(small_dataset):
+    """Pose2Mesh selects its 14 joints first, then rigid-aligns on them: PA-MPJPE (and N-MPJPE) are those of the
+    14-joint slices, not of an alignment on all 17 restricted afterwards."""
+    ds = PoseDataset(small_dataset)
+    tr, va = LiftingData(ds.load("train"), ds.layout), LiftingData(ds.load("val"), ds.layout)
+    cls = get_method("pose2mesh")
+    m = cls(build(cls.Config, {**TINY, "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 1}), tr, Context())
+    res = m.evaluate(va, stride=4, detailed=True)
+    _, verts, rows = m.predict(va, stride=4)
+    idx = list(EVAL_JOINT_SETS["14"])
+    J = np.einsum("jv,nvc->njc", m.body.joint_regressor, verts)
+    pred, gt = metrics.root_relative(J)[:, idx], metrics.root_relative(va.targets[rows].numpy())[:, idx]
+    assert res["p_mpjpe"] == pytest.approx(metrics.p_mpjpe(pred, gt) * 1000, rel=1e-6)
+    assert res["n_mpjpe"] == pytest.approx(metrics.n_mpjpe_errors(pred, gt, root=None).mean() * 1000, rel=1e-6)
+    assert res["mpjpe"] == pytest.approx(np.linalg.norm(pred - gt, axis=-1).mean() * 1000, rel=1e-6)
+    assert "aligned on those 14 joints" in res["protocol"]
+
+
 def test_training_in_process_learns_meshes_and_resumes_exactly(small_dataset):
     ds = PoseDataset(small_dataset)
     tr, va = LiftingData(ds.load("train"), ds.layout), LiftingData(ds.load("val"), ds.layout)
     cls = get_method("pose2mesh")
-    cfg = build(cls.Config, {**TINY, "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 2, "data.train_stride": 2})
+    cfg = build(cls.Config, {**TINY, "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 1, "data.train_stride": 2})
     m = cls(cfg, tr, Context())
     before = m.evaluate(va, stride=4)
     assert all(reported_metric("pose2mesh", f"val_{k}") for k, v in before.items() if isinstance(v, (int, float)))  # declared
@@ -164,7 +241,8 @@ def test_pose2mesh_trains_through_ray_train_with_two_workers(ray_session, anny_d
     from posectl.orchestrator.train import train
     tiny = {k: v for k, v in TINY.items() if not k.startswith("body.")}
     out = train("pose2mesh", [{**tiny, "body.model": "anny", "data.path": str(anny_dataset), "epochs": 2,
-                               "posenet_epochs": 1, "data.eval_stride": 4}], workers=2, runs_dir=tmp_path, name="pm")
+                               "posenet_epochs": 1, "edge_loss_start": 0, "data.eval_stride": 4}], workers=2,
+                runs_dir=tmp_path, name="pm")
     hist = out.experiment.history()
     assert [r["epoch"] for r in hist] == [1, 2] and np.isfinite(hist[1]["vertex_l1_mm"])
     assert hist[1]["body_fits_new"] == 0 and hist[1]["body_fit_valid"] == 1

@@ -147,14 +147,17 @@ class Graph:
     weights: np.ndarray
 
     @classmethod
-    def from_edges(cls, n: int, edges: np.ndarray, weights: np.ndarray | None = None) -> "Graph":
+    def from_edges(cls, n: int, edges: np.ndarray, weights: np.ndarray | None = None,
+                   self_loops: bool = False) -> "Graph":
+        """Undirected edges (listed once); `self_loops` adds A + I (a self-loop of weight 1 on every node)."""
         edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
         w = np.ones(len(edges)) if weights is None else np.asarray(weights, dtype=np.float64)
         keep = edges[:, 0] != edges[:, 1]
         edges, w = edges[keep], w[keep]
-        rows = np.concatenate([edges[:, 0], edges[:, 1]])
-        cols = np.concatenate([edges[:, 1], edges[:, 0]])
-        return cls._merge(n, rows, cols, np.concatenate([w, w]))
+        loops = np.arange(n if self_loops else 0)
+        rows = np.concatenate([edges[:, 0], edges[:, 1], loops])
+        cols = np.concatenate([edges[:, 1], edges[:, 0], loops])
+        return cls._merge(n, rows, cols, np.concatenate([w, w, np.ones(len(loops))]))
 
     @classmethod
     def _merge(cls, n, rows, cols, w) -> "Graph":
@@ -188,7 +191,7 @@ def _match(g: Graph, rng: np.random.Generator) -> np.ndarray:
         best, best_score = -1, -np.inf
         for k in range(nbr_start[i], nbr_start[i + 1]):
             j = g.cols[k]
-            if cluster[j] >= 0:
+            if j == i or cluster[j] >= 0:                  # a self-loop is no partner
                 continue
             score = g.weights[k] * (1.0 / max(deg[i], 1e-12) + 1.0 / max(deg[j], 1e-12))
             if score > best_score:
@@ -215,7 +218,9 @@ class Hierarchy:
 
 
 def coarsen(g: Graph, levels: int, seed: int = 0) -> Hierarchy:
-    """Coarsen `levels` times (each level about halves) and lay the levels out with fake nodes."""
+    """Coarsen `levels` times (each level about halves) and lay the levels out with fake nodes. As in
+    Pose2Mesh's coarsening (Defferrard's HEM), the edges inside a merged pair become a self-loop of the coarse
+    node (weight: both directions plus the children's own loops), which enters its degree and Laplacian."""
     rng = np.random.default_rng(seed)
     graphs, parents = [g], []
     for _ in range(levels):
@@ -225,9 +230,6 @@ def coarsen(g: Graph, levels: int, seed: int = 0) -> Hierarchy:
         m = int(cl.max()) + 1 if cur.n else 0
         graphs.append(Graph._merge(m, cl[cur.rows], cl[cur.cols], cur.weights)
                       if len(cur.rows) else Graph(m, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)))
-        keep = graphs[-1].rows != graphs[-1].cols
-        last = graphs[-1]
-        graphs[-1] = Graph(last.n, last.rows[keep], last.cols[keep], last.weights[keep])
     # layout top-down: positions hold real node ids or -1 (fake)
     layout = [np.arange(graphs[-1].n)]
     for lvl in range(levels - 1, -1, -1):
@@ -252,32 +254,37 @@ def coarsen(g: Graph, levels: int, seed: int = 0) -> Hierarchy:
 
 def scaled_laplacian(g: Graph) -> tuple[np.ndarray, np.ndarray, int]:
     """Rescaled normalised Laplacian L~ = 2 L / lambda_max - I, L = I - D^-1/2 A D^-1/2, as sparse
-    (indices (2, nnz), values (nnz,), n). Isolated (fake) nodes get L = 1 on the diagonal."""
+    (indices (2, nnz), values (nnz,), n; one entry per position). Self-loops of A count in D and lower
+    the diagonal of L; isolated (fake) nodes get L = 1 on the diagonal."""
     d = g.degree()
     dinv = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-12)), 0.0)
-    off = -g.weights * dinv[g.rows] * dinv[g.cols]
+    norm = g.weights * dinv[g.rows] * dinv[g.cols]
+    loop = g.rows == g.cols
+    diag_vals = np.ones(g.n)
+    np.subtract.at(diag_vals, g.rows[loop], norm[loop])
     diag = np.arange(g.n)
-    lam = _lambda_max(g.n, g.rows, g.cols, off)
-    rows = np.concatenate([g.rows, diag])
-    cols = np.concatenate([g.cols, diag])
-    vals = np.concatenate([2 * off / lam, np.full(g.n, 2 / lam - 1)])
+    rows = np.concatenate([g.rows[~loop], diag])
+    cols = np.concatenate([g.cols[~loop], diag])
+    L = np.concatenate([-norm[~loop], diag_vals])
+    lam = _lambda_max(g.n, rows, cols, L)
+    vals = 2 * L / lam - (rows == cols)
     return np.stack([rows, cols]), vals.astype(np.float32), g.n
 
 
-def _lambda_max(n, rows, cols, off) -> float:
-    """Largest eigenvalue of L = I + off-diagonal part (dense for small graphs, else power iteration;
+def _lambda_max(n, rows, cols, vals) -> float:
+    """Largest eigenvalue of the sparse L (dense for small graphs, else power iteration;
     L is PSD with spectrum in [0, 2])."""
     if n == 0:
         return 2.0
     if n <= 3000:                                       # exact for the sizes trained on CPU
-        L = np.eye(n)
-        np.add.at(L, (rows, cols), off)
+        L = np.zeros((n, n))
+        np.add.at(L, (rows, cols), vals)
         return max(float(np.linalg.eigvalsh(L)[-1]), 1e-3)
     x = np.random.default_rng(0).standard_normal(n)
     lam = 1.0
     for _ in range(300):
-        y = x.copy()
-        np.add.at(y, rows, off * x[cols])
+        y = np.zeros(n)
+        np.add.at(y, rows, vals * x[cols])
         lam_new = float(np.linalg.norm(y))
         x = y / max(lam_new, 1e-12)
         if abs(lam_new - lam) < 1e-7:
@@ -287,10 +294,11 @@ def _lambda_max(n, rows, cols, off) -> float:
 
 
 def joint_graph(layout: Layout) -> Graph:
-    """Skeleton edges plus left/right symmetric pairs (Pose2Mesh's joint graph; self-loops are implicit
-    in the Chebyshev T0 term)."""
+    """Skeleton edges plus left/right symmetric pairs plus self-loops (Pose2Mesh's build_adj: A + I). The
+    self-loops are not the Chebyshev T0 term: they raise every degree, so they change both the diagonal and
+    the off-diagonal entries of the normalised Laplacian."""
     edges = list(layout.bones) + list(zip(layout.left, layout.right))
-    return Graph.from_edges(layout.num_joints, np.array(edges))
+    return Graph.from_edges(layout.num_joints, np.array(edges), self_loops=True)
 
 
 # -- losses ------------------------------------------------------------------------------------------

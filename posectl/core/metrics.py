@@ -103,10 +103,11 @@ def p_mpjpe(pred, gt) -> float:
     return float(p_mpjpe_errors(pred, gt).mean())
 
 
-def n_mpjpe_errors(pred, gt, root: int = 0) -> np.ndarray:
-    """Per-joint errors (N, J) after root centring and per-frame scale-only alignment."""
+def n_mpjpe_errors(pred, gt, root: int | None = 0) -> np.ndarray:
+    """Per-joint errors (N, J) after root centring (unless ``root`` is None) and per-frame scale-only alignment."""
     p, g = _pair(pred, gt)
-    p, g = root_relative(p, root), root_relative(g, root)
+    if root is not None:
+        p, g = root_relative(p, root), root_relative(g, root)
     num = (p * g).sum(axis=(1, 2))
     den = (p * p).sum(axis=(1, 2))
     s = np.where(den > _EPS, num / np.maximum(den, _EPS), 1.0)
@@ -172,24 +173,35 @@ def per_joint(errors: np.ndarray) -> np.ndarray:
     return e.mean(axis=0)
 
 
-def evaluate_poses(pred, gt, actions=None, root=0, joints=None, pck_threshold_mm=150.0) -> dict:
+def evaluate_poses(pred, gt, actions=None, root=0, joints=None, pck_threshold_mm=150.0,
+                   align_on: str = "all") -> dict:
     """Evaluate poses given in metres; returns errors in mm and PCK/AUC in %.
 
-    Alignment (root centring, Procrustes, scaling) uses all joints; ``joints`` then
-    restricts which joints enter every metric. Means are per-sample; with ``actions``
-    the action-wise averages and a per-action breakdown are added.
+    Root centring uses the ``root`` joint; ``joints`` restricts which joints enter every
+    metric. The per-frame Procrustes (P-MPJPE) and scale (N-MPJPE) alignments are fitted
+    on all joints (``align_on="all"``, VideoPose3D) or on the ``joints`` subset only
+    (``align_on="subset"``: Pose2Mesh selects its 14 joints, then aligns). Means are
+    per-sample; with ``actions`` the action-wise averages and a per-action breakdown are added.
     """
     p, g = _pair(pred, gt)
-    errs = {
-        "mpjpe": joint_errors(p, g, root) * 1000.0,
-        "p_mpjpe": p_mpjpe_errors(p, g) * 1000.0,
-        "n_mpjpe": n_mpjpe_errors(p, g, root) * 1000.0,
-    }
+    if align_on not in ("all", "subset"):
+        raise ValueError(f"align_on must be 'all' or 'subset', got {align_on!r}")
+    idx = None
     if joints is not None:
         idx = np.asarray(joints, dtype=np.int64).reshape(-1)
         if idx.size == 0 or idx.min() < -p.shape[1] or idx.max() >= p.shape[1]:
             raise ValueError(f"invalid joint subset {list(idx)} for {p.shape[1]} joints")
-        errs = {k: v[:, idx] for k, v in errs.items()}
+    mpjpe_errs = joint_errors(p, g, root) * 1000.0
+    if align_on == "subset" and idx is not None:
+        # the root (often outside the subset) centres both poses first; the fits then see only the subset
+        pr, gr = root_relative(p, root)[:, idx], root_relative(g, root)[:, idx]
+        errs = {"mpjpe": mpjpe_errs[:, idx], "p_mpjpe": p_mpjpe_errors(pr, gr) * 1000.0,
+                "n_mpjpe": n_mpjpe_errors(pr, gr, root=None) * 1000.0}
+    else:
+        errs = {"mpjpe": mpjpe_errs, "p_mpjpe": p_mpjpe_errors(p, g) * 1000.0,
+                "n_mpjpe": n_mpjpe_errors(p, g, root) * 1000.0}
+        if idx is not None:
+            errs = {k: v[:, idx] for k, v in errs.items()}
     out: dict = {k: float(v.mean()) for k, v in errs.items()}
     out["pck150"] = pck(errs["mpjpe"], pck_threshold_mm)
     out["auc"] = auc(errs["mpjpe"])

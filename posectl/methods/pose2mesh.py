@@ -6,7 +6,7 @@ Two networks, trained in one run:
   2. MeshNet (posectl.models.meshnet) takes, per joint, the 2D input and PoseNet's 3D (detached) and
      regresses every mesh vertex with Chebyshev graph convolutions, coarse to fine.
 Losses of the full model (paper weights): vertex L1 + 0.1 x surface-normal loss + 20 x edge-length loss
-(from epoch `edge_loss_start` on) + 1e-3 x [L1 of the mesh-regressed joints + L1 of PoseNet's joints]
+(from mesh-stage epoch `edge_loss_start` on) + 1e-3 x [L1 of the mesh-regressed joints + L1 of PoseNet's joints]
 (joint terms in mm, vertex/normal/edge terms in metres, as in the paper). RMSprop, step decay x0.1.
 
 Ground-truth meshes come from the body model (`body.model`). `anny` (the default, free) and `smpl` (the user's
@@ -17,8 +17,9 @@ and the vertex error, as the paper masks its SMPLify fits. `tube` (posectl.core.
 mesh, an exact function of the 3D joints, so any pose dataset has exact mesh ground truth without fitting. None is SMPL as the paper used it: absolute mesh errors
 are not comparable with the paper's figures.
 Evaluation: MPJPE / PA-MPJPE of the joints regressed from the predicted mesh (root-aligned; the paper's
-14 joints by default, `eval_joints=all` for 17), MPVPE over the vertices after subtracting the regressed
-root, and PoseNet's own MPJPE. Model selection on the validation split.
+14 joints by default, `eval_joints=all` for 17; as in the paper, PA-MPJPE is aligned on the evaluated joints
+alone), MPVPE over the vertices after subtracting the regressed root, and PoseNet's own MPJPE. Model
+selection on the validation split.
 """
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class Pose2MeshConfig(TrainConfig):
     lr_step: float = field(0.8, "share of the mesh-stage epochs after which the lr drops x0.1 (paper: 12 of 15)", le=1)
     normal_loss_weight: float = field(0.1, "weight of the surface-normal loss")
     edge_loss_weight: float = field(20.0, "weight of the edge-length loss")
-    edge_loss_start: int = field(5, "epoch (0-based) from which the edge-length loss is on (paper: 7 of 15)")
+    edge_loss_start: int = field(3, "epoch of the mesh stage (0-based, counted after the posenet_epochs, like "
+                                    "lr_step) from which the edge-length loss is on (paper: 7 of 15)")
     joint_loss_weight: float = field(1e-3, "weight of the two joint L1 terms (in mm)")
     standardize_input: bool = field(True, "per-sample standardisation of the 2D input (paper)")
     eval_joints: Literal["14", "16", "all"] = field("14", "evaluation joints: 14 (paper), 16, all 17")
@@ -100,6 +102,10 @@ class Pose2MeshConfig(TrainConfig):
             raise ConfigError(f"posenet_epochs: must be in [0, epochs) = [0, {self.epochs}) so that MeshNet trains")
         if not 0 < self.lr_step <= 1:
             raise ConfigError("lr_step: must be in (0, 1]")
+        mesh_epochs = self.epochs - self.posenet_epochs
+        if self.edge_loss_weight > 0 and self.edge_loss_start >= mesh_epochs:
+            raise ConfigError(f"edge_loss_start: counts mesh-stage epochs, so it must be < epochs - posenet_epochs "
+                              f"= {mesh_epochs} (else the edge-length loss is never applied)")
         if self.body.model == "smpl" and not self.body.path:
             raise ConfigError("body.path: the smpl body needs the directory of the user's SMPL files")
         if self.body.fit_iters < 0 or self.body.fit_threshold_mm <= 0:
@@ -303,8 +309,8 @@ class Pose2Mesh:
     metrics = POSE_METRICS + ("mpvpe", "mesh_gt_valid", "mpjpe_all17", "posenet_mpjpe")
     description = "Pose2Mesh: 2D pose -> 3D pose -> mesh with a coarse-to-fine graph network (ECCV'20)"
     Config = Pose2MeshConfig
-    smoke_overrides = {"epochs": 2, "posenet_epochs": 1, "posenet.width": 256, "meshnet.width": 16,
-                       "batch_size": 64}
+    smoke_overrides = {"epochs": 2, "posenet_epochs": 1, "edge_loss_start": 0, "posenet.width": 256,
+                       "meshnet.width": 16, "batch_size": 64}
 
     def __init__(self, cfg: Pose2MeshConfig, data: LiftingData, ctx: Context):
         self.cfg, self.data, self.ctx = cfg, data, ctx
@@ -349,7 +355,9 @@ class Pose2Mesh:
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         mesh_stage = epoch >= cfg.posenet_epochs
-        edge_on = mesh_stage and epoch >= cfg.edge_loss_start
+        # counted from the start of the mesh stage, like lr_step: the paper's mesh run starts from a pre-trained
+        # PoseNet, so its epoch 7 of 15 excludes the PoseNet-only epochs
+        edge_on = mesh_stage and epoch - cfg.posenet_epochs >= cfg.edge_loss_start
         lr = self._lr(epoch)
         for g in self.opt.param_groups:
             g["lr"] = lr
@@ -436,7 +444,9 @@ class Pose2Mesh:
         mesh_joints = np.einsum("jv,nvc->njc", self.body.joint_regressor, verts)
         root = mesh_joints[:, layout.root:layout.root + 1]
         joints = list(EVAL_JOINT_SETS[self.cfg.eval_joints])
-        res = metrics.evaluate_poses(mesh_joints - root, gt, actions=data.actions[rows], root=layout.root, joints=joints)
+        # as Pose2Mesh: select the evaluation joints first, then fit the PA (and N) alignment on them alone
+        res = metrics.evaluate_poses(mesh_joints - root, gt, actions=data.actions[rows], root=layout.root,
+                                     joints=joints, align_on="subset")
         self.mesh_targets(data).ensure(rows, progress=self.ctx.progress)           # fits, once, with progress
         gt_verts, valid = self.mesh_targets(data).get(torch.from_numpy(rows))      # root at the origin already
         valid = valid.numpy()
@@ -446,7 +456,8 @@ class Pose2Mesh:
         res["mpjpe_all17"] = float(metrics.mpjpe(mesh_joints, gt, root=layout.root) * 1000)
         res["posenet_mpjpe"] = float(metrics.joint_errors(p3d, gt, layout.root)[:, joints].mean() * 1000)
         res["protocol"] = (f"{layout.name} joints regressed from the predicted mesh ({len(joints)} joints evaluated), "
-                           f"root-aligned, 2D {self.cfg.data.keypoints}, per-sample mean and action-wise mean; MPVPE "
+                           f"root-aligned, PA-MPJPE / N-MPJPE aligned on those {len(joints)} joints, 2D "
+                           f"{self.cfg.data.keypoints}, per-sample mean and action-wise mean; MPVPE "
                            f"over {self.body.num_vertices} vertices of the {self.cfg.body.model} body, root-aligned"
                            f"{self._gt_note(data, valid)}"
                            f"{f', every {stride}th frame' if stride > 1 else ''}")
