@@ -3,6 +3,7 @@ and the image column: frames attached to a dataset (as files or embedded) feed t
 import copy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from posectl.datasets.lifting import LiftingData
 from posectl.datasets.store import DatasetWriter, PoseDataset, table_from_arrays
 from posectl.errors import ConfigError, DataError
 from posectl.methods.base import Context, get_method
-from posectl.methods.l2d import FrozenLifter, dwa_weights, hard_joints
+from posectl.methods.l2d import L2D, FrozenLifter, dwa_weights, hard_joints
 from posectl.models.hrnet import HRNet
 from posectl.orchestrator.experiment import save_checkpoint
 from posectl.orchestrator.spaces import reported_metric
@@ -252,6 +253,49 @@ def test_config_guards(lifters, tmp_path):
         FrozenLifter(lifters[0], H36M16)
     with pytest.raises(ConfigError, match="checkpoint not found"):
         FrozenLifter(str(tmp_path / "none.pt"), H36M16)
+
+
+def test_only_ground_truth_2d_is_accepted():
+    """data.inputs are the heatmap targets and the 2D ground truth of every 2D metric: detections are refused."""
+    cls = get_method("l2d")
+    with pytest.raises(ConfigError, match="data.keypoints"):
+        build(cls.Config, {"data.keypoints": "cpn"})
+    assert build(cls.Config, {}).data.keypoints == "gt"
+
+
+def test_lr_schedule_is_the_papers_multisteplr_with_the_restart():
+    """L2D: MultiStepLR x0.67 at epochs 5, 10, ..., 70 (scheduler stepped after each epoch, epochs from 0) and the
+    lr x5 after epoch 30; replayed here with torch's scheduler, epoch by epoch."""
+    m = SimpleNamespace(cfg=build(get_method("l2d").Config, {"lr": 1e-3}))
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(range(5, 71, 5)), 0.67)
+    for epoch in range(90):
+        assert L2D._lr(m, epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9)
+        opt.step()
+        sched.step()
+        if epoch == 30:
+            opt.param_groups[0]["lr"] *= 5
+    lr = [L2D._lr(m, e) / 1e-3 for e in (29, 30, 31, 69, 70, 71, 100)]
+    assert lr == pytest.approx([0.67 ** 5, 0.67 ** 6, 5 * 0.67 ** 6, 5 * 0.67 ** 13, 5 * 0.67 ** 14, 5 * 0.67 ** 14,
+                                5 * 0.67 ** 14])
+
+
+def test_pdj_torso_diameter_is_left_shoulder_to_right_hip(small_dataset, lifters, monkeypatch):
+    """PDJ@0.2: a joint counts when its error < 0.2 |l-shoulder - r-hip| (L2D's left_shoulder_idx, right_hip_idx).
+    On frames where that diagonal is the longer one, errors between 0.2 x either diagonal are all detected."""
+    ds = PoseDataset(small_dataset)
+    val = LiftingData(ds.load("val"), ds.layout)
+    cls = get_method("l2d")
+    m = cls(build(cls.Config, {**TINY, "lifters": lifters[:1]}), val, Context())
+    J, uv = ds.layout.joints, val.inputs
+    ls_rh = (uv[:, J.index("LShoulder")] - uv[:, J.index("RHip")]).norm(dim=-1)
+    rs_lh = (uv[:, J.index("RShoulder")] - uv[:, J.index("LHip")]).norm(dim=-1)
+    rows = torch.nonzero(ls_rh > 1.2 * rs_lh).flatten()[:64]
+    assert len(rows) > 8
+    det = uv[rows].clone()
+    det[..., 0] += 0.2 * (ls_rh[rows] * rs_lh[rows]).sqrt()[:, None]      # between the two diagonals' thresholds
+    monkeypatch.setattr(m, "detect", lambda data, stride=1: (det, rows))
+    assert m.evaluate(val)["pdj"] == 100.0
 
 
 @pytest.mark.parametrize("mode", ["single", "multi"])

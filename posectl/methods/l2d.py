@@ -21,7 +21,9 @@ Per batch, top to bottom:
   5. Total = loss_single_w x [loss_2d_w L2D + sum_m w_m (ohklm_w OHKLM_m + loss_3d_xy_w L_xy,m +
      loss_3d_z_w L_z,m)] and, in `multi`, + loss_3d_avg_w MSE(mean_m pred_m, GT) (global consistency)
      + loss_3d_cons_w sum_{a<b} MSE(pred_a, pred_b) (local consistency). Mode `2d`: the 2D term only.
-Only the detector is optimised: Adam, lr x `lr_gamma` every `lr_step_every` epochs (paper: x0.67 / 5).
+Only the detector is optimised: Adam, lr x `lr_gamma` every `lr_step_every` epochs up to epoch `lr_step_last`,
+and x `lr_restart_factor` from epoch `lr_restart_epoch` on (paper: x0.67 at epochs 5, 10, ..., 70 and x5 after
+its epoch 30, counted from 0 as here, i.e. from epoch 31 on).
 
 Evaluation renders every `eval_stride`-th frame without augmentation (the same images for every run:
 backgrounds are seeded by the row), detects, and lifts through *every* configured lifter, whatever the
@@ -96,9 +98,16 @@ class L2DConfig(TrainConfig):
     lifter_dropout: bool = field(False, "multi: zero one random lifter's weight per iteration")
     lr_step_every: int = field(5, "epochs between lr steps", ge=1)
     lr_gamma: float = field(0.67, "lr factor at each step", gt=0)
+    lr_step_last: int = field(70, "epoch (0-based) of the last lr step (paper: 70)")
+    lr_restart_epoch: int = field(31, "epoch (0-based) from which the lr is multiplied by lr_restart_factor (paper: "
+                                      "x5 at the end of its epoch 30, counted from 0, so from epoch 31 on)")
+    lr_restart_factor: float = field(5.0, "lr factor from lr_restart_epoch on (paper: 5; 1: no restart)", gt=0)
 
     def validate(self) -> None:
         super().validate()
+        if self.data.keypoints != "gt":     # data.inputs are the heatmap targets and the 2D ground truth
+            raise ConfigError(f"data.keypoints: l2d trains the 2D detector on ground-truth 2D, so it must be 'gt' "
+                              f"(got '{self.data.keypoints}')")
         if not self.beta > 0 or not self.dwa_temperature > 0:
             raise ConfigError("beta and dwa_temperature: must be > 0")
         if self.detector.image_size < 16 or self.detector.image_size % 8:
@@ -258,8 +267,12 @@ class L2D:
         return images, crop.to_crop(uv), crop, uv, y
 
     def _lr(self, epoch: int) -> float:
+        """As the paper: x lr_gamma at epochs lr_step_every, 2 lr_step_every, ... up to lr_step_last (its
+        MultiStepLR), x lr_restart_factor from lr_restart_epoch on (its manual x5)."""
         cfg = self.cfg
-        return cfg.lr * cfg.lr_decay ** epoch * cfg.lr_gamma ** (epoch // cfg.lr_step_every)
+        steps = min(epoch, cfg.lr_step_last) // cfg.lr_step_every
+        restart = cfg.lr_restart_factor if epoch >= cfg.lr_restart_epoch else 1.0
+        return cfg.lr * cfg.lr_decay ** epoch * cfg.lr_gamma ** steps * restart
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
@@ -374,8 +387,8 @@ class L2D:
         uv_gt = data.inputs[rows]
         res["err_2d_px"] = float(((uv - uv_gt).norm(dim=-1) * width[:, None] / 2).mean())
         names = layout.joints
-        if "RShoulder" in names and "LHip" in names:
-            res["pdj"] = float(pdj(uv, uv_gt, names.index("RShoulder"), names.index("LHip")).mean())
+        if "LShoulder" in names and "RHip" in names:      # torso diameter |l-shoulder - r-hip|, as the paper
+            res["pdj"] = float(pdj(uv, uv_gt, names.index("LShoulder"), names.index("RHip")).mean())
         if detailed:
             res["per_action"] = {a: {k: float(np.mean([r["per_action"][a][k] for r in per])) for k in ("mpjpe", "p_mpjpe")}
                                  | {"n": per[0]["per_action"][a]["n"]} for a in per[0]["per_action"]}
