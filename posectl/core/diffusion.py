@@ -72,19 +72,39 @@ class Diffusion:
         return x / self.scale
 
 
-def estimate_root(pose: torch.Tensor, kp: torch.Tensor, f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def undistort(xy: torch.Tensor, dist: torch.Tensor, iters: int = 20) -> torch.Tensor:
+    """Inverse of core.camera.project's Human3.6M distortion on normalised image coordinates (..., J, 2),
+    with dist (..., 5) = [k1, k2, k3, p1, p2]: fixed-point iterations x <- (x_d - p2 r2) / (radial + tan),
+    y <- (y_d - p1 r2) / (radial + tan). Distortion is mild inside the image (a contraction of about
+    2 |k1| r2 < 0.1 per iteration), so 20 iterations reach float64 precision."""
+    k1, k2, k3, p1, p2 = (d[..., None] for d in dist.unbind(-1))
+    xd, yd = xy.unbind(-1)
+    x, y = xd, yd
+    for _ in range(iters):
+        r2 = x * x + y * y
+        s = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3 + p1 * y + p2 * x
+        x, y = (xd - p2 * r2) / s, (yd - p1 * r2) / s
+    return torch.stack([x, y], -1)
+
+
+def estimate_root(pose: torch.Tensor, kp: torch.Tensor, f: torch.Tensor, c: torch.Tensor,
+                  dist: torch.Tensor | None = None) -> torch.Tensor:
     """Root positions (..., 3) that best explain 2D keypoints (..., J, 2) for root-relative poses (..., J, 3)
     under a pinhole camera (f, c (..., 2), same units as kp): the linear least-squares solution of
     x_j (Z_j + T_z) = X_j + T_x, y_j (Z_j + T_z) = Y_j + T_y with x_j, y_j the normalised image coordinates.
-    No ground-truth root is needed."""
-    xy = (kp - c[..., None, :]) / f[..., None, :]                          # (..., J, 2)
-    X, Y, Z = pose.unbind(-1)
+    `dist` (..., 5) = intrinsics[4:9]: the keypoints are distorted (as jpma's reprojection assumes), so they
+    are undistorted first; on distorted keypoints the pinhole solution is off by decimetres towards the
+    image borders. No ground-truth root is needed."""
+    xy = (kp.double() - c[..., None, :].double()) / f[..., None, :].double()      # (..., J, 2)
+    if dist is not None:
+        xy = undistort(xy, dist.double())
+    X, Y, Z = pose.double().unbind(-1)
     one, zero = torch.ones_like(X), torch.zeros_like(X)
     rows_x = torch.stack([one, zero, -xy[..., 0]], -1)                    # (..., J, 3)
     rows_y = torch.stack([zero, one, -xy[..., 1]], -1)
     A = torch.cat([rows_x, rows_y], -2)                                    # (..., 2J, 3)
     b = torch.cat([xy[..., 0] * Z - X, xy[..., 1] * Z - Y], -1)[..., None]
-    sol = torch.linalg.lstsq(A.double(), b.double()).solution[..., 0]
+    sol = torch.linalg.lstsq(A, b).solution[..., 0]
     return sol.to(pose.dtype)
 
 

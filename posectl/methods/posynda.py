@@ -12,9 +12,11 @@ adapt     the pretrained source model is frozen and gets LoRA adapters (rank r) 
           aggregates per joint by reprojection (JPMA): the pseudo-label. The student then samples H
           hypotheses for the same 2D and for source poses moved into the target's 2D scale/position
           distribution (global position alignment, core.alignment, through the target cameras):
-            target loss = w_t2d * (min-over-hypotheses 2D reprojection error, px / 100)
-                        + w_t3d * MPJPE(every hypothesis, pseudo-label)
-            source loss = w_s3d * MPJPE(every hypothesis, source 3D) + w_s2d * (min 2D error, px / 100)
+            target loss = w_t2d * (min-over-hypotheses 2D reprojection error, px)
+                        + w_t3d * MPJPE(every hypothesis, pseudo-label, mm)
+            source loss = w_s3d * MPJPE(every hypothesis, source 3D, mm) + w_s2d * (min 2D error, px)
+          in the released code's units (px and mm; computed / 1000, i.e. in metres), so the paper's weights
+          0.5, 1, 1, 0.1 keep their balance. With several workers each takes a disjoint share of the target.
           With clips (denoiser.frames > 1) both losses cover every frame of every clip, each frame with its
           own root estimate (the released code's seq2seq losses), so clips a stride of `frames` apart use
           every frame once per epoch.
@@ -24,6 +26,12 @@ Prediction: H hypotheses by K-step DDIM with flip averaging at every step, then 
 the 2D); with clips, for the centre frame of the clip around each row. Evaluation adds P-Best (best
 hypothesis per sample) and P-Agg (mean hypothesis). Target 3D is read only by the test split; the target
 2D used for adaptation comes from a different split.
+
+Deliberate deviations from the release: the student samples without flip averaging (the teacher and
+prediction use it, `test_flip`); the losses supervise the final DDIM x0 only (the release supervises every step's x0);
+the refiner has dropout 0.1, no causal mask and learned positions (released: 0.5, causal, sinusoidal); the
+default lr 1e-3 and decay 0.95 suit CPU-scale models (paper: pretrain AdamW 6e-5, adapt Adam 1e-4, x0.993
+per epoch); gradient clipping (`grad_clip`) is available but off by default.
 """
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ from posectl.core.alignment import global_position_alignment
 from posectl.core.camera import normalize_screen, project
 from posectl.core.diffusion import Diffusion, estimate_root, jpma
 from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
-from posectl.datasets.lifting import LiftingData
+from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.errors import ConfigError
 from posectl.methods.base import POSE_METRICS, Context, DataInput, TrainConfig, register, seed_everything
 from posectl.models.lora import LoRALinear, inject_lora, lora_state
@@ -87,11 +95,13 @@ class PoSyndaConfig(TrainConfig):
     sampling_steps: int = field(2, "DDIM steps K", ge=1)
     lora_rank: int = field(4, "adapt: LoRA rank r on the attention projections", ge=1)
     ema: float = field(0.99, "adapt: EMA momentum of the teacher", lt=1)
-    w_t2d: float = field(0.5, "adapt: weight of the target 2D reprojection term")
-    w_t3d: float = field(1.0, "adapt: weight of the target pseudo-label term")
-    w_s3d: float = field(1.0, "adapt: weight of the GPA-styled source 3D term")
-    w_s2d: float = field(0.1, "adapt: weight of the source 2D reprojection term")
+    w_t2d: float = field(0.5, "adapt: weight of the target 2D reprojection term (per px, with 3D in mm)")
+    w_t3d: float = field(1.0, "adapt: weight of the target pseudo-label term (per mm)")
+    w_s3d: float = field(1.0, "adapt: weight of the GPA-styled source 3D term (per mm)")
+    w_s2d: float = field(0.1, "adapt: weight of the source 2D reprojection term (per px, with 3D in mm)")
     legacy_backward: bool = field(False, "adapt/pretrain: backward with the loss as upstream gradient (released code)")
+    grad_clip: float = field(0.0, "max gradient norm per step (0 = off, as the paper); posectl's addition. With "
+                                  "legacy_backward, clipping undoes the released loss-scaled gradient")
     train_flip: bool = field(True, "random horizontal flips in training")
     test_flip: bool = field(True, "flip averaging at every DDIM step")
     eval_joints: Literal["all", "16", "14"] = field("all", "evaluation joint set")
@@ -111,9 +121,19 @@ class PoSyndaConfig(TrainConfig):
             raise ConfigError("denoiser.frames: one of 1, 3, 9, 27, 81, 243")
         if self.target.split == self.target.test_split:
             raise ConfigError("target.split: the adaptation 2D and the test data must be different splits")
-        overlap = set(self.target.subjects) & set(self.data.train_subjects)
-        if overlap and self.target.path == self.data.path and self.target.split == self.data.train_split:
-            raise ConfigError(f"target.subjects: {sorted(overlap)} are also labelled source subjects")
+        # labelled source poses must reach neither the test nor the adaptation 2D ([] means all subjects)
+        t, d = self.target, self.data
+        if Path(t.path).expanduser().resolve() == Path(d.path).expanduser().resolve():
+            if t.test_split == d.train_split:    # the test reads every subject of its split
+                raise ConfigError(f"target.test_split: '{t.test_split}' is data.train_split of the same dataset, "
+                                  "so the test would include labelled source poses")
+            if self.stage == "adapt" and t.split == d.train_split:
+                overlap = set(t.subjects) & set(d.train_subjects)
+                if overlap:
+                    raise ConfigError(f"target.subjects: {sorted(overlap)} are also labelled source subjects")
+                if not t.subjects or not d.train_subjects:
+                    raise ConfigError(f"target.subjects: adapting on the source's own split '{t.split}' needs "
+                                      "target.subjects and data.train_subjects both given and disjoint ([] = all)")
 
 
 class Refiner(nn.Module):
@@ -139,6 +159,12 @@ def _mpjpe_all(hyp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (hyp - y[None]).norm(dim=-1).mean()
 
 
+def _paper_loss(w2d: float, err_px: torch.Tensor, w3d: float, err_m: torch.Tensor) -> torch.Tensor:
+    """w2d * px + w3d * mm, the released code's units (its 3D is x1000), divided by 1000 so that it reads
+    in metres like posectl's 3D: the weights keep the paper's meaning."""
+    return w2d * err_px / 1000 + w3d * err_m
+
+
 @register
 class PoSynDA:
     name = "posynda"
@@ -151,11 +177,9 @@ class PoSynDA:
     def inputs(cfg: PoSyndaConfig) -> dict[str, DataInput]:
         t = cfg.target
         out = {"test": DataInput(t.path, t.test_split, t.keypoints, with_3d=True)}
-        if cfg.stage == "adapt":       # checked here, before any job starts (a search space cannot name it)
-            if not cfg.source_checkpoint:
+        if cfg.stage == "adapt":       # checked here, before any job starts (a search space cannot name it); its
+            if not cfg.source_checkpoint:   # existence only where it is loaded: an adapted run evaluates without it
                 raise ConfigError("source_checkpoint: stage=adapt needs a `posynda stage=pretrain` checkpoint")
-            if not Path(cfg.source_checkpoint).expanduser().exists():
-                raise ConfigError(f"source_checkpoint: {cfg.source_checkpoint} does not exist")
             out["target"] = DataInput(t.path, t.split, t.keypoints, with_3d=False, subjects=tuple(t.subjects))
         return out
 
@@ -197,13 +221,19 @@ class PoSynDA:
         """Put the pretrained source weights under the (frozen) adapted network."""
         if self._source_loaded:
             return
-        state = load_checkpoint(self.cfg.source_checkpoint, "posynda")
-        if state["config"].get("stage") != "pretrain":
+        if not Path(self.cfg.source_checkpoint).expanduser().exists():
+            raise ConfigError(f"source_checkpoint: {self.cfg.source_checkpoint} does not exist")
+        state = load_checkpoint(Path(self.cfg.source_checkpoint).expanduser(), "posynda")
+        sc = state["config"]
+        if sc.get("stage") != "pretrain":
             raise ConfigError(f"source_checkpoint: {self.cfg.source_checkpoint} is not a stage=pretrain checkpoint")
         keys = ("width", "depth", "heads", "frames")
-        src_d, mine = state["config"]["denoiser"], dataclasses.asdict(self.cfg.denoiser)
+        src_d, mine = sc["denoiser"], dataclasses.asdict(self.cfg.denoiser)
         if any(src_d[k] != mine[k] for k in keys):
             raise ConfigError(f"denoiser: must match the source model's ({ {k: src_d[k] for k in keys} })")
+        for k in ("timesteps", "scale"):    # the schedule and timestep embedding the source model learned
+            if sc.get(k) != getattr(self.cfg, k):
+                raise ConfigError(f"{k}: must match the source model's ({sc.get(k)})")
         net = self._inner(self.model)
         wrapped = {n for n, m in net.named_modules() if isinstance(m, LoRALinear)}
         src = {}
@@ -271,10 +301,11 @@ class PoSynDA:
         return out
 
     def _reproject(self, hyp: torch.Tensor, kp_px: torch.Tensor, intr: torch.Tensor, root: torch.Tensor | None):
-        """JPMA pose and per-joint min 2D error (px); the root is estimated from the 2D unless given."""
+        """JPMA pose and per-joint min 2D error (px); the root is estimated from the 2D unless given (on the
+        undistorted 2D, as jpma reprojects with the distortion)."""
         if root is None:
             with torch.no_grad():
-                root = estimate_root(hyp.mean(0), kp_px, intr[:, :2], intr[:, 2:4])
+                root = estimate_root(hyp.mean(0), kp_px, intr[:, :2], intr[:, 2:4], intr[:, 4:9])
         return jpma(hyp, root, intr, kp_px)
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -283,7 +314,8 @@ class PoSynDA:
             loss.backward(loss.detach())     # the released code's quirk: gradient of loss^2 / 2
         else:
             loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 1.0)
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.cfg.grad_clip)
         self.opt.step()
 
     def _target_arrays(self) -> dict[str, Any]:
@@ -299,7 +331,7 @@ class PoSynDA:
 
     # -- training ----------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        return self._pretrain_epoch() if self.cfg.stage == "pretrain" else self._adapt_epoch()
+        return self._pretrain_epoch() if self.cfg.stage == "pretrain" else self._adapt_epoch(epoch)
 
     def _pretrain_epoch(self) -> dict[str, float]:
         cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
@@ -328,15 +360,25 @@ class PoSynDA:
         self.sched.step()
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n}
 
-    def _adapt_epoch(self) -> dict[str, float]:
+    def _target_batches(self, n: int, epoch: int) -> list[torch.Tensor]:
+        """This rank's batches of the target rows for an epoch. Every rank holds the whole target input, so
+        all draw one permutation (seeded by seed and epoch, not by rank) and deal it round-robin, padded by
+        wrapping to a multiple of the world size: disjoint shares that cover the target once, of equal
+        length, so every rank takes the same number of steps (DDP's collectives need lockstep)."""
+        W, cfg = self.ctx.world_size, self.cfg
+        idx = torch.arange(0, n, cfg.data.train_stride)
+        idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))]
+        idx = torch.cat([idx, idx[torch.arange((-len(idx)) % W) % len(idx)]])[self.ctx.rank::W]
+        return [idx[a:b] for a, b in batch_bounds(len(idx), max(1, cfg.batch_size // W))]
+
+    def _adapt_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
         self._load_source()
         tgt = self._target_arrays()
         tdata: LiftingData = tgt["data"]
         self.model.train()
         self.refiner.train()
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
-        t_batches = list(tdata.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        t_batches = self._target_batches(len(tdata), epoch)
         stats = {"target_loss": 0.0, "source_loss": 0.0, "target_min2d_px": 0.0, "pseudo_vs_mean_mm": 0.0}
         n = 0
         for step, tidx in enumerate(t_batches):
@@ -352,7 +394,7 @@ class PoSynDA:
             self._swap_in(student)
             hyp = self._hypotheses(cond, grad=True, flip=False, all_frames=True).flatten(1, 2)
             _, err2d = self._reproject(hyp, kp, intr, None)
-            loss_t = cfg.w_t2d * err2d.mean() / 100 + cfg.w_t3d * _mpjpe_all(hyp, pseudo)
+            loss_t = _paper_loss(cfg.w_t2d, err2d.mean(), cfg.w_t3d, _mpjpe_all(hyp, pseudo))
             # source step: source clips moved frame by frame into a target clip's 2D scale/position (as the
             # released code does on flattened clips), seen through that target sequence's camera
             sidx = torch.randint(len(data), (len(tidx),), generator=self.gen)
@@ -367,7 +409,7 @@ class PoSynDA:
             s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
             hyp_s = self._hypotheses(s_cond.to(dev), grad=True, flip=False, all_frames=True).flatten(1, 2)
             _, err_s = self._reproject(hyp_s, s_px.to(dev), t_intr.to(dev), moved[:, self.layout.root].to(dev))
-            loss_s = cfg.w_s3d * _mpjpe_all(hyp_s, y.flatten(0, 1).to(dev)) + cfg.w_s2d * err_s.mean() / 100
+            loss_s = _paper_loss(cfg.w_s2d, err_s.mean(), cfg.w_s3d, _mpjpe_all(hyp_s, y.flatten(0, 1).to(dev)))
             self._backward(loss_t + loss_s)
             self._ema_update()
             stats["target_loss"] += loss_t.item()
@@ -420,7 +462,10 @@ class PoSynDA:
         per_h = np.linalg.norm(hyp[..., sel, :] - gt[None][..., sel, :], axis=-1).mean(-1)     # (H, N)
         res["p_best"] = 1000 * float(per_h.min(0).mean())
         res["p_agg"] = 1000 * float(np.linalg.norm(hyp.mean(0)[:, sel] - gt[:, sel], axis=-1).mean())
-        res["protocol"] = (f"{data.layout.name} ({len(sel)} joints), root-relative, 2D {self.cfg.data.keypoints}, "
+        # the test role is the target input (inputs()), evaluated in detail at the end and by `posectl eval`;
+        # the per-epoch validation is the source's val split (the loop keeps only its numbers)
+        kp = data.keypoints or (self.cfg.target.keypoints if detailed else self.cfg.data.keypoints)
+        res["protocol"] = (f"{data.layout.name} ({len(sel)} joints), root-relative, 2D {kp}, "
                            f"JPMA over {self.cfg.hypotheses} hypotheses x {self.cfg.sampling_steps} DDIM steps "
                            f"(root estimated from 2D), flip {'on' if self.cfg.test_flip else 'off'}"
                            f"{f', every {stride}th frame' if stride > 1 else ''}")
