@@ -66,4 +66,8 @@ def test_baseline_epoch_learns_and_round_trips_state(small_dataset):
     m3.load_state_dict({"model": m.state_dict()["model"]})
     r = m3.evaluate(data)
     assert "14 joints" in r["protocol"] and "flip TTA on" in r["protocol"]
+    assert "2D gt," in r["protocol"]
+    # the test input of gpa (target.keypoints) or `posectl eval --keypoints`: the 2D loaded is named, not data.keypoints
+    named = LiftingData(data.arrays, data.layout, keypoints="cpn_ft_h36m_dbb")
+    assert "2D cpn_ft_h36m_dbb," in m3.evaluate(named, stride=8)["protocol"]
     assert np.isfinite(r["mpjpe"]) and r["mpjpe"] != pytest.approx(after["mpjpe"])

@@ -16,7 +16,8 @@ from posectl.datasets.store import PoseArrays
 
 
 class LiftingData:
-    def __init__(self, arrays: PoseArrays, layout: Layout):
+    def __init__(self, arrays: PoseArrays, layout: Layout, keypoints: str | None = None):
+        self.keypoints = keypoints          # the 2D source loaded (gt, cpn, ...), for protocol strings
         order = np.lexsort((arrays.frame, arrays.sequence_ids))  # group rows by sequence, in time
         a = arrays.take(order)
         self.arrays = a

@@ -123,7 +123,7 @@ class LiftingMethod:
             joints = list(EVAL_JOINT_SETS[self.cfg.eval_joints])
         res = metrics.evaluate_poses(pred, gt, actions=data.actions[rows], root=data.layout.root, joints=joints)
         n_j = len(joints) if joints else data.layout.num_joints
-        res["protocol"] = (f"{data.layout.name} ({n_j} joints evaluated), root-relative, 2D {self.cfg.data.keypoints}, "
+        res["protocol"] = (f"{data.layout.name} ({n_j} joints evaluated), root-relative, 2D {data.keypoints or self.cfg.data.keypoints}, "
                            f"per-sample mean and action-wise mean, flip TTA {'on' if self.cfg.test_flip else 'off'}"
                            f"{f', every {stride}th frame' if stride > 1 else ''}")
         if not detailed:

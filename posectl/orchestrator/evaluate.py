@@ -43,7 +43,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     layout = get_layout(state["layout"])
     if ds.layout.name != layout.name:
         raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")
-    lifting = LiftingData(ds.load(split, kp, subjects, images=reads_images(method_cls, cfg)), layout)
+    lifting = LiftingData(ds.load(split, kp, subjects, images=reads_images(method_cls, cfg)), layout, keypoints=kp)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     method = method_cls(cfg, lifting, Context())
     method.load_state_dict({"model": state["method_state"]["model"]})

@@ -135,13 +135,13 @@ def _train_worker(loop_cfg: dict) -> None:
     extra = {role: DataInput(**d) for role, d in loop_cfg.get("inputs", {}).items()}
     data = {role: LiftingData(arrays_from_shard(ray.train.get_dataset_shard(role), kp, layout.num_joints,
                                                 where=f"{role} split", image_root=loop_cfg.get("image_root")),
-                              layout)
+                              layout, keypoints=kp)
             for role in ("train", "val", "test") if role not in extra}
     inputs = {role: arrays_from_shard(ray.train.get_dataset_shard(role), inp.keypoints, layout.num_joints,
                                       where=f"input '{role}' ({inp.path}:{inp.split})", with_3d=inp.with_3d)
               for role, inp in extra.items()}
     if "test" in inputs:
-        data["test"] = LiftingData(inputs.pop("test"), layout)
+        data["test"] = LiftingData(inputs.pop("test"), layout, keypoints=extra["test"].keypoints)
     events = _Events(loop_cfg.get("queue"), rank)
     device = ray.train.torch.get_device()
     ctx = Context(rank=rank, world_size=world, device=device,
