@@ -229,6 +229,14 @@ def case_space_test_metric(tmp):
     return ["spaces", "validate", str(_yaml(tmp, "method: baseline\nmetric: test_mpjpe\nparameters: {lr: {type: uniform, low: 0.1, high: 0.2}}\n"))], "validation metric"
 
 
+def case_missing_source_checkpoint(tmp):     # refused before Ray starts or a run directory exists
+    return ["train", "posynda", "stage=adapt", f"source_checkpoint={tmp / 'src.pt'}"], "src.pt does not exist"
+
+
+def case_missing_source_checkpoint_in_a_search(tmp):
+    return ["tune", "posynda", f"source_checkpoint={tmp / 'src.pt'}"], "src.pt does not exist"
+
+
 def case_unknown_method(tmp):
     return ["train", "dhaugg"], "unknown method 'dhaugg'"
 

@@ -84,6 +84,14 @@ def method_inputs(cls: type, cfg: Any) -> dict[str, DataInput]:
     return dict(fn(cfg)) if fn else {}
 
 
+def check_training(cls: type, cfg: Any) -> None:
+    """Checks a method needs before a training job starts, beyond its config (e.g. that a file it will read
+    exists): `check_training(cfg)` on the class, optional; raises ConfigError. Evaluation skips them."""
+    fn = getattr(cls, "check_training", None)
+    if fn:
+        fn(cfg)
+
+
 def reads_images(cls: type, cfg: Any) -> bool:
     """Whether a method reads the dataset's optional image column (`reads_images(cfg)` on the class)."""
     fn = getattr(cls, "reads_images", None)
@@ -115,6 +123,8 @@ class Method(Protocol):
     # be one of them; without it, any val_ metric is accepted. Also optional: `gen`, the torch.Generator
     # of this worker's own random draws (shuffles, flips, noise; seeded with seed + rank), which the
     # loop saves and restores per worker together with torch's global random state.
+    # Also optional: `inputs(cfg)` (extra datasets a method reads), `check_training(cfg)` (checks before a
+    # training job or search starts, e.g. that a file it loads exists) and `reads_images(cfg)`.
 
     def __init__(self, cfg: Any, data: Any, ctx: Context): ...
     def train_epoch(self, epoch: int) -> dict[str, float]: ...

@@ -174,11 +174,17 @@ class PoSynDA:
     smoke_overrides = {"epochs": 1}
 
     @staticmethod
+    def check_training(cfg: PoSyndaConfig) -> None:
+        """Before a job starts (and again where the worker loads it); evaluating an adapted run needs no source."""
+        if cfg.stage == "adapt" and not Path(cfg.source_checkpoint).expanduser().exists():
+            raise ConfigError(f"source_checkpoint: {cfg.source_checkpoint} does not exist")
+
+    @staticmethod
     def inputs(cfg: PoSyndaConfig) -> dict[str, DataInput]:
         t = cfg.target
         out = {"test": DataInput(t.path, t.test_split, t.keypoints, with_3d=True)}
         if cfg.stage == "adapt":       # checked here, before any job starts (a search space cannot name it); its
-            if not cfg.source_checkpoint:   # existence only where it is loaded: an adapted run evaluates without it
+            if not cfg.source_checkpoint:   # existence in check_training: an adapted run evaluates without it
                 raise ConfigError("source_checkpoint: stage=adapt needs a `posynda stage=pretrain` checkpoint")
             out["target"] = DataInput(t.path, t.split, t.keypoints, with_3d=False, subjects=tuple(t.subjects))
         return out
@@ -221,8 +227,7 @@ class PoSynDA:
         """Put the pretrained source weights under the (frozen) adapted network."""
         if self._source_loaded:
             return
-        if not Path(self.cfg.source_checkpoint).expanduser().exists():
-            raise ConfigError(f"source_checkpoint: {self.cfg.source_checkpoint} does not exist")
+        self.check_training(self.cfg)
         state = load_checkpoint(Path(self.cfg.source_checkpoint).expanduser(), "posynda")
         sc = state["config"]
         if sc.get("stage") != "pretrain":

@@ -20,7 +20,7 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import PosectlError
-from posectl.methods.base import Context, DataInput, get_method, method_inputs, reads_images
+from posectl.methods.base import Context, DataInput, check_training, get_method, method_inputs, reads_images
 from posectl.orchestrator import cluster
 from posectl.orchestrator.data import arrays_from_shard, open_dataset, open_inputs, ray_datasets
 from posectl.orchestrator.experiment import (Experiment, atomic_write_bytes, latest_valid_checkpoint,
@@ -210,6 +210,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         exp = Experiment(runs_dir / (name or default_run_name(method)))
         if exp.exists():
             raise PosectlError(f"run '{exp.name}' already exists in {runs_dir}; use --resume or another --name")
+    check_training(method_cls, cfg)
     res = cluster.plan_resources(gpus, workers, cpus_per_worker)
     dataset = open_dataset(cfg.data)             # validates manifest, splits, checksums
     inputs = open_inputs(method_inputs(method_cls, cfg), dataset.layout.name)

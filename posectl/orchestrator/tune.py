@@ -25,7 +25,7 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, PosectlError, ResourceError
-from posectl.methods.base import Context, get_method, method_inputs, reads_images
+from posectl.methods.base import Context, check_training, get_method, method_inputs, reads_images
 from posectl.orchestrator import cluster
 from posectl.orchestrator.data import open_dataset, open_inputs
 from posectl.orchestrator.experiment import atomic_write_bytes, load_checkpoint, save_checkpoint
@@ -213,6 +213,7 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
                                storage_path, smoke_test, overrides)
     cls = get_method(method)
     base = build(cls.Config, *layers)
+    check_training(cls, base)
     dataset = open_dataset(base.data)
     if resume:
         cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
