@@ -44,6 +44,14 @@ IMAGE_TYPES = {pa.binary(): "embedded", pa.large_binary(): "embedded", pa.string
                pa.large_string(): "paths"}
 
 
+def dataset_id(path: str) -> str:
+    """One name per dataset a `data.path` can name: the built-in synthetic ones ('synthetic' is
+    'synthetic:source') or a resolved directory; for checks that two paths are the same data."""
+    if path.startswith("synthetic"):
+        return path if ":" in path else "synthetic:source"
+    return str(Path(path).expanduser().resolve())
+
+
 def pose_schema(num_joints: int, detections: tuple[str, ...] = ()) -> pa.Schema:
     kp = pa.fixed_shape_tensor(pa.float32(), [num_joints, 2])
     fields = [

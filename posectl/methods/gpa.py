@@ -19,7 +19,6 @@ the target training input is loaded without its 3D column.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +30,7 @@ from posectl.core.camera import normalize_screen, project
 from posectl.core.metrics import mpjpe_loss
 from posectl.core.skeleton import flip_poses
 from posectl.datasets.lifting import LiftingData
+from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, DataInput, register, seed_everything
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
@@ -73,18 +73,12 @@ class GPAConfig(LiftingConfig):
                 raise ConfigError(f"{name}: must be in [0, 1]")
         if self.depth_jitter < 0:
             raise ConfigError("depth_jitter: must be >= 0")
-        if _dataset_id(self.data.path) == _dataset_id(self.target.path):
+        if dataset_id(self.data.path) == dataset_id(self.target.path):
             raise ConfigError(f"target.path: the target domain ({self.target.path}) is also the labelled training "
                               "data (data.path); gpa never trains on target 3D - give a separate source dataset")
         if self.target.split == self.target.test_split:
             raise ConfigError("target.split: the unlabelled target 2D used for alignment and the target test data "
                               "must be different splits")
-
-
-def _dataset_id(path: str) -> str:
-    if path.startswith("synthetic"):
-        return path if ":" in path else "synthetic:source"
-    return str(Path(path).expanduser().resolve())
 
 
 @register

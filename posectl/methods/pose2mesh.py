@@ -457,7 +457,7 @@ class Pose2Mesh:
         res["posenet_mpjpe"] = float(metrics.joint_errors(p3d, gt, layout.root)[:, joints].mean() * 1000)
         res["protocol"] = (f"{layout.name} joints regressed from the predicted mesh ({len(joints)} joints evaluated), "
                            f"root-aligned, PA-MPJPE / N-MPJPE aligned on those {len(joints)} joints, 2D "
-                           f"{self.cfg.data.keypoints}, per-sample mean and action-wise mean; MPVPE "
+                           f"{data.keypoints or self.cfg.data.keypoints}, per-sample mean and action-wise mean; MPVPE "
                            f"over {self.body.num_vertices} vertices of the {self.cfg.body.model} body, root-aligned"
                            f"{self._gt_note(data, valid)}"
                            f"{f', every {stride}th frame' if stride > 1 else ''}")

@@ -52,6 +52,7 @@ from posectl.core.camera import normalize_screen, project
 from posectl.core.diffusion import Diffusion, estimate_root, jpma
 from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
 from posectl.datasets.lifting import LiftingData, batch_bounds
+from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
 from posectl.methods.base import POSE_METRICS, Context, DataInput, TrainConfig, register, seed_everything
 from posectl.models.lora import LoRALinear, inject_lora, lora_state
@@ -123,7 +124,7 @@ class PoSyndaConfig(TrainConfig):
             raise ConfigError("target.split: the adaptation 2D and the test data must be different splits")
         # labelled source poses must reach neither the test nor the adaptation 2D ([] means all subjects)
         t, d = self.target, self.data
-        if Path(t.path).expanduser().resolve() == Path(d.path).expanduser().resolve():
+        if dataset_id(t.path) == dataset_id(d.path):
             if t.test_split == d.train_split:    # the test reads every subject of its split
                 raise ConfigError(f"target.test_split: '{t.test_split}' is data.train_split of the same dataset, "
                                   "so the test would include labelled source poses")
