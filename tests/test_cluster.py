@@ -118,9 +118,22 @@ NODE_LOSS = textwrap.dedent("""
         c.remove_node(worker, allow_graceful=False)   # the node dies with its trial on it
 
     threading.Thread(target=remove_when_marked, daemon=True).start()
-    from posectl.orchestrator.tune import tune_search
-    plan, grid = tune_search("baseline", space=space, storage_path=storage, name="nl",
-                             overrides={"data.path": data}, verbose=0, fault_hook=hold_on_victim)
+    import posectl.orchestrator.tune as tune_mod
+    inner = tune_mod.single_worker_trial
+
+    def trial(params, spec, datasets, rows, metric, mode):
+        # the fault, injected into the trial's process: after each reported epoch, hold_on_victim
+        from posectl.orchestrator.reporters import SearchReporter
+        report = SearchReporter.epoch
+
+        def epoch(self, row, state_fn, improved):
+            report(self, row, state_fn, improved)
+            hold_on_victim(row["epoch"])
+        SearchReporter.epoch = epoch
+        inner(params, spec, datasets, rows, metric, mode)
+    tune_mod.single_worker_trial = trial
+    plan, grid = tune_mod.tune_search("baseline", space=space, storage_path=storage, name="nl",
+                                      overrides={"data.path": data}, verbose=0)
     for _ in range(120):           # the GCS marks a killed node dead after its health checks fail
         if sum(n["Alive"] for n in ray.nodes()) == 1:
             break

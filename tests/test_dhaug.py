@@ -169,11 +169,12 @@ def test_checkpoint_then_resume_gives_identical_next_epoch(small_lifting, mode):
     m = _method(train, mode=mode)
     m.train_epoch(0)
     state = copy.deepcopy(m.state_dict())
-    rng = torch.get_rng_state()
+    rng, gen = torch.get_rng_state(), m.gen.get_state()    # the random streams: kept per worker by the loop
     ref = m.train_epoch(1)
     m2 = _method(train, mode=mode, seed=7)        # different init: everything must come from the state
     m2.load_state_dict(state)
     torch.set_rng_state(rng)
+    m2.gen.set_state(gen)
     got = m2.train_epoch(1)
     assert got == ref
     assert m.evaluate(val)["mpjpe"] == m2.evaluate(val)["mpjpe"]

@@ -219,7 +219,7 @@ def test_training_in_process_learns_meshes_and_resumes_exactly(small_dataset):
     r1 = m.train_epoch(1)
     assert r1["stage_mesh"] == 1 and r1["edge_loss_on"] == 0 and np.isfinite(r1["vertex_l1_mm"])
     import copy
-    state, rng = copy.deepcopy(m.state_dict()), torch.get_rng_state()     # what a checkpoint holds
+    state, rng, gen = copy.deepcopy(m.state_dict()), torch.get_rng_state(), m.gen.get_state()   # a checkpoint
     r2 = m.train_epoch(2)
     assert r2["edge_loss_on"] == 1
     after = m.evaluate(va, stride=4, detailed=True)
@@ -229,6 +229,7 @@ def test_training_in_process_learns_meshes_and_resumes_exactly(small_dataset):
     m2 = cls(cfg, tr, Context())
     m2.load_state_dict(state)
     torch.set_rng_state(rng)
+    m2.gen.set_state(gen)
     r2b = m2.train_epoch(2)
     assert r2b["loss"] == pytest.approx(r2["loss"], rel=1e-5)
 

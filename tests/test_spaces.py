@@ -99,13 +99,22 @@ def test_reported_metric(method, metric, ok):
     assert reported_metric(method, metric) is ok
 
 
-def test_a_plugin_without_declared_metrics_is_held_to_the_prefix_only(monkeypatch):
+def test_a_plugin_is_held_to_the_metrics_it_declares(monkeypatch):
     import posectl.methods.base as base
 
-    class Plugin:
-        name = "plugin"
+    class Plugin(base.Method):
+        name, metrics = "plugin", ("score", "err_l<N>")
     monkeypatch.setattr(base, "get_method", lambda name: Plugin)
-    assert reported_metric("plugin", "val_anything") is None
+    assert reported_metric("plugin", "val_score") and reported_metric("plugin", "val_err_l2")
+    assert not reported_metric("plugin", "val_mpjpe") and not reported_metric("plugin", "val_anything")
+
+
+@pytest.mark.parametrize("param", ["seed", "data.train_stride"])
+def test_a_search_may_not_vary_the_rows_its_trials_share(tmp_path, param):
+    f = tmp_path / "s.yaml"
+    f.write_text(f"method: baseline\nparameters:\n  {param}: {{type: int, low: 1, high: 4}}\n")
+    with pytest.raises(ConfigError, match=f"'{param}'.*set them in 'fixed'"):
+        load_space(f, "baseline")
 
 
 @pytest.mark.parametrize("text", [

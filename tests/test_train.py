@@ -14,6 +14,8 @@ from posectl.errors import PosectlError, ResourceError
 from posectl.orchestrator.experiment import Experiment
 from posectl.orchestrator.train import train
 
+from faults import after_each_epoch
+
 pytestmark = pytest.mark.ray
 TINY = {"backbone.width": 64, "batch_size": 64}
 
@@ -45,7 +47,7 @@ def test_two_worker_ddp_run_beats_the_mean_pose_on_held_out_subjects(ray_session
 
 
 def test_two_worker_run_restarted_mid_run_equals_the_uninterrupted_run(ray_session, small_dataset, tmp_path,
-                                                                       ledger):
+                                                                       ledger, monkeypatch):
     """Rank 0 fails after epoch 2 and Ray Train restarts both workers from the epoch-2 checkpoint. Each
     rank continues its own random streams (shuffles, flips), saved per rank, so every epoch's figures
     equal those of the same run uninterrupted. (With rank 0's state restored on both ranks, as before,
@@ -53,8 +55,8 @@ def test_two_worker_run_restarted_mid_run_equals_the_uninterrupted_run(ray_sessi
     cfg = [{**TINY, "data.path": str(small_dataset), "epochs": 4}]
     ref = train("baseline", cfg, workers=2, runs_dir=tmp_path, name="ref")
     ledger.fault()
-    out = train("baseline", cfg, workers=2, runs_dir=tmp_path, name="re", max_failures=1,
-                fault_hook=_fail_once(str(tmp_path / "m"), 2, "raise"))
+    after_each_epoch(monkeypatch, _fail_once(str(tmp_path / "m"), 2, "raise"))
+    out = train("baseline", cfg, workers=2, runs_dir=tmp_path, name="re", max_failures=1)
     assert (tmp_path / "m").exists()            # the failure happened
     hist, ref_hist = out.experiment.history(), ref.experiment.history()
     assert ledger.lost(_lost([r["epoch"] for r in hist], 4)) == 0
@@ -160,7 +162,7 @@ def _second_ray_during_the_run(start, epochs):
 
 
 def test_killed_worker_restarts_from_its_checkpoint_beside_a_second_ray(ray_session, small_dataset, tmp_path,
-                                                                         ledger):
+                                                                         ledger, monkeypatch):
     """Two faults in one run. (1) The worker process dies after epoch 2: Ray Train restarts it
     (max_failures=1) from the epoch-2 checkpoint. (2) Regression: a second Ray started on the machine
     during the run (its dashboard on 127.0.0.1:8265): Ray Train's placement-group cleaner asked that
@@ -173,8 +175,9 @@ def test_killed_worker_restarts_from_its_checkpoint_beside_a_second_ray(ray_sess
     def hook(epoch, rank):
         kill(epoch, rank)
         beside(epoch, rank)
+    after_each_epoch(monkeypatch, hook)
     out = train("baseline", [{**TINY, "data.path": str(small_dataset), "epochs": 10}], runs_dir=tmp_path,
-                name="kill", max_failures=1, fault_hook=hook)
+                name="kill", max_failures=1)
     assert (tmp_path / "m2").exists()           # the worker was killed
     epochs = [r["epoch"] for r in out.experiment.history()]
     assert ledger.lost(_lost(epochs, 10)) == 0
@@ -208,7 +211,8 @@ def _read_only_after(at_epoch, mnt, real):
     return hook
 
 
-def test_interrupted_runs_resume_to_the_uninterrupted_result(ray_session, small_dataset, tmp_path, ledger):
+def test_interrupted_runs_resume_to_the_uninterrupted_result(ray_session, small_dataset, tmp_path, ledger,
+                                                             monkeypatch):
     """Issue #10: the runs directory turns read-only mid-run -> one clear error naming the cause, the last
     good checkpoint intact and loadable; --resume may not change the config; with the storage writable
     again it finishes every epoch once, with the same validation and test figures as an uninterrupted run."""
@@ -221,8 +225,10 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(ray_session, small_
     real = _mount_tmpfs(mnt)
     try:
         ledger.fault()
-        with pytest.raises(PosectlError, match="Read-only file system.*last good checkpoint is intact"):
-            train("baseline", cfg, runs_dir=mnt, name="ro", fault_hook=_read_only_after(2, mnt, real))
+        with monkeypatch.context() as m:
+            after_each_epoch(m, _read_only_after(2, mnt, real))
+            with pytest.raises(PosectlError, match="Read-only file system.*last good checkpoint is intact"):
+                train("baseline", cfg, runs_dir=mnt, name="ro")
         exp = Experiment(mnt / "ro")
         assert [r["epoch"] for r in exp.history()] == [1, 2]
         assert load_checkpoint(exp.checkpoints / "last.pt", "baseline")["epoch"] == 1      # 0-based: epoch 2

@@ -1,28 +1,23 @@
-"""The plugin contract every method implements, and the method registry.
+"""The plugin contract every method implements (`Method`), and the method registry.
 
-A method is a class with:
-  name, description     registry key and one-line summary
-  Config                a dataclass (subclass of TrainConfig) with defaults and help texts
-  __init__(cfg, data, ctx)       build networks/optimisers for this worker (`data` = its training shard)
-  train_epoch(epoch) -> dict     one epoch of training, returns scalar metrics (e.g. loss)
-  evaluate(data) -> dict         metrics on a split (MPJPE etc., in mm)
-  state_dict() / load_state_dict(sd)   everything needed to resume (networks, optimisers, schedulers)
-
-The orchestrator owns the epoch loop, checkpoints, reporting and resources; a method never imports
-Ray. Third-party methods register through the `posectl.methods` entry-point group.
+A method is one module with a subclass of `Method` decorated with `@register`; it overrides what it
+needs, and every hook the orchestrator calls is declared on `Method` with its default. A walk-through
+of a minimal method is in docs/writing-a-method.md. The orchestrator owns the epoch loop,
+checkpoints, reporting and resources; a method never imports Ray. Third-party methods register
+through the `posectl.methods` entry-point group.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
 from posectl.config import field
-from posectl.errors import ConfigError
+from posectl.errors import ConfigError, PosectlError
 
 
 POSE_METRICS = ("mpjpe", "p_mpjpe", "n_mpjpe", "pck150", "auc", "mpjpe_action_avg", "p_mpjpe_action_avg")
@@ -79,25 +74,6 @@ class DataInput:
     subjects: tuple[str, ...] = ()     # restrict to these subjects (empty: all)
 
 
-def method_inputs(cls: type, cfg: Any) -> dict[str, DataInput]:
-    fn = getattr(cls, "inputs", None)
-    return dict(fn(cfg)) if fn else {}
-
-
-def check_training(cls: type, cfg: Any) -> None:
-    """Checks a method needs before a training job starts, beyond its config (e.g. that a file it will read
-    exists): `check_training(cfg)` on the class, optional; raises ConfigError. Evaluation skips them."""
-    fn = getattr(cls, "check_training", None)
-    if fn:
-        fn(cfg)
-
-
-def reads_images(cls: type, cfg: Any) -> bool:
-    """Whether a method reads the dataset's optional image column (`reads_images(cfg)` on the class)."""
-    fn = getattr(cls, "reads_images", None)
-    return bool(fn(cfg)) if fn else False
-
-
 @dataclass
 class Context:
     """What the orchestrator gives a method inside a worker."""
@@ -113,24 +89,141 @@ class Context:
         return self.rank == 0
 
 
-@runtime_checkable
-class Method(Protocol):
-    name: ClassVar[str]
-    description: ClassVar[str]
-    Config: ClassVar[type]
-    # Optional, and so not a member here: `metrics`, a tuple of the numeric entries of evaluate(), which
-    # the loop reports as val_<name> every epoch (<N> stands for an index). A search space's metric must
-    # be one of them; without it, any val_ metric is accepted. Also optional: `gen`, the torch.Generator
-    # of this worker's own random draws (shuffles, flips, noise; seeded with seed + rank), which the
-    # loop saves and restores per worker together with torch's global random state.
-    # Also optional: `inputs(cfg)` (extra datasets a method reads), `check_training(cfg)` (checks before a
-    # training job or search starts, e.g. that a file it loads exists) and `reads_images(cfg)`.
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DDP wrapper (what `ctx.prepare_model` may return), or the network itself."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
-    def __init__(self, cfg: Any, data: Any, ctx: Context): ...
-    def train_epoch(self, epoch: int) -> dict[str, float]: ...
-    def evaluate(self, data: Any) -> dict[str, Any]: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+class Method:
+    """Base class of every method plugin. Override `train_epoch` and `evaluate` (required), set the
+    class attributes, and override any other hook whose default does not fit.
+
+    Checkpoints: `state_dict()` is everything needed to resume, and its "model" entry holds the weights
+    that are evaluated. A state holding only {"model": ...} is weights-only (best.pt of a search, an
+    exported trial, what `posectl eval` loads); `load_state_dict` must accept both. The random streams
+    (torch's, and `self.gen`) are saved per worker by the orchestrator, not by the method.
+    """
+    # -- class level: read on the driver, before any worker exists ----------------------------------
+    name: ClassVar[str] = ""                     # registry key
+    description: ClassVar[str] = ""              # one line for `posectl methods`
+    Config: ClassVar[type] = TrainConfig         # a dataclass deriving from TrainConfig
+    metrics: ClassVar[tuple[str, ...]] = POSE_METRICS   # numeric entries of evaluate(), reported as val_<name>
+                                                 # every epoch ("<N>" stands for an index); a search's metric
+                                                 # must be one of them
+    smoke_overrides: ClassVar[dict[str, Any]] = {}    # config values `--smoke-test` adds to the common ones
+
+    @classmethod
+    def inputs(cls, cfg: Any) -> dict[str, DataInput]:
+        """Datasets this method reads besides cfg.data's train/val/test (e.g. a target domain), by role."""
+        return {}
+
+    @classmethod
+    def check_training(cls, cfg: Any) -> None:
+        """Checks before a training job or search starts, beyond the config (e.g. that a file it will read
+        exists); raises ConfigError. Evaluation skips them."""
+
+    @classmethod
+    def reads_images(cls, cfg: Any) -> bool:
+        """Whether the workers need the dataset's image column."""
+        return False
+
+    @classmethod
+    def smoke_prerequisites(cls, cfg: Any) -> dict[str, tuple[str, dict[str, Any]]]:
+        """Runs a `--smoke-test` needs first, as {config key: (method, config values)}: each is trained
+        smoke-sized in-process (cached), and the key is set to a list holding its checkpoint's path."""
+        return {}
+
+    @classmethod
+    def generates_poses(cls) -> bool:
+        """Whether `sample_poses` is implemented (`posectl samples`)."""
+        return cls.sample_poses is not Method.sample_poses
+
+    @classmethod
+    def predicts_meshes(cls) -> bool:
+        """Whether `predict_meshes` is implemented (`posectl meshes`)."""
+        return cls.predict_meshes is not Method.predict_meshes
+
+    # -- per worker ---------------------------------------------------------------------------------
+    def __init__(self, cfg: Any, data: Any, ctx: Context):
+        """Build networks and optimisers for this worker; `data` is its training shard (LiftingData).
+        Subclasses call this first: it seeds torch and `self.gen`, this worker's own random draws."""
+        self.cfg, self.data, self.ctx = cfg, data, ctx
+        self.gen = seed_everything(cfg.seed + ctx.rank)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of training (0-based `epoch`); returns scalar metrics such as train_loss_mm."""
+        raise NotImplementedError
+
+    def evaluate(self, data: Any, stride: int = 1, detailed: bool = False) -> dict[str, Any]:
+        """Metrics on every `stride`-th row of a split (mm), with a "protocol" string naming what was
+        measured; `detailed` adds per-action tables and lists."""
+        raise NotImplementedError
+
+    def per_worker(self, batch_size: int) -> int:
+        """This worker's share of a global batch size."""
+        return max(1, batch_size // self.ctx.world_size)
+
+    def resumables(self) -> dict[str, Any]:
+        """Objects besides the weights whose `state_dict()` a resume needs (optimisers, schedulers), by name."""
+        return {}
+
+    def weights(self) -> dict[str, Any]:
+        """The "model" entry of a checkpoint (default: `self.model`'s state dict)."""
+        return unwrap(self.model).state_dict()
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(weights)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.weights(), **{k: v.state_dict() for k, v in self.resumables().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_weights(state["model"])
+        parts = self.resumables()
+        if any(k in state for k in parts):      # a full state, not weights only
+            for k, obj in parts.items():
+                obj.load_state_dict(state[k])
+
+    def sample_poses(self, n: int) -> torch.Tensor:
+        """n generated 3D poses (a generative method, e.g. DH-AUG's generator)."""
+        raise PosectlError(f"method '{self.name}' does not generate poses")
+
+    def predict_meshes(self, data: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(predicted vertices, ground-truth vertices, faces) for `rows` of a split (a mesh method)."""
+        raise PosectlError(f"method '{self.name}' does not predict meshes")
+
+
+class StateGroup:
+    """Several named objects saved as one resumable entry ({name: state_dict()})."""
+
+    def __init__(self, parts: dict[str, Any]):
+        self.parts = parts
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: unwrap(v).state_dict() if isinstance(v, torch.nn.Module) else v.state_dict()
+                for k, v in self.parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in self.parts.items():
+            (unwrap(v) if isinstance(v, torch.nn.Module) else v).load_state_dict(state[k])
+
+
+REQUIRED_HOOKS = ("train_epoch", "evaluate")
+
+
+def check_method(cls: Any) -> None:
+    """Refuse a class that does not implement the contract (raises ConfigError naming what is missing)."""
+    where = f"method plugin {cls!r}"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ConfigError(f"{where}: must derive from posectl.methods.base.Method")
+    if not cls.name or not cls.description:
+        raise ConfigError(f"{where}: needs a name and a description")
+    if not (dataclasses.is_dataclass(cls.Config) and issubclass(cls.Config, TrainConfig)):
+        raise ConfigError(f"{where}: Config must be a dataclass deriving from TrainConfig")
+    own = cls.__mro__[:cls.__mro__.index(Method)]          # the plugin's classes, above Method
+    missing = [h for h in REQUIRED_HOOKS if not any(h in vars(k) for k in own)]
+    if missing:
+        raise ConfigError(f"{where}: does not implement {', '.join(missing)}")
 
 
 _REGISTRY: dict[str, type] = {}
@@ -140,7 +233,8 @@ _BUILTINS = {"baseline": "posectl.methods.baseline", "dhaug": "posectl.methods.d
 
 
 def register(cls: type) -> type:
-    """Class decorator: make a method available under `cls.name`."""
+    """Class decorator: make a method available under `cls.name` (checked against the contract)."""
+    check_method(cls)
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -152,7 +246,8 @@ def _load_all() -> None:
     for ep in entry_points(group="posectl.methods"):
         if ep.name not in _REGISTRY:
             cls = ep.load()
-            _REGISTRY.setdefault(getattr(cls, "name", ep.name), cls)
+            check_method(cls)
+            _REGISTRY.setdefault(cls.name, cls)
 
 
 def available() -> dict[str, type]:

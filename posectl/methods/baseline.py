@@ -14,7 +14,7 @@ from posectl.config import field
 from posectl.core.metrics import mpjpe_loss
 from posectl.core.skeleton import flip_poses
 from posectl.datasets.lifting import LiftingData
-from posectl.methods.base import Context, register, seed_everything
+from posectl.methods.base import Context, register
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
 
 
@@ -31,8 +31,7 @@ class Baseline(LiftingMethod):
     Config = BaselineConfig
 
     def __init__(self, cfg: BaselineConfig, data: LiftingData, ctx: Context):
-        self.cfg, self.data, self.ctx = cfg, data, ctx
-        self.gen = seed_everything(cfg.seed + ctx.rank)
+        super().__init__(cfg, data, ctx)
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker
         J = data.num_joints
         self.model = ctx.prepare_model(cfg.backbone.build(J, J, data.layout))
@@ -58,8 +57,8 @@ class Baseline(LiftingMethod):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
-        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+                                    stride=cfg.data.train_stride))
         total, n = torch.zeros(()), 0
         frame_input = self._frame_input()
         for step, idx in enumerate(batches):
@@ -79,14 +78,5 @@ class Baseline(LiftingMethod):
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,
                 "precise_bn_batches": nbn}
 
-    def state_dict(self) -> dict[str, Any]:
-        model = getattr(self.model, "module", self.model)
-        return {"model": model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        getattr(self.model, "module", self.model).load_state_dict(state["model"])
-        if "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            self.gen.set_state(state["generator"])
+    def resumables(self) -> dict[str, Any]:
+        return {"optimizer": self.opt, "scheduler": self.sched}

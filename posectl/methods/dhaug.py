@@ -44,7 +44,7 @@ from posectl.core.kinematics import (
 from posectl.core.skeleton import H36M16, flip_poses
 from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.errors import ConfigError
-from posectl.methods.base import Context, register, seed_everything
+from posectl.methods.base import Context, StateGroup, register, unwrap
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
 from posectl.models.dh_gan import Critic2D, Critic3D, DHGenerator, MotionCritic2D, MotionCritic3D
 from posectl.models.subset import SubsetLifter
@@ -129,9 +129,6 @@ def _agree_min(n: int) -> int:
     return int(t.item())
 
 
-def _inner(m: torch.nn.Module) -> torch.nn.Module:
-    return getattr(m, "module", m)
-
 
 @register
 class DHAug(LiftingMethod):
@@ -143,8 +140,7 @@ class DHAug(LiftingMethod):
     def __init__(self, cfg: DHAugConfig, data: LiftingData, ctx: Context):
         if data.layout.name != "h36m17":
             raise ConfigError(f"dhaug: needs the h36m17 joint layout, the dataset has {data.layout.name}")
-        self.cfg, self.data, self.ctx = cfg, data, ctx
-        self.gen = seed_everything(cfg.seed + ctx.rank)
+        super().__init__(cfg, data, ctx)
         torch.manual_seed(cfg.seed)   # identical initial weights on every worker
         self.frames = cfg.backbone.receptive_field
         backbone = cfg.backbone.build(16, 16, H36M16)
@@ -309,7 +305,7 @@ class DHAug(LiftingMethod):
             w, x = terms[k]
             if g.flip:
                 x = torch.cat([x, flip_poses(x, H36M16)])
-            loss = loss - w * _inner(self.nets[k])(x).mean()    # critics are frozen: no DDP sync needed
+            loss = loss - w * unwrap(self.nets[k])(x).mean()    # critics are frozen: no DDP sync needed
         self.opts["G"].zero_grad(set_to_none=True)
         loss.backward()
         self.opts["G"].step()
@@ -322,7 +318,7 @@ class DHAug(LiftingMethod):
         (N, T, 16, 2) and centre-frame root-relative camera 3D (N, 16, 3)."""
         cfg, T = self.cfg, self.frames
         world_rc, real2d, lengths = self._swap_and_project()
-        per_worker = max(1, cfg.gan.batch_size // self.ctx.world_size)
+        per_worker = self.per_worker(cfg.gan.batch_size)
         order = torch.arange(0, len(world_rc), cfg.data.train_stride)
         order = order[torch.randperm(len(order), generator=self.gen)]
         steps = _agree_min(len(order) // per_worker)          # incomplete batches are skipped, as released
@@ -385,7 +381,7 @@ class DHAug(LiftingMethod):
     def _pose_pass(self, windows_of, targets: torch.Tensor, n: int) -> tuple[float, int]:
         """One pass over n pairs; `windows_of(idx)` gives (B, T, 16, 2) inputs. Returns MPJPE (mm)."""
         cfg, dev = self.cfg, self.ctx.device
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
+        per_worker = self.per_worker(cfg.batch_size)
         perm = torch.randperm(n, generator=self.gen)
         # the generated buffer's size varies (per worker, too): never a batch of one; every worker
         # takes the same number of steps, zero when one of them holds a single pair
@@ -431,22 +427,14 @@ class DHAug(LiftingMethod):
         return out
 
     # -- checkpoints -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": _inner(self.model).state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "generator": self.gen.get_state(),
-                "nets": {k: _inner(v).state_dict() for k, v in self.nets.items()},
-                "net_optimizers": {k: v.state_dict() for k, v in self.opts.items()}}
+    def resumables(self) -> dict[str, Any]:
+        return {"optimizer": self.opt, "scheduler": self.sched, "nets": StateGroup(self.nets),
+                "net_optimizers": StateGroup(self.opts)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        _inner(self.model).load_state_dict(state["model"])
-        if "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            self.gen.set_state(state["generator"])
+        if "nets" in state:               # a full state: the GAN exists before its weights are loaded
             self._setup_augmentation()
-            for k, v in self.nets.items():
-                _inner(v).load_state_dict(state["nets"][k])
-                self.opts[k].load_state_dict(state["net_optimizers"][k])
+        super().load_state_dict(state)
 
     # -- for people ------------------------------------------------------------------------------
     def sample_poses(self, n: int) -> torch.Tensor:

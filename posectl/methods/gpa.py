@@ -32,7 +32,7 @@ from posectl.core.skeleton import flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
-from posectl.methods.base import Context, DataInput, register, seed_everything
+from posectl.methods.base import Context, DataInput, register
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
 
 
@@ -87,15 +87,14 @@ class GPA(LiftingMethod):
     description = "GPA / PoseDA: unsupervised domain adaptation by global position alignment (+ local aug.) (ICCV'23)"
     Config = GPAConfig
 
-    @staticmethod
-    def inputs(cfg: GPAConfig) -> dict[str, DataInput]:
+    @classmethod
+    def inputs(cls, cfg: GPAConfig) -> dict[str, DataInput]:
         t = cfg.target
         return {"target": DataInput(t.path, t.split, t.keypoints, with_3d=False),
                 "test": DataInput(t.path, t.test_split, t.keypoints, with_3d=True)}
 
     def __init__(self, cfg: GPAConfig, data: LiftingData, ctx: Context):
-        self.cfg, self.data, self.ctx = cfg, data, ctx
-        self.gen = seed_everything(cfg.seed + ctx.rank)
+        super().__init__(cfg, data, ctx)
         torch.manual_seed(cfg.seed)            # identical initial weights on every worker
         J = data.num_joints
         self.model = ctx.prepare_model(cfg.backbone.build(J, J, data.layout))
@@ -166,8 +165,8 @@ class GPA(LiftingMethod):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
-        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+                                    stride=cfg.data.train_stride))
         total, n, aligned, local = torch.zeros(()), 0, 0, 0
         for step, idx in enumerate(batches):
             x, y, c = self._flipped_batch(idx)
@@ -187,14 +186,5 @@ class GPA(LiftingMethod):
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,
                 "aligned_share": aligned / max(n, 1), "local_share": local / max(n, 1), "precise_bn_batches": nbn}
 
-    def state_dict(self) -> dict[str, Any]:
-        model = getattr(self.model, "module", self.model)
-        return {"model": model.state_dict(), "optimizer": self.opt.state_dict(),
-                "scheduler": self.sched.state_dict(), "generator": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        getattr(self.model, "module", self.model).load_state_dict(state["model"])
-        if "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            self.gen.set_state(state["generator"])
+    def resumables(self) -> dict[str, Any]:
+        return {"optimizer": self.opt, "scheduler": self.sched}

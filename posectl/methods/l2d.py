@@ -49,7 +49,8 @@ from posectl.core.render import crop_around, crop_frames, render
 from posectl.datasets.images import decode
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, DataError, PosectlError
-from posectl.methods.base import POSE_METRICS, Context, TrainConfig, get_method, register, seed_everything
+from posectl.methods.base import POSE_METRICS, Context, Method, TrainConfig, get_method, register
+from posectl.methods.lifting import LiftingConfig
 from posectl.models.hrnet import HRNet
 
 
@@ -154,7 +155,7 @@ class FrozenLifter(torch.nn.Module):
             cfg = build(get_method(method).Config, state.get("config", {}), context=f"lifter {path}")
         except ConfigError as e:
             raise ConfigError(f"lifters: {path}: {e}") from None
-        bb = getattr(cfg, "backbone", None)
+        bb = cfg.backbone if isinstance(cfg, LiftingConfig) else None
         weights = state.get("method_state", {}).get("model")
         if bb is None or not isinstance(weights, dict):
             raise ConfigError(f"lifters: {path} is a '{method}' checkpoint without a lifting network")
@@ -197,7 +198,7 @@ def hard_joints(errors: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register
-class L2D:
+class L2D(Method):
     name = "l2d"
     metrics = POSE_METRICS + ("mpjpe_gt2d", "mpjpe_ensemble", "err_2d_px", "pdj", "mpjpe_l<N>", "p_mpjpe_l<N>",
                               "mpjpe_gt2d_l<N>")
@@ -206,20 +207,26 @@ class L2D:
     smoke_overrides = {"epochs": 1, "detector.width": 8, "detector.stages": 2, "detector.blocks": 1,
                        "detector.image_size": 32, "batch_size": 32, "data.train_stride": 4, "data.eval_stride": 8}
 
-    @staticmethod
-    def reads_images(cfg: L2DConfig) -> bool:
+    @classmethod
+    def reads_images(cls, cfg: L2DConfig) -> bool:
         return cfg.images != "render"
 
-    @staticmethod
-    def inputs(cfg: L2DConfig) -> dict:
-        """No extra data; checks before submission that the lifters are named and exist."""
+    @classmethod
+    def check_training(cls, cfg: L2DConfig) -> None:
+        """Before submission: the lifters are named, exist and hold lifting networks."""
         check_lifters(cfg)
-        return {}
+
+    @classmethod
+    def smoke_prerequisites(cls, cfg: L2DConfig) -> dict:
+        """Without lifters, a smoke test trains a small SimpleBaseline on the same data to lift through."""
+        if cfg.lifters:
+            return {}
+        return {"lifters": ("baseline", {"data.path": cfg.data.path, "backbone.width": 128, "epochs": 2,
+                                         "data.max_train_samples": 2048, "seed": cfg.seed})}
 
     def __init__(self, cfg: L2DConfig, data: LiftingData, ctx: Context):
-        self.cfg, self.data, self.ctx = cfg, data, ctx
+        super().__init__(cfg, data, ctx)
         self._uses_photos(data)
-        self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)                  # identical initial weights on every worker
         layout = data.layout
         check_lifters(cfg, read=False)                  # FrozenLifter reads each file once
@@ -280,8 +287,8 @@ class L2D:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.detector.train()
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
-        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+                                    stride=cfg.data.train_stride))
         keys = ["loss", "heatmap", "xy", "z", "ohklm", "avg", "cons", "mpjpe_mm"]
         sums = {k: 0.0 for k in keys}
         n = 0
@@ -400,13 +407,19 @@ class L2D:
                            f"no flip{f', every {stride}th frame' if stride > 1 else ''}")
         return res
 
+    def weights(self) -> dict[str, Any]:
+        return self.detector_raw.state_dict()
+
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        self.detector_raw.load_state_dict(weights)
+
+    def resumables(self) -> dict[str, Any]:
+        return {"optimizer": self.opt}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.detector_raw.state_dict(), "optimizer": self.opt.state_dict(),
-                "generator": self.gen.get_state(), "loss_history": [list(x) for x in self.loss_history]}
+        return {**super().state_dict(), "loss_history": [list(x) for x in self.loss_history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.detector_raw.load_state_dict(state["model"])
+        super().load_state_dict(state)
         if "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
-            self.gen.set_state(state["generator"])
             self.loss_history = [list(x) for x in state.get("loss_history", [])]

@@ -14,7 +14,7 @@ from posectl.core import metrics
 from posectl.core.skeleton import EVAL_JOINT_SETS, Layout, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
-from posectl.methods.base import POSE_METRICS, TrainConfig
+from posectl.methods.base import Method, TrainConfig, unwrap
 from posectl.models import build_backbone
 from posectl.models.norm import precise_bn
 
@@ -72,9 +72,8 @@ class LiftingConfig(TrainConfig):
         return self.precise_bn
 
 
-class LiftingMethod:
+class LiftingMethod(Method):
     """Base for methods whose product is a 2D->3D lifting network `self.model`."""
-    metrics = POSE_METRICS
 
     model: torch.nn.Module
     cfg: LiftingConfig
@@ -86,11 +85,10 @@ class LiftingMethod:
         n = self.cfg.precise_bn_batches()
         if n == 0:
             return 0
-        per_worker = max(1, self.cfg.batch_size // self.ctx.world_size)
         device = self.ctx.device
-        idxs = itertools.islice(self.data.batches(per_worker, shuffle=True, generator=generator,
+        idxs = itertools.islice(self.data.batches(self.per_worker(self.cfg.batch_size), shuffle=True, generator=generator,
                                                   stride=self.cfg.data.train_stride), n)
-        return precise_bn(getattr(self.model, "module", self.model), (inputs(i).to(device) for i in idxs))
+        return precise_bn(unwrap(self.model), (inputs(i).to(device) for i in idxs))
 
     def predict(self, data: LiftingData, batch_size: int = 4096, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Root-relative 3D predictions (metres) for every `stride`-th row, with the row indices."""

@@ -41,7 +41,7 @@ from posectl.core.skeleton import EVAL_JOINT_SETS
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.synthetic import cache_dir
 from posectl.errors import ConfigError, DataError
-from posectl.methods.base import POSE_METRICS, Context, DataConfig, TrainConfig, register, seed_everything
+from posectl.methods.base import POSE_METRICS, Context, DataConfig, Method, TrainConfig, register
 from posectl.methods.lifting import BackboneConfig
 from posectl.models.meshnet import MeshNet
 
@@ -304,17 +304,16 @@ class MeshTargets:
 
 
 @register
-class Pose2Mesh:
+class Pose2Mesh(Method):
     name = "pose2mesh"
     metrics = POSE_METRICS + ("mpvpe", "mesh_gt_valid", "mpjpe_all17", "posenet_mpjpe")
     description = "Pose2Mesh: 2D pose -> 3D pose -> mesh with a coarse-to-fine graph network (ECCV'20)"
     Config = Pose2MeshConfig
     smoke_overrides = {"epochs": 2, "posenet_epochs": 1, "edge_loss_start": 0, "posenet.width": 256,
-                       "meshnet.width": 16, "batch_size": 64}
+                       "meshnet.width": 16, "batch_size": 64, "body.model": "tube"}   # tube: exact meshes, no fit
 
     def __init__(self, cfg: Pose2MeshConfig, data: LiftingData, ctx: Context):
-        self.cfg, self.data, self.ctx = cfg, data, ctx
-        self.gen = seed_everything(cfg.seed + ctx.rank)
+        super().__init__(cfg, data, ctx)
         torch.manual_seed(cfg.seed)                 # identical initial weights on every worker
         layout = data.layout
         self.body = build_body(cfg.body, layout)
@@ -364,8 +363,8 @@ class Pose2Mesh:
         self.posenet.train()
         self.meshnet.train(mesh_stage)
         faces, reg = self.faces.to(device), self.regressor.to(device)
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
-        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+                                    stride=cfg.data.train_stride))
         targets = self.mesh_targets(data)
         fitted = targets.ensure(torch.cat(batches), progress=self.ctx.progress) if mesh_stage and batches else 0
         sums = {k: torch.zeros(()) for k in ("loss", "pose_l1_mm", "vertex_l1_mm", "normal", "edge_mm", "mesh_joint_l1_mm")}
@@ -474,13 +473,12 @@ class Pose2Mesh:
         return (f" (pseudo-GT: body fitted to the 3D joints, {valid.mean():.0%} of frames within "
                 f"{self.cfg.body.fit_threshold_mm:g} mm)")
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": {"posenet": self.posenet_raw.state_dict(), "meshnet": self.meshnet_raw.state_dict()},
-                "optimizer": self.opt.state_dict(), "generator": self.gen.get_state()}
+    def weights(self) -> dict[str, Any]:
+        return {"posenet": self.posenet_raw.state_dict(), "meshnet": self.meshnet_raw.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.posenet_raw.load_state_dict(state["model"]["posenet"])
-        self.meshnet_raw.load_state_dict(state["model"]["meshnet"])
-        if "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
-            self.gen.set_state(state["generator"])
+    def load_weights(self, weights: dict[str, Any]) -> None:
+        self.posenet_raw.load_state_dict(weights["posenet"])
+        self.meshnet_raw.load_state_dict(weights["meshnet"])
+
+    def resumables(self) -> dict[str, Any]:
+        return {"optimizer": self.opt}

@@ -54,7 +54,7 @@ from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
 from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
-from posectl.methods.base import POSE_METRICS, Context, DataInput, TrainConfig, register, seed_everything
+from posectl.methods.base import POSE_METRICS, Context, DataInput, Method, TrainConfig, register, unwrap
 from posectl.models.lora import LoRALinear, inject_lora, lora_state
 from posectl.models.mixste import Attention, MixSTEDenoiser
 
@@ -167,21 +167,21 @@ def _paper_loss(w2d: float, err_px: torch.Tensor, w3d: float, err_m: torch.Tenso
 
 
 @register
-class PoSynDA:
+class PoSynDA(Method):
     name = "posynda"
     metrics = POSE_METRICS + ("p_best", "p_agg")
     description = "PoSynDA: diffusion multi-hypothesis pose synthesis for domain adaptation (MM'23)"
     Config = PoSyndaConfig
     smoke_overrides = {"epochs": 1}
 
-    @staticmethod
-    def check_training(cfg: PoSyndaConfig) -> None:
+    @classmethod
+    def check_training(cls, cfg: PoSyndaConfig) -> None:
         """Before a job starts (and again where the worker loads it); evaluating an adapted run needs no source."""
         if cfg.stage == "adapt" and not Path(cfg.source_checkpoint).expanduser().exists():
             raise ConfigError(f"source_checkpoint: {cfg.source_checkpoint} does not exist")
 
-    @staticmethod
-    def inputs(cfg: PoSyndaConfig) -> dict[str, DataInput]:
+    @classmethod
+    def inputs(cls, cfg: PoSyndaConfig) -> dict[str, DataInput]:
         t = cfg.target
         out = {"test": DataInput(t.path, t.test_split, t.keypoints, with_3d=True)}
         if cfg.stage == "adapt":       # checked here, before any job starts (a search space cannot name it); its
@@ -191,9 +191,8 @@ class PoSynDA:
         return out
 
     def __init__(self, cfg: PoSyndaConfig, data: LiftingData, ctx: Context):
-        self.cfg, self.data, self.ctx = cfg, data, ctx
+        super().__init__(cfg, data, ctx)
         self.layout = data.layout
-        self.gen = seed_everything(cfg.seed + ctx.rank)
         torch.manual_seed(cfg.seed)
         d = cfg.denoiser
         self.diffusion = Diffusion(cfg.timesteps, cfg.scale)
@@ -240,7 +239,7 @@ class PoSynDA:
         for k in ("timesteps", "scale"):    # the schedule and timestep embedding the source model learned
             if sc.get(k) != getattr(self.cfg, k):
                 raise ConfigError(f"{k}: must match the source model's ({sc.get(k)})")
-        net = self._inner(self.model)
+        net = unwrap(self.model)
         wrapped = {n for n, m in net.named_modules() if isinstance(m, LoRALinear)}
         src = {}
         for k, v in state["method_state"]["model"].items():
@@ -254,12 +253,9 @@ class PoSynDA:
             raise ConfigError(f"source_checkpoint: weights do not fit the denoiser ({(missing + unexpected)[:3]})")
         self._source_loaded = True
 
-    def _inner(self, m: nn.Module) -> nn.Module:
-        return getattr(m, "module", m)
-
     def _student_state(self) -> dict[str, torch.Tensor]:
-        out = {f"lora.{k}": v for k, v in lora_state(self._inner(self.model)).items()}
-        out.update({f"refiner.{k}": v for k, v in self._inner(self.refiner).state_dict().items()})
+        out = {f"lora.{k}": v for k, v in lora_state(unwrap(self.model)).items()}
+        out.update({f"refiner.{k}": v for k, v in unwrap(self.refiner).state_dict().items()})
         return out
 
     def _ema_update(self) -> None:
@@ -271,7 +267,7 @@ class PoSynDA:
     def _swap_in(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Load (teacher) weights into the student modules; returns the weights they replaced."""
         old = {k: v.detach().clone() for k, v in self._student_state().items()}
-        m, r = self._inner(self.model), self._inner(self.refiner)
+        m, r = unwrap(self.model), unwrap(self.refiner)
         m.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lora.")}, strict=False)
         r.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("refiner.")})
         return old
@@ -283,20 +279,23 @@ class PoSynDA:
             y = (y + flip_poses(yf, self.layout)) / 2
         return y
 
-    def _hypotheses(self, cond: torch.Tensor, grad: bool, flip: bool, all_frames: bool = False) -> torch.Tensor:
+    def _hypotheses(self, cond: torch.Tensor, grad: bool, flip: bool, all_frames: bool = False,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
         """Hypotheses by K-step DDIM from noise (DDIM eta = 1, as released): (H, B, J, 3) for the centre frame
-        of each clip, or (H, B, T, J, 3) for every frame with `all_frames`."""
+        of each clip, or (H, B, T, J, 3) for every frame with `all_frames`. The noise comes from `generator`
+        (default: this worker's training stream)."""
         cfg, H = self.cfg, self.cfg.hypotheses
+        gen = generator or self.gen
         B, T = cond.shape[:2]
         c = cond.repeat(H, 1, 1, 1)
         shape = (H * B, *cond.shape[1:-1], 3)
         with torch.set_grad_enabled(grad):
-            x = torch.randn(shape, generator=self.gen).to(cond)
+            x = torch.randn(shape, generator=gen).to(cond)
             d = self.diffusion
             for t, t_next in d.ddim_times(cfg.sampling_steps):
                 tt = torch.full((H * B,), t, dtype=torch.long, device=cond.device)
                 x0 = (self._denoise(x, tt, c, flip) * d.scale).clamp(-1.1 * d.scale, 1.1 * d.scale)
-                noise = torch.randn(shape, generator=self.gen).to(cond)
+                noise = torch.randn(shape, generator=gen).to(cond)
                 x = d.ddim_step(x, x0, t, t_next, 1.0, noise)
             x = x / d.scale
         out = x if all_frames else x[:, T // 2]
@@ -342,8 +341,8 @@ class PoSynDA:
     def _pretrain_epoch(self) -> dict[str, float]:
         cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
         self.model.train()
-        per_worker = max(1, cfg.batch_size // self.ctx.world_size)
-        batches = list(data.batches(per_worker, shuffle=True, generator=self.gen, stride=cfg.data.train_stride))
+        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+                                    stride=cfg.data.train_stride))
         total, n = torch.zeros(()), 0
         for step, idx in enumerate(batches):
             cond = data.windows(idx, T)
@@ -444,10 +443,11 @@ class PoSynDA:
         intr_all = torch.from_numpy(data.arrays.intrinsics.astype(np.float32))
         kp_all = torch.from_numpy(data.arrays.keypoints_2d.astype(np.float32))
         hyps, poses, rows = [], [], []
+        noise = torch.Generator().manual_seed(self.cfg.seed)   # the same draws for every evaluation of a model
         with torch.no_grad():
             for idx in data.batches(batch_size, shuffle=False, stride=stride):
                 cond = data.windows(idx, self.cfg.denoiser.frames).to(dev)
-                h = self._hypotheses(cond, grad=False, flip=self.cfg.test_flip)
+                h = self._hypotheses(cond, grad=False, flip=self.cfg.test_flip, generator=noise)
                 p, _ = self._reproject(h, kp_all[idx].to(dev), intr_all[idx].to(dev), None)
                 h[..., data.layout.root, :] = 0
                 p[..., data.layout.root, :] = 0
@@ -480,29 +480,29 @@ class PoSynDA:
         return res
 
     # -- checkpoints ---------------------------------------------------------------------------------
-    def _weights(self) -> dict[str, torch.Tensor]:
+    def weights(self) -> dict[str, torch.Tensor]:
         """Everything prediction needs (denoiser, adapters, refiner): the checkpoint's "model" entry."""
-        w = {f"net.{k}": v for k, v in self._inner(self.model).state_dict().items()}
+        w = {f"net.{k}": v for k, v in unwrap(self.model).state_dict().items()}
         if self.refiner is not None:
-            w.update({f"refiner.{k}": v for k, v in self._inner(self.refiner).state_dict().items()})
+            w.update({f"refiner.{k}": v for k, v in unwrap(self.refiner).state_dict().items()})
         return w
 
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        unwrap(self.model).load_state_dict({k[4:]: v for k, v in weights.items() if k.startswith("net.")})
+        if self.refiner is not None:
+            unwrap(self.refiner).load_state_dict({k[8:]: v for k, v in weights.items() if k.startswith("refiner.")})
+        self._source_loaded = True
+
+    def resumables(self) -> dict[str, Any]:
+        return {"optimizer": self.opt, "scheduler": self.sched}
+
     def state_dict(self) -> dict[str, Any]:
-        st = {"model": self._weights(), "optimizer": self.opt.state_dict(),
-              "scheduler": self.sched.state_dict(), "generator": self.gen.get_state()}
+        st = super().state_dict()
         if self.teacher is not None:
             st["teacher"] = {k: v.clone() for k, v in self.teacher.items()}
         return st
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        w = state["model"]
-        self._inner(self.model).load_state_dict({k[4:]: v for k, v in w.items() if k.startswith("net.")})
-        if self.refiner is not None:
-            self._inner(self.refiner).load_state_dict({k[8:]: v for k, v in w.items() if k.startswith("refiner.")})
-        self._source_loaded = True
-        if "optimizer" in state:
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["scheduler"])
-            self.gen.set_state(state["generator"])
-            if self.refiner is not None:
-                self.teacher = {k: v.clone() for k, v in state["teacher"].items()}
+        super().load_state_dict(state)
+        if "optimizer" in state and self.refiner is not None:
+            self.teacher = {k: v.clone() for k, v in state["teacher"].items()}

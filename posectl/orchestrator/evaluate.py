@@ -6,12 +6,21 @@ from typing import Any
 
 import torch
 
-from posectl.config import build
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
-from posectl.errors import ConfigError, DataError
-from posectl.methods.base import Context, get_method, method_inputs, reads_images
+from posectl.errors import ConfigError, DataError, PosectlError
+from posectl.methods.base import Context, get_method
 from posectl.orchestrator.experiment import load_checkpoint
+from posectl.orchestrator.spec import RunSpec
+
+
+def checkpoint_spec(state: dict, where, overrides: dict | None = None) -> RunSpec:
+    """The RunSpec of a checkpoint's run (its resolved config, with `overrides`); data not opened."""
+    method = get_method(state.get("method", "(none)"))      # an unknown method is named as such first
+    missing = [k for k in ("config", "layout", "epoch", "method_state") if k not in state]
+    if missing:
+        raise PosectlError(f"{where}: an incomplete posectl checkpoint (no {', '.join(missing)})")
+    return RunSpec.build(method, [state["config"], overrides or {}], training=False, open_data=False)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None,
@@ -20,8 +29,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     if stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {stride}")
     state = load_checkpoint(checkpoint)
-    method_cls = get_method(state["method"])
-    _require(state, checkpoint)
     overrides: dict[str, Any] = {}
     if keypoints is not None:
         overrides["data.keypoints"] = keypoints
@@ -29,8 +36,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         overrides["test_flip"] = flip
     if joints is not None:
         overrides["eval_joints"] = joints
-    cfg = build(method_cls.Config, state["config"], overrides, context=f"method {state['method']}")
-    test_input = method_inputs(method_cls, cfg).get("test")
+    spec = checkpoint_spec(state, checkpoint, overrides)
+    method_cls, cfg = spec.method, spec.cfg
+    test_input = method_cls.inputs(cfg).get("test")
     # a method whose test data is its own (a target domain); another split (`--split val`) is the run's
     # own data, where model selection happened
     if data is None and test_input is not None and split in (None, test_input.split):
@@ -43,20 +51,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     layout = get_layout(state["layout"])
     if ds.layout.name != layout.name:
         raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")
-    lifting = LiftingData(ds.load(split, kp, subjects, images=reads_images(method_cls, cfg)), layout, keypoints=kp)
+    lifting = LiftingData(ds.load(split, kp, subjects, images=method_cls.reads_images(cfg)), layout, keypoints=kp)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     method = method_cls(cfg, lifting, Context())
     method.load_state_dict({"model": state["method_state"]["model"]})
     metrics = method.evaluate(lifting, stride=stride, detailed=True)
     return {"method": state["method"], "checkpoint": str(checkpoint), "dataset": ds.name, "split": split,
             "epoch": state["epoch"] + 1, "metrics": metrics}
-
-
-def _require(state: dict, where) -> None:
-    missing = [k for k in ("config", "layout", "epoch", "method_state") if k not in state]
-    if missing:
-        from posectl.errors import PosectlError
-        raise PosectlError(f"{where}: an incomplete posectl checkpoint (no {', '.join(missing)})")
 
 
 def _open_any(path: str):
@@ -69,19 +70,17 @@ def sample_checkpoint(checkpoint: str | Path, n: int = 18, out: str | Path | Non
     """Draw `n` poses from a generative method's checkpoint (e.g. DH-AUG's generator) and save them
     as a PNG grid of skeletons. Needs the full state of `last.pt` (a run directory picks it)."""
     from posectl.core.skeleton import LAYOUTS
-    from posectl.errors import PosectlError
     from posectl.orchestrator.plots import skeleton_grid
     p = Path(checkpoint)
     if p.is_dir():
         p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
     state = load_checkpoint(p)
-    cls = get_method(state["method"])
-    _require(state, p)
-    if not hasattr(cls, "sample_poses"):
+    spec = checkpoint_spec(state, p)
+    cls, cfg = spec.method, spec.cfg
+    if not cls.generates_poses():
         raise PosectlError(f"method '{state['method']}' does not generate poses")
-    if "optimizer" not in state["method_state"]:
+    if set(state["method_state"]) == {"model"}:
         raise PosectlError(f"{p}: holds only the lifting weights; sample from last.pt or the run directory")
-    cfg = build(cls.Config, state["config"], context=f"method {state['method']}")
     ds = _open_any(cfg.data.path)
     data = LiftingData(ds.load(cfg.data.train_split, cfg.data.keypoints, cfg.data.train_subjects or None),
                        get_layout(state["layout"]))
@@ -101,17 +100,15 @@ def export_meshes(checkpoint: str | Path, n: int = 4, split: str | None = None, 
     import numpy as np
 
     from posectl.core.mesh import write_obj
-    from posectl.errors import PosectlError
     from posectl.orchestrator.plots import mesh_grid
     p = Path(checkpoint)
     if p.is_dir():
         p = p / "checkpoints" / "best.pt" if (p / "checkpoints").is_dir() else p / "best.pt"
     state = load_checkpoint(p)
-    cls = get_method(state["method"])
-    _require(state, p)
-    if not hasattr(cls, "predict_meshes"):
+    spec = checkpoint_spec(state, p)
+    cls, cfg = spec.method, spec.cfg
+    if not cls.predicts_meshes():
         raise PosectlError(f"method '{state['method']}' does not predict meshes")
-    cfg = build(cls.Config, state["config"], context=f"method {state['method']}")
     split = split or cfg.data.test_split
     ds = _open_any(data or cfg.data.path)
     lifting = LiftingData(ds.load(split, cfg.data.keypoints), get_layout(state["layout"]))

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 import torch
 
 from posectl.config import to_dict
 
-
-class Reporter(Protocol):
-    def epoch(self, row: dict[str, Any], state_fn, improved: bool) -> None: ...
-    def best_state(self) -> dict | None: ...
-    def finish(self, results: dict[str, Any]) -> None: ...
+if TYPE_CHECKING:
+    from posectl.orchestrator.reporters import Reporter
 
 
 def _better(value, best: float, mode: str) -> bool:
@@ -45,11 +42,8 @@ def _restored_best(state: dict, metric: str, mode: str) -> tuple[float, int]:
 
 def _rank_random_state(method, ctx) -> dict:
     """This rank's random streams: torch's global CPU state, the CUDA state of its device, and the
-    method's own generator (`gen`, seeded per rank), if it has one."""
-    st = {"torch": torch.get_rng_state()}
-    gen = getattr(method, "gen", None)
-    if isinstance(gen, torch.Generator):
-        st["generator"] = gen.get_state()
+    method's own generator (`gen`, seeded per rank)."""
+    st = {"torch": torch.get_rng_state(), "generator": method.gen.get_state()}
     if ctx.device.type == "cuda":
         st["cuda"] = torch.cuda.get_rng_state(ctx.device)
     return st
@@ -59,15 +53,14 @@ def _restore_random_state(method, ctx, state: dict) -> None:
     """Each rank continues its own random streams. States written by another number of workers (or
     before they were kept per rank) hold rank 0's only: then every rank continues from it."""
     ranks = state.get("rank_rng")
-    if not ranks or len(ranks) != ctx.world_size:
+    if not ranks:
         torch.set_rng_state(state["torch_rng"])
         return
-    mine = ranks[ctx.rank]
+    same = len(ranks) == ctx.world_size
+    mine = ranks[ctx.rank if same else 0]
     torch.set_rng_state(mine["torch"])
-    gen = getattr(method, "gen", None)
-    if isinstance(gen, torch.Generator) and "generator" in mine:
-        gen.set_state(mine["generator"])
-    if ctx.device.type == "cuda" and "cuda" in mine:
+    method.gen.set_state(mine["generator"])
+    if same and ctx.device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"], ctx.device)
 
 
@@ -81,7 +74,7 @@ def _gather(obj, ctx) -> list:
     return [obj]
 
 
-def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Reporter,
+def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: "Reporter",
                metric: str = "val_mpjpe", mode: str = "min") -> dict | None:
     """Train `cfg.epochs` epochs (continuing `state`); an epoch is `improved` when its `metric`
     beats every earlier one (lower for mode "min", higher for "max")."""
@@ -122,7 +115,7 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: Repor
                     "torch_rng": rank_rng[0]["torch"], "rank_rng": rank_rng}
 
         reporter.epoch(row, state_fn, improved)
-    if not ctx.is_main or not getattr(reporter, "final_eval", True):
+    if not ctx.is_main or not reporter.final_eval:
         return None
     best_state = reporter.best_state()
     if best_state is not None:

@@ -123,12 +123,10 @@ def load_space(path: str | Path, method: str | None = None) -> Space:
     return validate_space(doc, str(path), method)
 
 
-def reported_metric(method: str, metric: str) -> bool | None:
-    """Whether `method` reports `metric` every epoch; None when the plugin does not declare `metrics`."""
+def reported_metric(method: str, metric: str) -> bool:
+    """Whether `method` reports `metric` every epoch (its `metrics`)."""
     from posectl.methods.base import get_method
-    names = getattr(get_method(method), "metrics", None)
-    if names is None:
-        return None
+    names = get_method(method).metrics
     return any(re.fullmatch(re.escape("val_" + n).replace(re.escape("<N>"), r"\d+"), metric) for n in names)
 
 
@@ -184,7 +182,7 @@ def validate_space(doc: dict, where: str = "space", method: str | None = None) -
     sp.metric = doc.get("metric", sp.metric)
     if not sp.metric.startswith("val_"):
         raise err(f"metric '{sp.metric}' must be a validation metric (val_...): searches never use the test split")
-    if reported_metric(name, sp.metric) is False:
+    if not reported_metric(name, sp.metric):
         raise err(f"metric '{sp.metric}' is not reported by method '{name}' "
                   f"(it reports {', '.join('val_' + m for m in cls.metrics)})")
     sp.mode = doc.get("mode", sp.mode)
@@ -283,6 +281,8 @@ def validate_space(doc: dict, where: str = "space", method: str | None = None) -
                 raise err(f"{w}: 'when' refers to '{k}', which is not an earlier choice parameter")
             if v not in choices[k]:
                 raise err(f"{w}: 'when' value {v!r} is not one of {k}'s values {choices[k]}")
+        if pname == "seed" or pname.startswith("data."):
+            raise err(f"{w}: the data and the seed pick the rows every trial shares; set them in 'fixed'")
         sp.parameters.append(p)
     # every fixed value and every corner of the space must make a valid config (the method's own checks)
     try:

@@ -12,7 +12,7 @@ import yaml
 
 from posectl.errors import PosectlError
 from posectl.orchestrator.experiment import Experiment, atomic_write_bytes, load_checkpoint
-from posectl.orchestrator.tune import SEARCH_FILE, default_storage
+from posectl.orchestrator.paths import SEARCH_FILE, default_storage
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"   # ray.tune.integration.ray_train.CHECKPOINT_PATH_KEY (no Ray import here)
 
@@ -130,10 +130,9 @@ def load_search(name: str | Path, storage_path: str | Path | None = None) -> Sea
                     continue
         status, _ = statuses.get(tid, ("UNKNOWN", None))
         err = None
-        for f in ("error.txt",):
-            if (d / f).exists():
-                err = (d / f).read_text().strip().splitlines()[-1][:200]
-                status = "ERROR" if status == "UNKNOWN" else status
+        if (d / "error.txt").exists():
+            err = (d / "error.txt").read_text().strip().splitlines()[-1][:200]
+            status = "ERROR" if status == "UNKNOWN" else status
         s.trials.append(Trial(tid, d, params, hist, status, s.metric, s.mode, max_epochs, err))
     return s
 

@@ -1,46 +1,38 @@
 """`tune()`: hyper-parameter search with Ray Tune driving Optuna (TPE), ASHA early stopping.
 
-Single-worker trials run the method's epoch loop inside the Tune trial (the same plugin code as
-`posectl train`). Trials with several workers or GPUs run a Ray Train TorchTrainer inside the trial
-(see `_multiworker_trial`). Every trial reports validation metrics per epoch with a checkpoint;
-searches never look at the test split.
+A search is one RunSpec (orchestrator/spec.py) and its trials are `spec.with_params(...)`, run by
+orchestrator/trial.py: single-worker trials in the Tune trial's process, trials with several workers
+or GPUs as a Ray Train job inside the trial. Every trial reports validation metrics per epoch with a
+checkpoint; searches never look at the test split.
 
 Layout: <storage>/<name>/ holds Tune's experiment state, one directory per trial, and
 `posectl-search.yaml` (method, space, overrides: what `--resume` and `trials` read).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-import torch
 import yaml
 
-from posectl.config import build, to_dict
-from posectl.core.skeleton import get_layout
-from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, PosectlError, ResourceError
-from posectl.methods.base import Context, check_training, get_method, method_inputs, reads_images
+from posectl.methods.base import get_method
 from posectl.orchestrator import cluster
-from posectl.orchestrator.data import open_dataset, open_inputs
-from posectl.orchestrator.experiment import atomic_write_bytes, load_checkpoint, save_checkpoint
-from posectl.orchestrator.loop import run_epochs
+from posectl.orchestrator.experiment import atomic_write_bytes
+from posectl.orchestrator.paths import SEARCH_FILE, default_storage
 from posectl.orchestrator.spaces import Space, load_space, space_path
+from posectl.orchestrator.spec import RunSpec
+from posectl.orchestrator.trial import DRIVER_CPU, single_worker_trial, train_job_trial
 
-SEARCH_FILE = "posectl-search.yaml"
-
-
-def default_storage() -> Path:
-    return Path(os.environ.get("POSECTL_STORAGE_PATH", Path(os.environ.get("POSECTL_RUNS", "runs")) / "tune")).absolute()
+# A smoke-sized search: two trials of two epochs on a subset (plus the method's own smoke_overrides).
+SEARCH_SMOKE = {"epochs": 2, "data.max_train_samples": 1024, "data.eval_stride": 10}
 
 
 def runs_train_jobs(res: cluster.Resources) -> bool:
-    """Whether a search's trials each run a Ray Train job (several workers, or GPUs; see tune_train)."""
+    """Whether a search's trials each run a Ray Train job (several workers, or GPUs; see trial.py)."""
     return res.workers > 1 or bool(res.gpus)
 
 
@@ -71,88 +63,6 @@ class Plan:
         ]
 
 
-class SearchReporter:
-    """Reports every epoch of a trial with a checkpoint holding the full state and the best weights
-    (best by the search's metric: run_epochs decides `improved`).
-
-    `report` is `ray.tune.report` (single-worker trials) or `ray.train.report` (inside the Train
-    workers of a multi-worker trial, forwarded to Tune); only rank 0 attaches a checkpoint.
-    """
-    final_eval = False  # a search never evaluates on the test split
-
-    def __init__(self, report: Callable, rank: int = 0, best: dict | None = None, fault_hook: Callable | None = None):
-        self.report, self.rank, self.best, self.fault_hook = report, rank, best, fault_hook
-
-    def epoch(self, row, state_fn, improved):
-        from ray.train import Checkpoint
-        metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
-        if self.rank != 0:
-            self.report(metrics)
-            return
-        state = state_fn()
-        if improved or self.best is None:
-            self.best = {**state, "method_state": {"model": state["method_state"]["model"]}}
-        metrics["best_val_mpjpe"] = state["best_val_mpjpe"]
-        best = state["best_metric"]
-        metrics[f"best_{best['name']}"] = best["value"]
-        metrics["node_id"] = _node_id()
-        with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(Path(d) / "state.pt", state)
-            save_checkpoint(Path(d) / "best.pt", self.best)
-            self.report(metrics, checkpoint=Checkpoint.from_directory(d))
-        if self.fault_hook:
-            self.fault_hook(row["epoch"])
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        pass
-
-
-def restore_trial_state(ckpt, method: str) -> tuple[dict | None, dict | None]:
-    """(full state, best weights) from a trial checkpoint, or (None, None)."""
-    if ckpt is None:
-        return None, None
-    with ckpt.as_directory() as d:
-        return load_checkpoint(Path(d) / "state.pt", method), load_checkpoint(Path(d) / "best.pt", method)
-
-
-def load_search_data(dataset, base, inputs: dict | None = None, images: bool = False):
-    """Training and validation arrays of a search, and a method's extra inputs (roles from
-    open_inputs). The test split, or a "test" input, is never loaded."""
-    import numpy as np
-    train = dataset.load(base.data.train_split, base.data.keypoints, base.data.train_subjects or None,
-                         images=images)
-    if base.data.max_train_samples:
-        pick = np.random.default_rng(base.seed).permutation(len(train))[: base.data.max_train_samples]
-        train = train.take(np.sort(pick))
-    extra = {role: ds.load(inp.split, inp.keypoints, list(inp.subjects) or None, with_3d=inp.with_3d)
-             for role, (ds, inp) in (inputs or {}).items() if role != "test"}
-    return train, dataset.load(base.data.val_split, base.data.keypoints, images=images), extra
-
-
-def _node_id() -> str:
-    import ray
-    return ray.get_runtime_context().get_node_id()
-
-
-def posectl_trial(config: dict, method: str, layers: list[dict], layout: str, threads: int,
-           train=None, val=None, fault_hook=None, inputs=None, metric: str = "val_mpjpe",
-           mode: str = "min") -> None:
-    """A single-worker trial: the method's epoch loop, in this Tune trial's process."""
-    from ray import tune
-    torch.set_num_threads(max(1, threads))
-    cls = get_method(method)
-    cfg = build(cls.Config, *layers, config, context=f"trial of {method}")
-    lay = get_layout(layout)
-    data = {"train": LiftingData(train, lay), "val": LiftingData(val, lay)}
-    ctx = Context(inputs=inputs or {})
-    m = cls(cfg, data["train"], ctx)
-    state, best = restore_trial_state(tune.get_checkpoint(), method)
-    run_epochs(m, cfg, data, ctx, state, SearchReporter(tune.report, 0, best, fault_hook), metric=metric, mode=mode)
-
-
 def _resolve_space(method: str, space: str | Path | None) -> Space:
     return load_space(space if space else space_path(method), method)
 
@@ -161,33 +71,32 @@ def plan_search(method: str, space: str | Path | None = None, samples: int | Non
                 concurrent: int | None = None, gpus_per_trial: int | None = None,
                 workers_per_trial: int | None = None, name: str | None = None,
                 storage_path: str | Path | None = None, smoke_test: bool = False,
-                overrides: dict | None = None, have: dict | None = None) -> tuple[Plan, list[dict]]:
+                overrides: dict | None = None, have: dict | None = None) -> tuple[Plan, RunSpec]:
+    """The search's plan and its RunSpec (data not opened yet)."""
     cls = get_method(method)                   # an unknown method is named as such, with a suggestion
     sp = _resolve_space(method, space)
-    layers = [sp.fixed, overrides or {}]
-    build(cls.Config, *layers, context=f"method {method}")      # the user's values, before --smoke-test's
-    if smoke_test:
-        layers.append({"epochs": 2, "data.max_train_samples": 1024, "data.eval_stride": 10})
-        samples = 2 if samples is None else samples
+    if smoke_test and samples is None:
+        samples = 2
     for flag, value in (("--samples", samples), ("--concurrent", concurrent), ("--gpus-per-trial", gpus_per_trial),
                         ("--workers-per-trial", workers_per_trial)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    base = build(cls.Config, *layers, context=f"method {method}")
     if gpus_per_trial is not None and workers_per_trial is not None:
         raise ConfigError("use either --gpus-per-trial or --workers-per-trial")
     res = sp.resources
     if gpus_per_trial is not None:
         resources = cluster.Resources(workers=gpus_per_trial, cpus=float(res["cpus"]), gpus=1.0)
     else:
-        resources = cluster.Resources(workers=workers_per_trial if workers_per_trial is not None else int(res["workers"]), cpus=float(res["cpus"]),
-                                      gpus=float(res["gpus"]))
+        workers = workers_per_trial if workers_per_trial is not None else int(res["workers"])
+        resources = cluster.Resources(workers=workers, cpus=float(res["cpus"]), gpus=float(res["gpus"]))
+    spec = RunSpec.build(cls, [sp.fixed, overrides or {}], smoke_test=smoke_test, smoke=SEARCH_SMOKE,
+                         resources=resources, training=False, open_data=False)
     storage = Path(storage_path).absolute() if storage_path else default_storage()
     name = name or f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     plan = Plan(method, name, storage / name, sp, sp.samples if samples is None else samples,
                 sp.concurrent if concurrent is None else concurrent,
-                resources, have or {}, base.epochs)
-    return plan, layers
+                resources, have or {}, spec.cfg.epochs)
+    return plan, spec
 
 
 def tune_search(method: str, *, space: str | Path | None = None, samples: int | None = None,
@@ -195,8 +104,7 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
                 workers_per_trial: int | None = None, name: str | None = None,
                 storage_path: str | Path | None = None, address: str | None = None, resume: bool = False,
                 smoke_test: bool = False, overrides: dict | None = None,
-                on_plan: Callable[[Plan], None] | None = None, verbose: int = 1,
-                fault_hook: Callable | None = None):
+                on_plan: Callable[[Plan], None] | None = None, verbose: int = 1):
     """Run (or `resume`) a search; returns (plan, ResultGrid)."""
     if resume:
         if not name:
@@ -209,12 +117,9 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
         space, samples, concurrent = path / "space.yaml", saved["samples"], saved["concurrent"]
         overrides, smoke_test = saved["overrides"], saved["smoke_test"]
         gpus_per_trial, workers_per_trial = saved.get("gpus_per_trial"), saved.get("workers_per_trial")
-    plan, layers = plan_search(method, space, samples, concurrent, gpus_per_trial, workers_per_trial, name,
-                               storage_path, smoke_test, overrides)
-    cls = get_method(method)
-    base = build(cls.Config, *layers)
-    check_training(cls, base)
-    dataset = open_dataset(base.data)
+    plan, spec = plan_search(method, space, samples, concurrent, gpus_per_trial, workers_per_trial, name,
+                             storage_path, smoke_test, overrides)
+    spec = RunSpec.build(spec.method, [spec.config], resources=spec.resources)   # checks, and opens the data
     if resume:
         cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
     started = cluster.connect(address)
@@ -230,11 +135,11 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
             atomic_write_bytes(plan.path / SEARCH_FILE, yaml.safe_dump({
                 "method": method, "samples": plan.samples, "concurrent": plan.concurrent, "overrides": overrides or {},
                 "smoke_test": smoke_test, "gpus_per_trial": gpus_per_trial, "workers_per_trial": workers_per_trial,
-                "base_config": to_dict(base), "created": datetime.now().isoformat(timespec="seconds"),
+                "base_config": spec.config, "created": datetime.now().isoformat(timespec="seconds"),
             }, sort_keys=False).encode())
         if started:
             cluster.record_session(plan.path)
-        return plan, _run(plan, cls, layers, base, dataset, resume, verbose, fault_hook)
+        return plan, _run(plan, spec, resume, verbose)
     finally:
         if started:
             import ray
@@ -245,7 +150,6 @@ def check_search_resources(plan: Plan) -> dict:
     """cluster.check_resources for a search. A multi-worker (or GPU) trial holds a sliver of CPU for its
     Tune trial function besides its Train worker group, and Ray Train checks a group only against the
     cluster's total: a plan whose groups exactly fill the CPUs would wait for a placement forever."""
-    from posectl.orchestrator.tune_train import DRIVER_CPU
     have = cluster.check_resources(plan.resources, concurrent=plan.concurrent)
     if not runs_train_jobs(plan.resources):
         return have
@@ -259,7 +163,7 @@ def check_search_resources(plan: Plan) -> dict:
     return have
 
 
-def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fault_hook):
+def _run(plan: Plan, spec: RunSpec, resume: bool, verbose: int):
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -268,17 +172,15 @@ def _run(plan: Plan, cls, layers, base, dataset, resume: bool, verbose: int, fau
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sp = plan.space
-    train, val, extra = load_search_data(dataset, base, open_inputs(method_inputs(cls, base), dataset.layout.name),
-                                         images=reads_images(cls, base))
-    threads = max(1, int(plan.resources.cpus))
+    datasets = spec.ray_datasets(test=False)       # a search never reads a test split
+    shared = {"spec": spec, "datasets": datasets, "rows": datasets["train"].count(), "metric": sp.metric,
+              "mode": sp.mode}
     if runs_train_jobs(plan.resources):
-        from posectl.orchestrator.tune_train import multiworker_trainable
-        trainable = multiworker_trainable(plan, cls, layers, dataset.layout.name, train, val, extra)
+        trainable = tune.with_resources(tune.with_parameters(train_job_trial, storage=str(plan.path / "_train"),
+                                                             **shared), {"cpu": DRIVER_CPU})
     else:
-        trainable = tune.with_parameters(posectl_trial, method=cls.name, layers=layers, layout=dataset.layout.name,
-                                         threads=threads, train=train, val=val, fault_hook=fault_hook,
-                                         inputs=extra, metric=sp.metric, mode=sp.mode)
-        trainable = tune.with_resources(trainable, {"cpu": plan.resources.cpus})
+        trainable = tune.with_resources(tune.with_parameters(single_worker_trial, **shared),
+                                        {"cpu": plan.resources.cpus})
     run_config = tune.RunConfig(
         name=plan.name, storage_path=str(plan.path.parent), verbose=verbose,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -1,0 +1,249 @@
+"""`RunSpec`: what a run is made of (method, typed config, data, extra inputs, resources), built once on
+the driver and used by `posectl train`, every trial of `posectl tune`, `posectl eval` and the benchmarks.
+
+Data take one path everywhere: `tables()` reads each role's rows once on the driver (the training
+subset of `data.max_train_samples` picked here, with the run's seed), `ray_datasets()` hands them to
+Ray Data for train and tune, and `build_worker()` turns this worker's share into the method's inputs,
+in a Ray Train worker, a Tune trial, or in-process (`run_local`, used by benchmarks and tests).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from posectl.config import build, to_dict
+from posectl.core.skeleton import get_layout
+from posectl.datasets.lifting import LiftingData
+from posectl.datasets.store import (BODY_COLUMN, IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch,
+                                    read_shard)
+from posectl.errors import DataError
+from posectl.methods.base import Context, DataInput, Method, get_method
+from posectl.orchestrator.cluster import Resources
+from posectl.orchestrator.data import COLUMNS, input_columns, keypoint_column, open_dataset, open_inputs
+
+# A tiny but real run: a few hundred samples, one epoch, evaluation on a strided split (plus the
+# method's own `smoke_overrides`).
+SMOKE = {"epochs": 1, "data.max_train_samples": 512, "data.eval_stride": 20, "batch_size": 128}
+
+# Below this many bytes of Parquet per run, the driver reads the shards itself and hands the tables to
+# Ray Data (`from_arrow`): each `read_parquet(...).materialize()` pass costs 4-6 s of Ray Data start-up
+# on a 2-core machine (measured: 14-16 s for train/val/test of a small dataset, against < 1 s this way).
+# Larger datasets are read by Ray Data's read tasks.
+DRIVER_READ_BYTES = 256 * 2**20
+
+
+@dataclass
+class RunSpec:
+    method: type[Method]
+    cfg: Any                                    # the method's typed Config, resolved
+    dataset: PoseDataset | None = None          # cfg.data.path, validated (None: not opened)
+    inputs: dict[str, tuple[PoseDataset, DataInput]] = dataclasses.field(default_factory=dict)
+    resources: Resources | None = None
+
+    # -- building --------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, method: str | type[Method], layers: list[dict], *, smoke_test: bool = False,
+              smoke: dict[str, Any] = SMOKE, resources: Resources | None = None, training: bool = True,
+              open_data: bool = True) -> "RunSpec":
+        """Resolve the config from `layers` (YAML files, key=value overrides; the user's values are
+        checked before `--smoke-test` adds `smoke` and the method's own), run the method's pre-training
+        checks (`training`) and open the dataset and extra inputs (`open_data`)."""
+        m = get_method(method) if isinstance(method, str) else method
+        context = f"method {m.name}"
+        cfg = build(m.Config, *layers, context=context)
+        if smoke_test:
+            small = {**smoke, **m.smoke_overrides}
+            cfg = build(m.Config, *layers, small, context=context)
+            extra = _smoke_prerequisites(m, cfg)
+            if extra:
+                cfg = build(m.Config, *layers, small, extra, context=context)
+        spec = cls(m, cfg, resources=resources)
+        if training:
+            m.check_training(cfg)
+        if open_data:
+            spec.dataset = open_dataset(cfg.data)
+            spec.inputs = open_inputs(m.inputs(cfg), spec.dataset.layout.name)
+        return spec
+
+    def with_params(self, params: dict[str, Any]) -> "RunSpec":
+        """The same run with some config values replaced (a search trial's), type-checked."""
+        cfg = build(self.method.Config, to_dict(self.cfg), params, context=f"trial of {self.method.name}")
+        return dataclasses.replace(self, cfg=cfg)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return to_dict(self.cfg)
+
+    @property
+    def layout(self) -> str:
+        return self.dataset.layout.name
+
+    @property
+    def images(self) -> bool:
+        return self.method.reads_images(self.cfg) and bool(self.dataset.images)
+
+    # -- data ------------------------------------------------------------------------------------
+    def roles(self, test: bool = True) -> dict[str, tuple[list[str], list[str]]]:
+        """{role: (shard paths, columns)}: train, val and test (unless a method's input replaces it),
+        then the method's extra inputs. Searches pass `test=False`: they never read a test split."""
+        d = self.cfg.data
+        cols = [*COLUMNS, keypoint_column(d.keypoints), *([IMAGE_COLUMN] if self.images else []),
+                *([BODY_COLUMN] if self.dataset.body_params else [])]
+        out = {}
+        for role, split in (("train", d.train_split), ("val", d.val_split), ("test", d.test_split)):
+            if role not in self.inputs and (test or role != "test"):
+                out[role] = (self.dataset.shard_paths(split, d.train_subjects if role == "train" else None), cols)
+        for role, (ds, inp) in self.inputs.items():
+            if test or role != "test":
+                out[role] = (ds.shard_paths(inp.split, list(inp.subjects) or None),
+                             input_columns(inp.keypoints, inp.with_3d))
+        return out
+
+    def small(self, roles: dict) -> bool:
+        return sum(Path(p).stat().st_size for paths, _ in roles.values() for p in paths) <= DRIVER_READ_BYTES
+
+    def table(self, role: str, paths: list[str], columns: list[str]) -> pa.Table:
+        """One role's rows as one Arrow table; for "train", the `data.max_train_samples` subset (rows
+        picked with the run's seed, kept in dataset order so that sequences stay whole)."""
+        t = pa.concat_tables([read_shard(p, columns) for p in paths])
+        n = self.cfg.data.max_train_samples
+        if role == "train" and n and n < len(t):
+            pick = np.sort(np.random.default_rng(self.cfg.seed).permutation(len(t))[:n])
+            t = t.take(pa.array(pick))
+        return t
+
+    def ray_datasets(self, test: bool = True) -> dict:
+        """Materialised Ray datasets per role (read before training starts, so reads never compete with
+        training workers for CPUs: a trainer holding every CPU would otherwise deadlock them)."""
+        import logging
+        from concurrent.futures import ThreadPoolExecutor
+
+        import ray.data
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        roles = self.roles(test)
+        small = self.small(roles)
+
+        def one(role):
+            paths, columns = roles[role]
+            if small:
+                return ray.data.from_arrow(self.table(role, paths, columns)).materialize()
+            d = ray.data.read_parquet(paths).select_columns(columns)
+            if role == "train" and self.cfg.data.max_train_samples:
+                d = d.random_shuffle(seed=self.cfg.seed).limit(self.cfg.data.max_train_samples)
+            return d.materialize()
+
+        with ThreadPoolExecutor(max_workers=len(roles)) as pool:
+            return dict(zip(roles, pool.map(one, roles)))
+
+    def local_sources(self, test: bool = True) -> dict[str, pa.Table]:
+        """The same rows as `ray_datasets`, read in this process (no Ray)."""
+        return {role: self.table(role, paths, cols) for role, (paths, cols) in self.roles(test).items()}
+
+    def describe(self, train_rows: int | None = None) -> dict[str, Any]:
+        """What a worker needs besides its data sources (picklable): `train_rows`, the number of training
+        rows, lets each rank read only its block."""
+        return {"method": self.method, "cfg": self.cfg, "layout": self.layout, "train_rows": train_rows,
+                "inputs": {role: inp for role, (_, inp) in self.inputs.items()},
+                "image_root": str(self.dataset.path) if self.images else None}
+
+
+def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) -> tuple[Method, dict[str, LiftingData]]:
+    """In a worker: the method and its data from `sources` (role -> Ray Dataset, Ray Data iterator or
+    Arrow table, each holding the role's rows in the same order on every worker). Every rank takes an
+    equal contiguous block of the training rows (sequences stay together; the same block on every run
+    and after a resume); the other roles are whole on every rank."""
+    layout = get_layout(spec["layout"])
+    kp, extra = spec["cfg"].data.keypoints, spec["inputs"]
+    data, inputs = {}, {}
+    for role, src in sources.items():
+        inp = extra.get(role)
+        keypoints, with_3d = (inp.keypoints, inp.with_3d) if inp else (kp, True)
+        where = f"input '{role}' ({inp.path}:{inp.split})" if inp else f"{role} split"
+        block = (ctx.rank, ctx.world_size) if role == "train" else (0, 1)
+        arrays = read_arrays(src, keypoints, layout.num_joints, where, with_3d=with_3d,
+                             image_root=None if inp else spec["image_root"], block=block,
+                             rows=spec["train_rows"] if role == "train" else None)
+        if inp is None or role == "test":
+            data[role] = LiftingData(arrays, layout, keypoints=keypoints)
+        else:
+            inputs[role] = arrays
+    ctx.inputs = inputs
+    return spec["method"](spec["cfg"], data["train"], ctx), data
+
+
+def read_arrays(src, keypoints: str, num_joints: int, where: str, with_3d: bool = True,
+                image_root: str | None = None, block: tuple[int, int] = (0, 1), rows: int | None = None) -> PoseArrays:
+    """Rows of `src` as arrays; with `block` (rank, world size), only that rank's equal, contiguous share
+    of its `rows` rows (the remainder of rows / world size is left out, so every rank takes as many
+    steps)."""
+    if isinstance(src, pa.Table):
+        n, batches = len(src), [src]
+    else:
+        n = None
+        if block[1] > 1:      # a Ray Dataset counts itself; a Ray Data iterator needs `rows`
+            n = rows if rows is not None else src.count()
+        batches = src.iter_batches(batch_size=16384, batch_format="pyarrow")
+    lo, hi = 0, None
+    if block[1] > 1:
+        size = n // block[1]
+        lo, hi = block[0] * size, (block[0] + 1) * size
+    parts, start = [], 0
+    for b in batches:
+        end = start + len(b)
+        a, z = max(lo, start), end if hi is None else min(hi, end)
+        if z > a:
+            t = b.slice(a - start, z - a)
+            parts.append(arrays_from_batch({c: t.column(c) for c in t.column_names}, keypoints, num_joints,
+                                           where=where, with_3d=with_3d, image_root=image_root))
+        start = end
+        if hi is not None and start >= hi:
+            break
+    if not parts:
+        raise DataError(f"{where}: this worker's share is empty")
+    return PoseArrays.concat(parts)
+
+
+def run_local(spec: RunSpec, reporter, ctx: Context | None = None, state: dict | None = None,
+              metric: str = "val_mpjpe", mode: str = "min", test: bool = True):
+    """Train `spec` in this process (no Ray): the same data, method and epoch loop as a Ray Train job."""
+    from posectl.orchestrator.loop import run_epochs
+    ctx = ctx or Context()
+    method, data = build_worker(spec.describe(), spec.local_sources(test), ctx)
+    return run_epochs(method, spec.cfg, data, ctx, state, reporter, metric=metric, mode=mode), method, data
+
+
+def smoke_overrides(m: type[Method]) -> dict[str, Any]:
+    """The config values `--smoke-test` adds: the common SMOKE ones, then the method's own."""
+    return {**SMOKE, **m.smoke_overrides}
+
+
+def _smoke_prerequisites(m: type[Method], cfg) -> dict[str, Any]:
+    """Train (once, cached) the runs a method's smoke test needs, and return the config values naming them."""
+    out = {}
+    for key, (method, values) in m.smoke_prerequisites(cfg).items():
+        out[key] = [str(smoke_checkpoint(method, values))]
+    return out
+
+
+def smoke_checkpoint(method: str, values: dict[str, Any]) -> Path:
+    """A smoke-sized `method` run on `values`, trained in-process and cached by its config (a few seconds)."""
+    from posectl.datasets.synthetic import cache_dir
+    from posectl.orchestrator.experiment import save_checkpoint
+    spec = RunSpec.build(method, [values], smoke_test=True)
+    key = hashlib.sha256(json.dumps([method, spec.config], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir() / "smoke-runs" / f"{method}-{key}.pt"
+    if not path.is_file():
+        from posectl.orchestrator.reporters import MemoryReporter
+        rep = MemoryReporter()
+        run_local(spec, rep, test=False)
+        st = rep.best or rep.last
+        save_checkpoint(path, {**st, "method_state": {"model": st["method_state"]["model"]}})
+    return path
