@@ -1,9 +1,8 @@
-"""Pieces the effect benchmarks share: mean ± std formatting and an in-memory best-weights reporter."""
+"""Pieces the effect benchmarks share: mean ± std formatting, and training a run in this process."""
 from __future__ import annotations
 
-import copy
 import statistics
-from typing import Callable
+from typing import Any, Callable
 
 
 def mean_std(xs: list[float], digits: int = 2) -> str:
@@ -11,22 +10,13 @@ def mean_std(xs: list[float], digits: int = 2) -> str:
         else f"{xs[0]:.{digits}f}"
 
 
-class KeepBest:
-    """Reporter for orchestrator.loop.run_epochs without Ray: keeps the best-validation model weights in
-    memory (run_epochs loads them before its final evaluation); `on_epoch(row)` may print progress."""
-    final_eval = True
-
-    def __init__(self, on_epoch: Callable[[dict], None] | None = None):
-        self.best, self.on_epoch, self.results = None, on_epoch, None
-
-    def epoch(self, row, state_fn, improved):
-        if improved or self.best is None:
-            self.best = {"method_state": {"model": copy.deepcopy(state_fn()["method_state"]["model"])}}
-        if self.on_epoch:
-            self.on_epoch(row)
-
-    def best_state(self):
-        return self.best
-
-    def finish(self, results):
-        self.results = results
+def train_local(method: str, layers: list[dict[str, Any]], on_epoch: Callable[[dict], None] | None = None,
+                ctx=None, test: bool = False):
+    """A run built as `posectl train` builds it (orchestrator/spec.py's RunSpec: the same config, data,
+    subsets and method), trained in this process without Ray. Returns (results, method with the
+    best-validation weights loaded, reporter); `test` also evaluates the test split at the end."""
+    from posectl.orchestrator.reporters import MemoryReporter
+    from posectl.orchestrator.spec import RunSpec, run_local
+    rep = MemoryReporter(on_epoch)
+    results, method, _ = run_local(RunSpec.build(method, layers), rep, ctx=ctx, test=test)
+    return results, method, rep

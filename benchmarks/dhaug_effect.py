@@ -1,6 +1,6 @@
 """Does DH-AUG's generated data help? `dhaug mode=none` vs `mode=gan`, same backbone, data and budget.
 
-Two settings from the paper's claims (docs methods.md §4.7), each with several seeds (mean +- std):
+Two settings from the paper's claims (docs/methods/dhaug.md), each with several seeds (mean +- std):
   limited  train on Human3.6M S1 only, select on the validation split, test on S9;
   cross    train on Human3.6M S1, S5-S8, select on the validation split, test on the synthetic
            shifted target domain (other cameras, larger motions, other body proportions).

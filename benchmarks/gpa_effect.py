@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KeepBest, mean_std
+from _common import mean_std, train_local
 
 BACKBONES = {   # the paper's lifting networks at their usual sizes
     "simple": {"backbone.name": "simple", "backbone.width": 1024, "backbone.dropout": 0.5},
@@ -55,22 +55,17 @@ def main() -> None:
 
     import torch
 
-    from posectl.config import build
     from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
     from posectl.datasets.synthetic import cached_synthetic
-    from posectl.methods.base import Context, get_method
-    from posectl.orchestrator.loop import run_epochs
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-gpa-"))
     out.mkdir(parents=True, exist_ok=True)
-    cls = get_method("gpa")
     target_path = str(cached_synthetic("target"))
     tgt = PoseDataset(target_path)
-    target_2d = tgt.load("train", with_3d=False)              # what adaptation may see
-    test = LiftingData(tgt.load("test"), tgt.layout)          # what it is judged on
+    test = LiftingData(tgt.load("test"), tgt.layout)          # what it is judged on (its 2D drives adaptation)
     sources = {"synthetic": str(cached_synthetic("source")),
                "h36m": str(Path(args.prepared) if args.prepared else cached_h36m(args.data_3d))}
     done = out / "results.json"           # an interrupted benchmark continues where it stopped
@@ -78,9 +73,6 @@ def main() -> None:
     for source in args.sources:
         ds = PoseDataset(sources[source])
         stride = max(1, round(ds.manifest["splits"]["train"]["rows"] / args.rows))
-        train_arrays, val_arrays = ds.load("train"), ds.load("val")
-        train = LiftingData(train_arrays, ds.layout)
-        val = LiftingData(val_arrays, ds.layout)
         for bb in args.backbones:
             for mode in args.modes:
                 for seed in args.seeds:
@@ -90,15 +82,11 @@ def main() -> None:
                     over = {**DEFAULTS, **BACKBONES[bb]}
                     if args.epochs:
                         over["epochs"] = args.epochs
-                    cfg = build(cls.Config, {
-                        "mode": mode, "seed": seed, "data.path": sources[source], "data.train_stride": stride,
-                        "data.eval_stride": args.eval_stride, "target.path": target_path}, over)
                     t1 = time.perf_counter()
-                    ctx = Context(inputs={"target": target_2d})
-                    method = cls(cfg, train, ctx)
-                    rep = KeepBest()
-                    run_epochs(method, cfg, {"train": train, "val": val, "test": test}, ctx, None, rep)
-                    r = rep.results
+                    r, method, _ = train_local("gpa", [{
+                        "mode": mode, "seed": seed, "data.path": sources[source], "data.train_stride": stride,
+                        "data.eval_stride": args.eval_stride, "target.path": target_path}, over], test=True)
+                    cfg = method.cfg
                     row = {"source": source, "backbone": bb, "mode": mode, "seed": seed, "train_stride": stride,
                            "epochs": cfg.epochs, "lr": cfg.lr, "precise_bn": cfg.precise_bn_batches(),
                            "best_epoch": r["best_epoch"], "val_mpjpe": r["val"]["mpjpe"],
@@ -109,7 +97,6 @@ def main() -> None:
                           f"PCK {row['pck150']:.1f} %, AUC {row['auc']:.1f} % (source val {row['val_mpjpe']:.1f}, "
                           f"epoch {row['best_epoch']}, {row['wall_s']:.0f} s)", flush=True)
                     (out / "results.json").write_text(json.dumps(results, indent=1))
-        del train, val, train_arrays, val_arrays
 
     print()
     budgets = sorted({f"{r['backbone']} {r.get('epochs', 5)} epochs at lr {r.get('lr', 1e-3):g}" for r in results})

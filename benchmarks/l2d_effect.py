@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KeepBest, mean_std
+from _common import mean_std, train_local
 
 LIFTERS = {"simple": {"backbone.name": "simple", "backbone.width": 1024, "backbone.dropout": 0.5},
            "videopose": {"backbone.name": "videopose", "backbone.width": 1024, "backbone.blocks": 2,
@@ -53,13 +53,11 @@ def main() -> None:
 
     import torch
 
-    from posectl.config import build, to_dict
+    from posectl.config import to_dict
     from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
-    from posectl.methods.base import Context, get_method
     from posectl.orchestrator.experiment import save_checkpoint
-    from posectl.orchestrator.loop import run_epochs
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-l2d-"))
@@ -67,52 +65,41 @@ def main() -> None:
     path = str(Path(args.prepared) if args.prepared else cached_h36m(args.data_3d))
     ds = PoseDataset(path)
     stride = max(1, round(ds.manifest["splits"]["train"]["rows"] / args.rows))
-    train = LiftingData(ds.load("train", subjects=SUBJECTS), ds.layout)
-    val, test = LiftingData(ds.load("val"), ds.layout), LiftingData(ds.load("test"), ds.layout)
+    n_train = ds.manifest["splits"]["train"]["rows"]
+    test = LiftingData(ds.load("test"), ds.layout)
 
     # 1. the frozen lifters (GT 2D, best validation epoch)
     lifter_paths = []
-    base = get_method("baseline")
     for name, over in LIFTERS.items():
         p = out / "lifters" / f"{name}.pt"
         if not p.exists():
-            cfg = build(base.Config, over, {"epochs": args.lifter_epochs, "lr_decay": 0.9, "data.path": path,
-                                            "data.train_subjects": SUBJECTS, "data.train_stride": max(1, stride // 4),
-                                            "data.eval_stride": 20})
-            m = base(cfg, train, Context())
-            rep = KeepBest()
-            run_epochs(m, cfg, {"train": train, "val": val}, Context(), None, rep)
-            m.load_state_dict({"model": rep.best["method_state"]["model"]})
-            save_checkpoint(p, {"method": "baseline", "config": to_dict(cfg), "epoch": args.lifter_epochs - 1,
-                                "method_state": m.state_dict()})
-            print(f"lifter {name}: val MPJPE {rep.results['val']['mpjpe']:.1f} mm (GT 2D)", flush=True)
+            r, m, _ = train_local("baseline", [over, {
+                "epochs": args.lifter_epochs, "lr_decay": 0.9, "data.path": path, "data.train_subjects": SUBJECTS,
+                "data.train_stride": max(1, stride // 4), "data.eval_stride": 20}])
+            save_checkpoint(p, {"method": "baseline", "config": to_dict(m.cfg), "epoch": args.lifter_epochs - 1,
+                                "layout": ds.layout.name, "method_state": {"model": m.weights()}})
+            print(f"lifter {name}: val MPJPE {r['val']['mpjpe']:.1f} mm (GT 2D)", flush=True)
         lifter_paths.append(str(p))
 
     # 2. detectors, same budget per mode and seed
-    cls = get_method("l2d")
     done = out / "results.json"
     results: list[dict] = json.loads(done.read_text()) if done.exists() else []
     for seed in args.seeds:
         for mode in args.modes:
             if any((r["mode"], r["seed"]) == (mode, seed) for r in results):
                 continue
-            cfg = build(cls.Config, {
+            t1 = time.perf_counter()
+            print(f"{mode} seed {seed}: ~{n_train // stride} rows/epoch", flush=True)
+            r, method, _ = train_local("l2d", [{
                 "mode": mode, "seed": seed, "epochs": args.epochs, "lifters": lifter_paths,
                 "detector.width": args.width, "detector.image_size": args.image_size,
                 "data.path": path, "data.train_subjects": SUBJECTS, "data.train_stride": stride,
-                "data.eval_stride": args.val_stride})
-            t1 = time.perf_counter()
-            print(f"{mode} seed {seed}: {len(train) // stride} rows/epoch", flush=True)
-            ctx = Context()
-            method = cls(cfg, train, ctx)
-            rep = KeepBest(lambda row: print(
+                "data.eval_stride": args.val_stride}], lambda row: print(
                 f"    epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm, 2D {row.get('val_err_2d_px', 0):.1f}"
                 f" px ({row['epoch_time_s']:.0f} s)", flush=True))
-            run_epochs(method, cfg, {"train": train, "val": val}, ctx, None, rep)
-            method.load_state_dict({"model": rep.best["method_state"]["model"]})
-            t = method.evaluate(test, stride=args.eval_stride)
-            row = {"mode": mode, "seed": seed, "train_stride": stride, "best_epoch": rep.results["best_epoch"],
-                   "val_mpjpe": rep.results["val"]["mpjpe"], **{k: t[k] for k in (
+            t = method.evaluate(test, stride=args.eval_stride)     # the best-validation weights are loaded
+            row = {"mode": mode, "seed": seed, "train_stride": stride, "best_epoch": r["best_epoch"],
+                   "val_mpjpe": r["val"]["mpjpe"], **{k: t[k] for k in (
                        "mpjpe", "p_mpjpe", "mpjpe_l0", "mpjpe_l1", "mpjpe_ensemble", "mpjpe_gt2d", "err_2d_px", "pdj")},
                    "protocol": t["protocol"], "wall_s": time.perf_counter() - t1}
             results.append(row)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KeepBest, mean_std
+from _common import mean_std, train_local
 
 PAPER = {"mpjpe": 51.28, "p_mpjpe": 35.61}
 
@@ -54,18 +54,14 @@ def main() -> None:
 
     import torch
 
-    from posectl.config import build
     from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
     from posectl.datasets.synthetic import cached_synthetic
-    from posectl.methods.base import Context, get_method
-    from posectl.orchestrator.loop import run_epochs
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     out = Path(args.out or tempfile.mkdtemp(prefix="posectl-pose2mesh-"))
     out.mkdir(parents=True, exist_ok=True)
-    cls = get_method("pose2mesh")
     paths = {"synthetic": (str(cached_synthetic("source", **({"body": "anny"} if args.body == "anny" else {})))
                            if "synthetic" in args.settings else ""),
              "h36m": str(Path(args.prepared) if "h36m" in args.settings and args.prepared
@@ -74,30 +70,26 @@ def main() -> None:
     results: list[dict] = json.loads(done.read_text()) if done.exists() else []
     for setting in args.settings:
         ds = PoseDataset(paths[setting])
-        stride = max(1, round(ds.manifest["splits"]["train"]["rows"] / args.rows))
+        n_train = ds.manifest["splits"]["train"]["rows"]
+        stride = max(1, round(n_train / args.rows))
         subjects = ["S1", "S5", "S6", "S7", "S8"] if setting == "h36m" else None
-        train = LiftingData(ds.load("train", subjects=subjects), ds.layout)
-        val, test = LiftingData(ds.load("val"), ds.layout), LiftingData(ds.load("test"), ds.layout)
+        test = LiftingData(ds.load("test"), ds.layout)
         for seed in args.seeds:
             if any((r["setting"], r["seed"], r.get("body", "tube")) == (setting, seed, args.body) for r in results):
                 continue
-            cfg = build(cls.Config, {
+            values = {
                 "seed": seed, "epochs": args.epochs, "posenet_epochs": args.posenet_epochs, "lr": 1e-3,
                 "posenet.width": args.posenet_width, "meshnet.width": args.meshnet_width,
                 "edge_loss_start": (args.epochs - args.posenet_epochs) // 2,   # mesh-stage epochs
                 "body.model": args.body, "body.fit_iters": args.fit_iters,
                 "data.path": paths[setting], "data.train_stride": stride, "data.eval_stride": args.val_stride,
-                **({"data.train_subjects": subjects} if subjects else {})})
+                **({"data.train_subjects": subjects} if subjects else {})}
             t1 = time.perf_counter()
-            print(f"{setting} seed {seed}: {len(train) // stride} rows/epoch, {args.epochs} epochs", flush=True)
-            ctx = Context()
-            method = cls(cfg, train, ctx)
-            rep = KeepBest(lambda row: print(
+            print(f"{setting} seed {seed}: ~{n_train // stride} rows/epoch, {args.epochs} epochs", flush=True)
+            r, method, _ = train_local("pose2mesh", [values], lambda row: print(
                 f"    epoch {row['epoch']}: val mesh-joint MPJPE {row['val_mpjpe']:.1f} mm, MPVPE "
                 f"{row.get('val_mpvpe', float('nan')):.1f} mm, PoseNet {row.get('val_posenet_mpjpe', float('nan')):.1f}"
                 f" mm ({row['epoch_time_s']:.0f} s)", flush=True))
-            run_epochs(method, cfg, {"train": train, "val": val}, ctx, None, rep)
-            r = rep.results
             t = method.evaluate(test, stride=args.eval_stride)      # best-validation weights are loaded
             row = {"setting": setting, "seed": seed, "body": args.body, "mesh_gt_valid": t.get("mesh_gt_valid", 1.0),
                    "train_stride": stride, "best_epoch": r["best_epoch"],
@@ -110,7 +102,7 @@ def main() -> None:
                   f"(14 joints), MPJPE-17 {row['mpjpe_all17']:.2f}, MPVPE {row['mpvpe']:.2f} mm, PoseNet "
                   f"{row['posenet_mpjpe']:.2f} mm (best epoch {row['best_epoch']}, {row['wall_s']:.0f} s)", flush=True)
             done.write_text(json.dumps(results, indent=1))
-        del train, val, test
+        del test
 
     print()
     print(f"Pose2Mesh, {args.body} body: PoseNet width {args.posenet_width}, MeshNet width {args.meshnet_width}, {args.epochs} epochs "

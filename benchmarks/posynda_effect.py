@@ -1,6 +1,6 @@
 """Does PoSynDA's adaptation help? Source-only (the pretrained diffusion model) vs adapted, per protocol.
 
-Protocols (docs methods.md §7; Human3.6M from ../shared/data/h36m, GT 2D):
+Protocols (docs/methods/posynda.md; Human3.6M from ../shared/data/h36m, GT 2D):
   cross-subject  labelled S1; unlabelled 2D of S5-S8 (train split, read without 3D); test S9.
                  Also a target-supervised reference: the same model pretrained on S5-S8 *with* labels.
   cross-domain   labelled S1, S5-S8; unlabelled 2D of the synthetic shifted target (train split);
@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import KeepBest, mean_std
+from _common import mean_std, train_local
 
 
 def main() -> None:
@@ -72,7 +72,6 @@ def main() -> None:
     from posectl.errors import ConfigError
     from posectl.methods.base import Context, get_method
     from posectl.orchestrator.experiment import save_checkpoint
-    from posectl.orchestrator.loop import run_epochs
     torch.set_num_threads(args.threads)
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -103,13 +102,12 @@ def main() -> None:
     }
     results: list[dict] = []
 
-    def run(cfg, train, val, inputs, test):
-        ctx = Context(device=device, prepare_model=lambda net: net.to(device), inputs=inputs)
-        m = cls(cfg, train, ctx)
-        rep = KeepBest(lambda row: print(f"  {cfg.stage} epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm",
-                                          flush=True))
-        run_epochs(m, cfg, {"train": train, "val": val, "test": test}, ctx, None, rep)
-        return rep
+    def run(*layers):
+        """One run as `posectl train posynda` builds it (RunSpec), in this process on `device`."""
+        ctx = Context(device=device, prepare_model=lambda net: net.to(device))
+        results, method, _ = train_local("posynda", [common, *layers], lambda row: print(
+            f"  epoch {row['epoch']}: val MPJPE {row['val_mpjpe']:.1f} mm", flush=True), ctx=ctx, test=True)
+        return results, method
 
     for proto in args.protocols:
         s = settings[proto]
@@ -122,8 +120,8 @@ def main() -> None:
         target_2d = tds.load("train", subjects=tsubj or None, with_3d=False)
         tstride = max(1, round(len(target_2d) / args.adapt_rows))
         test = LiftingData(s["test"][0].load(s["test"][1]), hds.layout)
-        common = {"data.path": h36m, "data.train_subjects": s["source"], "data.eval_stride": args.eval_stride,
-                  "target.path": tpath, "target.subjects": tsubj, **model_set}
+        common = {"data.path": h36m, "data.train_subjects": s["source"], "data.val_subjects": s["source"],
+                  "data.eval_stride": args.eval_stride, "target.path": tpath, "target.subjects": tsubj, **model_set}
         if args.cost:
             sup = {"rows": len(target_2d),          # the same S5-S8 training rows, here with labels
                    "val": len(hds.load("val", subjects=tsubj, with_3d=False))} if proto == "subject" else None
@@ -132,28 +130,22 @@ def main() -> None:
             continue
         for seed in args.seeds:
             t1 = time.perf_counter()
-            pre_cfg = build(cls.Config, common, {"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
-                                                 "batch_size": args.pretrain_batch, "data.train_stride": stride})
-            pre = run(pre_cfg, train, val, {}, test)
+            pre_results, pre = run({"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
+                                    "batch_size": args.pretrain_batch, "data.train_stride": stride})
             ckpt = out / f"{proto}-pretrain-s{seed}.pt"
-            save_checkpoint(ckpt, {"method": "posynda", "config": to_dict(pre_cfg), "epoch": 0,
-                                   "method_state": pre.best["method_state"]})
-            rows = [("source_only", pre.results)]
-            ad_cfg = build(cls.Config, common, {"stage": "adapt", "seed": seed, "epochs": args.adapt_epochs,
-                                                "source_checkpoint": str(ckpt), "lr": args.adapt_lr, "lr_decay": 0.993,
-                                                "batch_size": args.adapt_batch,
-                                                "data.train_stride": tstride, **adapt_set})
-            rows.append(("posynda", run(ad_cfg, train, val, {"target": target_2d}, test).results))
+            save_checkpoint(ckpt, {"method": "posynda", "config": to_dict(pre.cfg), "epoch": 0,
+                                   "method_state": {"model": pre.weights()}})    # the best-validation weights
+            rows = [("source_only", pre_results)]
+            rows.append(("posynda", run({"stage": "adapt", "seed": seed, "epochs": args.adapt_epochs,
+                                         "source_checkpoint": str(ckpt), "lr": args.adapt_lr, "lr_decay": 0.993,
+                                         "batch_size": args.adapt_batch, "data.train_stride": tstride},
+                                        adapt_set)[0]))
             if proto == "subject":    # target-supervised reference: labelled S5-S8
-                sup_arrays = hds.load("train", subjects=tsubj)
-                sup = LiftingData(sup_arrays, hds.layout)
-                sup_cfg = build(cls.Config, common, {"stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs,
-                                                     "batch_size": args.pretrain_batch,
-                                                     "data.train_subjects": tsubj, "target.subjects": [],
-                                                     "data.train_stride": max(1, round(len(sup) / args.rows))})
-                sup_val = LiftingData(hds.load("val", subjects=tsubj), hds.layout)
-                rows.append(("target_supervised", run(sup_cfg, sup, sup_val, {}, test).results))
-                del sup, sup_arrays
+                n_sup = len(hds.load("train", subjects=tsubj, with_3d=False))
+                rows.append(("target_supervised", run({
+                    "stage": "pretrain", "seed": seed, "epochs": args.pretrain_epochs, "batch_size": args.pretrain_batch,
+                    "data.train_subjects": tsubj, "data.val_subjects": tsubj, "target.subjects": [],
+                    "data.train_stride": max(1, round(n_sup / args.rows))})[0]))
             for mode, r in rows:
                 t = r["test"]
                 results.append({"protocol": proto, "mode": mode, "seed": seed, "mpjpe": t["mpjpe"],

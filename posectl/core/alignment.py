@@ -1,11 +1,11 @@
-"""Cross-domain pose alignment and local pose augmentation (GPA, Chai et al. ICCV 2023; docs methods.md §6).
+"""Cross-domain pose alignment and local pose augmentation (GPA, Chai et al. ICCV 2023; docs/methods/gpa.md).
 
 Global position alignment moves each source pose rigidly so that its projection through a *target*
 camera has the 2D size and position of a randomly paired target 2D pose: the source inputs then follow
 the target domain's global-position distribution while their root-relative 3D is unchanged. The
 local augmentation perturbs the root-relative pose itself (bone directions, bone lengths per symmetric
 group, a rotation about the root) within anatomical limits, PoseAug-style; GPA's own learned local
-augmentation was never released (methods.md §6.3), so this is its non-adversarial form.
+augmentation was never released (docs/methods/gpa.md), so this is its non-adversarial form.
 
 Everything is batched torch, unit-agnostic where it says so, and reused by PoSynDA.
 """

@@ -1,4 +1,4 @@
-"""Denoising diffusion for pose lifting (D3DP / PoSynDA, docs methods.md §7.1): a cosine noise schedule,
+"""Denoising diffusion for pose lifting (D3DP / PoSynDA, docs/methods/posynda.md): a cosine noise schedule,
 the forward (noising) process, DDIM sampling with an x0-predicting denoiser, and joint-wise
 reprojection-based multi-hypothesis aggregation (JPMA).
 

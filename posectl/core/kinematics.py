@@ -2,7 +2,7 @@
 
 Everything here is pure torch (batched, differentiable) on the 16-joint Human3.6M layout
 (`H36M16`: Hip, RHip, RKnee, RFoot, LHip, LKnee, LFoot, Spine, Thorax, Head, LShoulder, LElbow,
-LWrist, RShoulder, RElbow, RWrist), the layout DH-AUG and PoseAug use. See docs methods.md §4.2.
+LWrist, RShoulder, RElbow, RWrist), the layout DH-AUG and PoseAug use. See docs/methods/dhaug.md
 
 The DH model (`DHSkeleton`) uses the modified (Craig) convention, one transform per frame
     T_i = Rx(alpha_i) . Tx(a_i) . Rz(theta_i) . Tz(d_i)

@@ -1,6 +1,6 @@
 """Joint layouts (Human3.6M 32/17/16, MPII-16 detections, MPI-INF-3DHP 17), conversions and bones.
 
-Index lists follow VideoPose3D / SemGCN / PoseAug (see docs: methods.md §1.2).
+Index lists follow VideoPose3D / SemGCN / PoseAug (see docs/data.md).
 """
 from __future__ import annotations
 

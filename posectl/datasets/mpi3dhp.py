@@ -1,6 +1,6 @@
 """MPI-INF-3DHP test-set importer: three derived npz forms -> a posectl dataset in the h36m17 layout.
 
-Forms (see docs: methods.md §1.5):
+Forms (see docs/data.md):
   poseaug  PoseAug / DH-AUG `test_3dhp.npz`: pose3d (N, 16, 3) metres root-relative (univ_annot3, H36M-16
            order) and pose2d (N, 16, 2) screen-normalised (by width). No sequence ids: one image size is
            assumed for every frame (default 2048x2048 = TS1-TS4; TS5/TS6 frames were normalised by 1920).
@@ -55,7 +55,7 @@ def _intrinsics_from_sensor(focal_mm: float, offset_mm: tuple[float, float], sen
                      size[1] / 2 + offset_mm[1] * sy, 0, 0, 0, 0, 0], dtype=np.float64)
 
 
-# Test-sequence cameras as PoSynDA uses them (methods.md §1.5): f ~ 1500 px (TS1-4), ~ 1684 px (TS5-6).
+# Test-sequence cameras as PoSynDA uses them (docs/data.md): f ~ 1500 px (TS1-4), ~ 1684 px (TS5-6).
 _STUDIO = ((2048, 2048), _intrinsics_from_sensor(7.32506, (-0.0322884, 0.0929296), (10, 10), (2048, 2048)))
 _OUTDOOR = ((1920, 1080), _intrinsics_from_sensor(8.770747185, (-0.104908645, 0.104899704), (10, 5.625),
                                                    (1920, 1080)))
@@ -253,7 +253,7 @@ def _camera_for(seq: str, cams: dict | None, where: str, cam_file: Path | None):
                             f"{', ...' if len(cams) > 8 else ''})")
         return cams[seq], f"{cam_file.name}"
     if seq in TEST_CAMERAS:
-        return TEST_CAMERAS[seq], "built-in TS1-TS6 intrinsics (PoSynDA sensor model, methods.md §1.5)"
+        return TEST_CAMERAS[seq], "built-in TS1-TS6 intrinsics (PoSynDA sensor model, docs/data.md)"
     raise DataError(f"{where}: no built-in intrinsics for '{seq}': pass the cameras file (--cameras)")
 
 
@@ -305,7 +305,7 @@ def _read_poseaug(d: dict, path: Path, image_size) -> tuple[list[PoseArrays], di
         "image_size_note": "the file has no sequence ids; every frame is taken as "
                            f"{size[0]}x{size[1]} (PoseAug normalised TS5/TS6 by 1920x1080, TS1-TS4 by 2048x2048), "
                            "so frames of the other sequences get wrong pixel coordinates",
-        "intrinsics_source": "built-in 3DHP test intrinsics for that image size (methods.md §1.5)",
+        "intrinsics_source": "built-in 3DHP test intrinsics for that image size (docs/data.md)",
         "root_placement": "estimated: 3D is root-relative; per frame the root translation that best reprojects "
                           "it onto the 2D (least squares, pixel-reweighted) with the assumed intrinsics. Depth "
                           "is approximate (univ_annot3 is rescaled, so it absorbs the scale); 2D is the original",

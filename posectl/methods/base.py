@@ -31,6 +31,8 @@ class DataConfig:
     val_split: str = field("val", "split for model selection and searches (never the test split)")
     test_split: str = field("test", "split reported at the end with the best-validation weights")
     train_subjects: list[str] = field([], "restrict training to these subjects (e.g. [S1] for data-limited runs)")
+    val_subjects: list[str] = field([], "restrict validation (model selection) to these subjects (empty: all), e.g. "
+                                        "the labelled source subjects of a cross-subject adaptation")
     train_stride: int = field(1, "use every n-th training frame")
     eval_stride: int = field(1, "use every n-th validation/test frame")
     max_train_samples: int = field(0, "cap on training rows (0 = all)")
@@ -206,6 +208,16 @@ class StateGroup:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in self.parts.items():
             (unwrap(v) if isinstance(v, torch.nn.Module) else v).load_state_dict(state[k])
+
+
+def summary(res: dict[str, Any], detailed: bool) -> dict[str, Any]:
+    """An `evaluate` result: whole with `detailed`, else without its per-action tables and lists."""
+    return res if detailed else {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
+
+
+def every_nth(stride: int) -> str:
+    """The frame-stride part of a protocol string."""
+    return f", every {stride}th frame" if stride > 1 else ""
 
 
 REQUIRED_HOOKS = ("train_epoch", "evaluate")

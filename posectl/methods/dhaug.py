@@ -6,7 +6,7 @@ borrowed from the current real batch (+-20 % per symmetric group), into a 3D pos
 judge the root-centred pose (3D critic, with bone-cosine/length features) and its projection through a
 randomly chosen real camera (2D critic). The generated 2D-3D pairs train the lifting network.
 
-Per epoch (docs methods.md §4.5):
+Per epoch (docs/methods/dhaug.md):
   1. bone-length swap: every training pose takes a random training subject's mean bone lengths and
      is re-projected with its own camera; these are the critics' "real" samples;
   2. GAN pass over the training set (mode `gan`: critic steps, a generator step every

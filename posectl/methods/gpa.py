@@ -1,7 +1,7 @@
 """`gpa`: unsupervised domain adaptation for lifting by global position alignment (+ local augmentation).
 
 "Global Adaptation meets Local Generalization" (PoseDA; Chai, Jiang, Hwang, Wang, ICCV 2023; docs
-methods.md §6). Labelled source data (2D, 3D, cameras) and *unlabelled* target 2D poses with their
+docs/methods/gpa.md). Labelled source data (2D, 3D, cameras) and *unlabelled* target 2D poses with their
 cameras' intrinsics. Per training batch:
   1. local augmentation (modes `local`, `gpa_local`): a share `local_prob` of the source poses get
      PoseAug-style bone-angle, bone-length and rotation perturbations (core.alignment.local_augment;

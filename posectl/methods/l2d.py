@@ -1,5 +1,5 @@
 """`l2d`: training a 2D pose detector with 3D guidance from frozen lifting networks (L2D-Pose; Lee, Hwang,
-Lee, ACCV 2024; docs methods.md §8).
+Lee, ACCV 2024; docs/methods/l2d.md).
 
 Per batch, top to bottom:
   1. Images: a square crop around each 2D pose, with random scale / shift / rotation. When the dataset has
@@ -49,7 +49,7 @@ from posectl.core.render import crop_around, crop_frames, render
 from posectl.datasets.images import decode
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, DataError, PosectlError
-from posectl.methods.base import POSE_METRICS, Context, Method, TrainConfig, get_method, register
+from posectl.methods.base import POSE_METRICS, Context, Method, TrainConfig, every_nth, get_method, register
 from posectl.methods.lifting import LiftingConfig
 from posectl.models.hrnet import HRNet
 
@@ -404,7 +404,7 @@ class L2D(Method):
         res["protocol"] = (f"{layout.name} (all {layout.num_joints} joints), root-relative, 2D from the detector on "
                            f"{self.cfg.detector.image_size}px crops of {source} (soft-argmax), lifted by "
                            f"{len(self.lifters)} frozen lifter(s), MPJPE averaged over lifters, per-sample mean, "
-                           f"no flip{f', every {stride}th frame' if stride > 1 else ''}")
+                           f"no flip{every_nth(stride)}")
         return res
 
     def weights(self) -> dict[str, Any]:

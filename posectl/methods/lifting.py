@@ -14,7 +14,7 @@ from posectl.core import metrics
 from posectl.core.skeleton import EVAL_JOINT_SETS, Layout, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
-from posectl.methods.base import Method, TrainConfig, unwrap
+from posectl.methods.base import Method, TrainConfig, every_nth, summary, unwrap
 from posectl.models import build_backbone
 from posectl.models.norm import precise_bn
 
@@ -123,7 +123,5 @@ class LiftingMethod(Method):
         n_j = len(joints) if joints else data.layout.num_joints
         res["protocol"] = (f"{data.layout.name} ({n_j} joints evaluated), root-relative, 2D {data.keypoints or self.cfg.data.keypoints}, "
                            f"per-sample mean and action-wise mean, flip TTA {'on' if self.cfg.test_flip else 'off'}"
-                           f"{f', every {stride}th frame' if stride > 1 else ''}")
-        if not detailed:
-            res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
-        return res
+                           f"{every_nth(stride)}")
+        return summary(res, detailed)

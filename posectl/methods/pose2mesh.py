@@ -1,4 +1,4 @@
-"""`pose2mesh`: 2D pose -> 3D pose -> body mesh (Pose2Mesh; Choi, Moon, Lee, ECCV 2020; docs methods.md §5).
+"""`pose2mesh`: 2D pose -> 3D pose -> body mesh (Pose2Mesh; Choi, Moon, Lee, ECCV 2020; docs/methods/pose2mesh.md).
 
 Two networks, trained in one run:
   1. PoseNet lifts the (per-sample standardised) 2D joints to root-relative 3D joints. The first
@@ -41,7 +41,8 @@ from posectl.core.skeleton import EVAL_JOINT_SETS
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.synthetic import cache_dir
 from posectl.errors import ConfigError, DataError
-from posectl.methods.base import POSE_METRICS, Context, DataConfig, Method, TrainConfig, register
+from posectl.methods.base import (POSE_METRICS, Context, DataConfig, Method, TrainConfig, every_nth, register,
+                                  summary)
 from posectl.methods.lifting import BackboneConfig
 from posectl.models.meshnet import MeshNet
 
@@ -459,10 +460,8 @@ class Pose2Mesh(Method):
                            f"{data.keypoints or self.cfg.data.keypoints}, per-sample mean and action-wise mean; MPVPE "
                            f"over {self.body.num_vertices} vertices of the {self.cfg.body.model} body, root-aligned"
                            f"{self._gt_note(data, valid)}"
-                           f"{f', every {stride}th frame' if stride > 1 else ''}")
-        if not detailed:
-            res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
-        return res
+                           f"{every_nth(stride)}")
+        return summary(res, detailed)
 
     def _gt_note(self, data: LiftingData, valid: np.ndarray) -> str:
         t = self.mesh_targets(data)

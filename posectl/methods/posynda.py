@@ -1,6 +1,6 @@
 """`posynda`: multi-hypothesis pose synthesis for domain adaptation (PoSynDA; Liu et al., ACM MM 2023).
 
-Docs methods.md §7. Two stages, each a `posectl train posynda stage=...` run:
+See docs/methods/posynda.md. Two stages, each a `posectl train posynda stage=...` run:
 
 pretrain  a diffusion lifting model on the labelled source: a MixSTE-style denoiser predicts the clean
           root-relative 3D pose x0 from its noised version x_t (cosine schedule, T steps) and the 2D
@@ -54,7 +54,8 @@ from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
 from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
-from posectl.methods.base import POSE_METRICS, Context, DataInput, Method, TrainConfig, register, unwrap
+from posectl.methods.base import (POSE_METRICS, Context, DataInput, Method, TrainConfig, every_nth, register,
+                                  summary, unwrap)
 from posectl.models.lora import LoRALinear, inject_lora, lora_state
 from posectl.models.mixste import Attention, MixSTEDenoiser
 
@@ -474,10 +475,8 @@ class PoSynDA(Method):
         res["protocol"] = (f"{data.layout.name} ({len(sel)} joints), root-relative, 2D {kp}, "
                            f"JPMA over {self.cfg.hypotheses} hypotheses x {self.cfg.sampling_steps} DDIM steps "
                            f"(root estimated from 2D), flip {'on' if self.cfg.test_flip else 'off'}"
-                           f"{f', every {stride}th frame' if stride > 1 else ''}")
-        if not detailed:
-            res = {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
-        return res
+                           f"{every_nth(stride)}")
+        return summary(res, detailed)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""DH-AUG's generator and WGAN-GP critics (Huang et al., ECCV 2022; docs methods.md §4.3-4.4).
+"""DH-AUG's generator and WGAN-GP critics (Huang et al., ECCV 2022; docs/methods/dhaug.md).
 
 Generator: noise (128) -> MLP with residual blocks -> 31 free DH angles (the 3 global-rotation
 angles included; mapped into their ranges by `DHSkeleton.ranged`) and a root translation. Critics: a 3D critic on the root-centred pose plus bone-cosine/length features, a 2D

@@ -1,4 +1,4 @@
-"""Low-rank adapters (LoRA, Hu et al. 2021) for adapting a frozen network (PoSynDA, docs methods.md §7.1).
+"""Low-rank adapters (LoRA, Hu et al. 2021) for adapting a frozen network (PoSynDA, docs/methods/posynda.md).
 
 `inject_lora(model, rank, where)` freezes every parameter of `model` and wraps each nn.Linear inside the
 modules selected by `where(name, module)` (PoSynDA: the attention blocks) so that

@@ -1,4 +1,4 @@
-"""A MixSTE-style spatial-temporal transformer used as a diffusion denoiser (D3DP / PoSynDA, methods.md §7.1).
+"""A MixSTE-style spatial-temporal transformer used as a diffusion denoiser (D3DP / PoSynDA, docs/methods/posynda.md).
 
 Input: the noisy root-relative 3D clip x_t (B, T, J, 3), the 2D clip it is conditioned on (B, T, J, 2)
 and the diffusion step t (B,). Every joint of every frame is a token (its noisy 3D and its 2D, embedded,

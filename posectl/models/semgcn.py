@@ -3,7 +3,7 @@
 A semantic graph convolution transforms every joint's features with two weight matrices, one for the
 joint itself and one for its neighbours, and mixes them over the skeleton graph with *learned* edge
 weights: for each joint the weights of its incident edges (self-loop included) are free parameters,
-normalised by a softmax over that joint's neighbourhood. The network (docs methods.md §3.3): an input
+normalised by a softmax over that joint's neighbourhood. The network (docs/methods/baseline.md): an input
 graph convolution 2 -> hidden, `blocks` residual blocks of two graph convolutions (batch norm, ReLU,
 optional dropout), and an output semantic graph convolution hidden -> 3. hidden 128 with 4 blocks is
 the published configuration (0.27 M parameters); the non-local variant is not implemented.

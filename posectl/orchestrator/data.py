@@ -29,6 +29,7 @@ def open_dataset(data_cfg, verify: bool = True) -> PoseDataset:
     for split in (data_cfg.train_split, data_cfg.val_split, data_cfg.test_split):
         ds.shard_paths(split)  # raises a clear error for a missing split
     ds.shard_paths(data_cfg.train_split, data_cfg.train_subjects)  # ... or unknown subjects
+    ds.shard_paths(data_cfg.val_split, data_cfg.val_subjects)
     return ds
 
 

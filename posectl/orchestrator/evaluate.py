@@ -46,7 +46,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         subjects = list(test_input.subjects) or None
     else:
         path, split, kp = data or cfg.data.path, split or cfg.data.test_split, cfg.data.keypoints
-        subjects = None
+        own_val = data is None and split == cfg.data.val_split        # the run's own selection split
+        subjects = (cfg.data.val_subjects or None) if own_val else None
     ds = _open_any(path)  # only the evaluated split has to exist
     layout = get_layout(state["layout"])
     if ds.layout.name != layout.name:
@@ -66,19 +67,25 @@ def _open_any(path: str):
     return PoseDataset(resolve_path(path), verify=True)
 
 
+def _capable_checkpoint(checkpoint: str | Path, default: str, capable, what: str):
+    """(path, state, method class, config) of a checkpoint file, or of a run directory's `default` file,
+    refusing a method for which `capable(method class)` is false."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        p = p / "checkpoints" / default if (p / "checkpoints").is_dir() else p / default
+    state = load_checkpoint(p)
+    spec = checkpoint_spec(state, p)
+    if not capable(spec.method):
+        raise PosectlError(f"method '{state['method']}' does not {what}")
+    return p, state, spec.method, spec.cfg
+
+
 def sample_checkpoint(checkpoint: str | Path, n: int = 18, out: str | Path | None = None) -> Path:
     """Draw `n` poses from a generative method's checkpoint (e.g. DH-AUG's generator) and save them
     as a PNG grid of skeletons. Needs the full state of `last.pt` (a run directory picks it)."""
     from posectl.core.skeleton import LAYOUTS
     from posectl.orchestrator.plots import skeleton_grid
-    p = Path(checkpoint)
-    if p.is_dir():
-        p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
-    state = load_checkpoint(p)
-    spec = checkpoint_spec(state, p)
-    cls, cfg = spec.method, spec.cfg
-    if not cls.generates_poses():
-        raise PosectlError(f"method '{state['method']}' does not generate poses")
+    p, state, cls, cfg = _capable_checkpoint(checkpoint, "last.pt", lambda m: m.generates_poses(), "generate poses")
     if set(state["method_state"]) == {"model"}:
         raise PosectlError(f"{p}: holds only the lifting weights; sample from last.pt or the run directory")
     ds = _open_any(cfg.data.path)
@@ -101,14 +108,7 @@ def export_meshes(checkpoint: str | Path, n: int = 4, split: str | None = None, 
 
     from posectl.core.mesh import write_obj
     from posectl.orchestrator.plots import mesh_grid
-    p = Path(checkpoint)
-    if p.is_dir():
-        p = p / "checkpoints" / "best.pt" if (p / "checkpoints").is_dir() else p / "best.pt"
-    state = load_checkpoint(p)
-    spec = checkpoint_spec(state, p)
-    cls, cfg = spec.method, spec.cfg
-    if not cls.predicts_meshes():
-        raise PosectlError(f"method '{state['method']}' does not predict meshes")
+    p, state, cls, cfg = _capable_checkpoint(checkpoint, "best.pt", lambda m: m.predicts_meshes(), "predict meshes")
     split = split or cfg.data.test_split
     ds = _open_any(data or cfg.data.path)
     lifting = LiftingData(ds.load(split, cfg.data.keypoints), get_layout(state["layout"]))

@@ -24,22 +24,11 @@ def skeleton_grid(poses, layout: Layout, out: str | Path, title: str = "", cols:
         for parent, child in layout.bones:
             color = "tab:blue" if child in left else "tab:red" if child in right else "k"
             ax.plot(*[p[[parent, child], k] for k in range(3)], color=color, lw=2)
-        r = 0.9
-        ax.set_xlim(-r, r)
-        ax.set_ylim(-r, r)
-        ax.set_zlim(-r, r)
-        ax.set_box_aspect((1, 1, 1))
-        ax.view_init(elev=10, azim=-70)
+        _cube(ax, 0.9, azim=-70)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_zticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out, title)
 
 
 def mesh_grid(gt, pred, faces, out: str | Path, title: str = "") -> Path:
@@ -59,15 +48,24 @@ def mesh_grid(gt, pred, faces, out: str | Path, title: str = "") -> Path:
             v = np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)       # camera frame -> z up
             ax.add_collection3d(Poly3DCollection(v[faces], facecolor=color, edgecolor="k", linewidths=0.05,
                                                  alpha=0.9))
-            r = 0.85
-            ax.set_xlim(-r, r)
-            ax.set_ylim(-r, r)
-            ax.set_zlim(-r, r)
-            ax.set_box_aspect((1, 1, 1))
-            ax.view_init(elev=10, azim=-80)
+            _cube(ax, 0.85, azim=-80)
             ax.set_axis_off()
             if i == 0:
                 ax.set_title(label, fontsize=9, loc="left")
+    return _save(fig, out, title)
+
+
+def _cube(ax, r: float, azim: float) -> None:
+    """A 3D axis spanning [-r, r] on every side, seen from slightly above."""
+    ax.set_xlim(-r, r)
+    ax.set_ylim(-r, r)
+    ax.set_zlim(-r, r)
+    ax.set_box_aspect((1, 1, 1))
+    ax.view_init(elev=10, azim=azim)
+
+
+def _save(fig, out: str | Path, title: str = "") -> Path:
+    import matplotlib.pyplot as plt
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

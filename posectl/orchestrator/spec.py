@@ -97,9 +97,10 @@ class RunSpec:
         cols = [*COLUMNS, keypoint_column(d.keypoints), *([IMAGE_COLUMN] if self.images else []),
                 *([BODY_COLUMN] if self.dataset.body_params else [])]
         out = {}
+        subjects = {"train": d.train_subjects, "val": d.val_subjects, "test": None}
         for role, split in (("train", d.train_split), ("val", d.val_split), ("test", d.test_split)):
             if role not in self.inputs and (test or role != "test"):
-                out[role] = (self.dataset.shard_paths(split, d.train_subjects if role == "train" else None), cols)
+                out[role] = (self.dataset.shard_paths(split, subjects[role] or None), cols)
         for role, (ds, inp) in self.inputs.items():
             if test or role != "test":
                 out[role] = (ds.shard_paths(inp.split, list(inp.subjects) or None),
