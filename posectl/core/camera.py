@@ -16,7 +16,10 @@ import numpy as np
 
 
 def _is_torch(x) -> bool:
-    return not isinstance(x, np.ndarray) and type(x).__module__.startswith("torch")
+    """A torch tensor (of any subclass), without importing torch for numpy callers."""
+    import sys
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _stack(xs, axis=-1):

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, ClassVar
+import contextlib
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ class TrainConfig:
     lr: float = field(1e-3, "learning rate", gt=0)
     lr_decay: float = field(0.95, "multiplicative learning-rate decay per epoch")
     seed: int = field(0, "random seed (workers add their rank)")
+    precision: Literal["fp32", "bf16", "fp16"] = field(
+        "fp32", "arithmetic of training and evaluation: fp32 (TF32 matmuls on GPUs that have them), bf16 "
+                "(autocast; CPU and GPU) or fp16 (autocast with loss scaling; GPU only)")
     data: DataConfig = field(DataConfig, "dataset options")
 
     def validate(self) -> None:
@@ -151,6 +155,32 @@ class Method:
         Subclasses call this first: it seeds torch and `self.gen`, this worker's own random draws."""
         self.cfg, self.data, self.ctx = cfg, data, ctx
         self.gen = seed_everything(cfg.seed + ctx.rank)
+        if ctx.device.type == "cuda" and cfg.precision == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        self.scaler = torch.amp.GradScaler("cuda" if ctx.device.type == "cuda" else "cpu",
+                                           enabled=cfg.precision == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The run's precision: bf16/fp16 autocast on this worker's device, or nothing for fp32. The
+        orchestrator runs `train_epoch` and `evaluate` inside it."""
+        if self.cfg.precision == "fp32" or self.ctx.device.type not in ("cpu", "cuda"):
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.cfg.precision == "bf16" else torch.float16
+        # no weight-cast cache: it lives as long as the context, here a whole epoch of optimiser steps,
+        # and would keep serving the first step's weights
+        return torch.autocast(self.ctx.device.type, dtype=dtype, cache_enabled=False)
+
+    def optimize(self, loss: torch.Tensor, opt: torch.optim.Optimizer, max_norm: float = 0.0,
+                 gradient: torch.Tensor | None = None) -> None:
+        """One optimiser step on `loss`: zero the gradients, backward (loss-scaled under fp16), clip their
+        norm to `max_norm` (0: no clipping), step."""
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward(gradient)
+        if max_norm > 0:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], max_norm)
+        self.scaler.step(opt)
+        self.scaler.update()
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of training (0-based `epoch`); returns scalar metrics such as train_loss_mm."""
@@ -177,11 +207,12 @@ class Method:
         unwrap(self.model).load_state_dict(weights)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.weights(), **{k: v.state_dict() for k, v in self.resumables().items()}}
+        parts = {**self.resumables(), **({"scaler": self.scaler} if self.scaler.is_enabled() else {})}
+        return {"model": self.weights(), **{k: v.state_dict() for k, v in parts.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.load_weights(state["model"])
-        parts = self.resumables()
+        parts = {**self.resumables(), **({"scaler": self.scaler} if self.scaler.is_enabled() else {})}
         if any(k in state for k in parts):      # a full state, not weights only
             for k, obj in parts.items():
                 obj.load_state_dict(state[k])
@@ -215,9 +246,9 @@ def summary(res: dict[str, Any], detailed: bool) -> dict[str, Any]:
     return res if detailed else {k: v for k, v in res.items() if not isinstance(v, (dict, list))}
 
 
-def every_nth(stride: int) -> str:
-    """The frame-stride part of a protocol string."""
-    return f", every {stride}th frame" if stride > 1 else ""
+def protocol_tail(stride: int, precision: str) -> str:
+    """The end of a protocol string: the frame stride and the arithmetic."""
+    return f"{f', every {stride}th frame' if stride > 1 else ''}, {precision}"
 
 
 REQUIRED_HOOKS = ("train_epoch", "evaluate")

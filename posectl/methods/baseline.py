@@ -59,16 +59,14 @@ class Baseline(LiftingMethod):
         self.model.train()
         batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
-        total, n = torch.zeros(()), 0
+        total, n = torch.zeros((), device=device), 0      # summed on the device: one sync per epoch
         frame_input = self._frame_input()
         for step, idx in enumerate(batches):
             x, y = self._pair(idx)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             pred = self.model(x)
             loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.optimize(loss, self.opt)
             total += loss.detach() * len(idx)  # no per-step sync
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))

@@ -286,9 +286,7 @@ class DHAug(LiftingMethod):
         gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
         w_dist = d_real.mean() - d_fake.mean()
         loss = -w_dist + g.gp * gp
-        self.opts[name].zero_grad(set_to_none=True)
-        loss.backward()
-        self.opts[name].step()
+        self.optimize(loss, self.opts[name])
         return w_dist.detach()
 
     def _generator_step(self, lengths: torch.Tensor, cams: torch.Tensor, motion: bool) -> torch.Tensor:
@@ -306,9 +304,7 @@ class DHAug(LiftingMethod):
             if g.flip:
                 x = torch.cat([x, flip_poses(x, H36M16)])
             loss = loss - w * unwrap(self.nets[k])(x).mean()    # critics are frozen: no DDP sync needed
-        self.opts["G"].zero_grad(set_to_none=True)
-        loss.backward()
-        self.opts["G"].step()
+        self.optimize(loss, self.opts["G"])
         for k in critics:
             self.nets[k].requires_grad_(True)
         return loss.detach()
@@ -372,10 +368,7 @@ class DHAug(LiftingMethod):
     def _pose_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         pred = self.model(x)[:, 0]
         loss = self._pose_loss(pred, y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+        self.optimize(loss, self.opt, max_norm=1.0)
         return (pred.detach() - y).norm(dim=-1).mean()
 
     def _pose_pass(self, windows_of, targets: torch.Tensor, n: int) -> tuple[float, int]:

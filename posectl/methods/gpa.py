@@ -173,10 +173,7 @@ class GPA(LiftingMethod):
             aligned, local = aligned + c["aligned"], local + c["local"]
             x, y = x.to(device), y.to(device)
             loss = mpjpe_loss(self.model(x[:, None])[:, 0], y)     # every backbone takes 1-frame windows
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.opt.step()
+            self.optimize(loss, self.opt, max_norm=1.0)
             total += loss.detach().cpu() * len(idx)
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))

@@ -49,7 +49,7 @@ from posectl.core.render import crop_around, crop_frames, render
 from posectl.datasets.images import decode
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, DataError, PosectlError
-from posectl.methods.base import POSE_METRICS, Context, Method, TrainConfig, every_nth, get_method, register
+from posectl.methods.base import POSE_METRICS, Context, Method, TrainConfig, protocol_tail, get_method, register
 from posectl.methods.lifting import LiftingConfig
 from posectl.models.hrnet import HRNet
 
@@ -337,9 +337,7 @@ class L2D(Method):
                     l_cons = sum(((P[a] - P[b]) ** 2).mean() for a, b in itertools.combinations(range(M), 2))
                     loss = loss + cfg.loss_3d_avg_w * l_avg + cfg.loss_3d_cons_w * l_cons
                     parts.update(avg=l_avg.detach(), cons=l_cons.detach())
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.optimize(loss, self.opt)
             b = len(idx)
             sums["loss"] += float(loss.detach()) * b
             for k, v in parts.items():
@@ -404,7 +402,7 @@ class L2D(Method):
         res["protocol"] = (f"{layout.name} (all {layout.num_joints} joints), root-relative, 2D from the detector on "
                            f"{self.cfg.detector.image_size}px crops of {source} (soft-argmax), lifted by "
                            f"{len(self.lifters)} frozen lifter(s), MPJPE averaged over lifters, per-sample mean, "
-                           f"no flip{every_nth(stride)}")
+                           f"no flip{protocol_tail(stride, self.cfg.precision)}")
         return res
 
     def weights(self) -> dict[str, Any]:

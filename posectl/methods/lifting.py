@@ -14,7 +14,7 @@ from posectl.core import metrics
 from posectl.core.skeleton import EVAL_JOINT_SETS, Layout, flip_poses
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError
-from posectl.methods.base import Method, TrainConfig, every_nth, summary, unwrap
+from posectl.methods.base import Method, TrainConfig, protocol_tail, summary, unwrap
 from posectl.models import build_backbone
 from posectl.models.norm import precise_bn
 
@@ -106,7 +106,7 @@ class LiftingMethod(Method):
                     yf = model(flip_poses(x, data.layout))[:, 0]
                     y = (y + flip_poses(yf, data.layout)) / 2
                 y[:, data.layout.root] = 0
-                out.append(y.cpu())
+                out.append(y.float().cpu())      # fp32 metrics, whatever the autocast dtype
                 rows.append(idx)
         model.train(was_training)
         return torch.cat(out).numpy(), torch.cat(rows).numpy()
@@ -123,5 +123,5 @@ class LiftingMethod(Method):
         n_j = len(joints) if joints else data.layout.num_joints
         res["protocol"] = (f"{data.layout.name} ({n_j} joints evaluated), root-relative, 2D {data.keypoints or self.cfg.data.keypoints}, "
                            f"per-sample mean and action-wise mean, flip TTA {'on' if self.cfg.test_flip else 'off'}"
-                           f"{every_nth(stride)}")
+                           f"{protocol_tail(stride, self.cfg.precision)}")
         return summary(res, detailed)

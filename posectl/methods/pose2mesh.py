@@ -41,7 +41,7 @@ from posectl.core.skeleton import EVAL_JOINT_SETS
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.synthetic import cache_dir
 from posectl.errors import ConfigError, DataError
-from posectl.methods.base import (POSE_METRICS, Context, DataConfig, Method, TrainConfig, every_nth, register,
+from posectl.methods.base import (POSE_METRICS, Context, DataConfig, Method, TrainConfig, protocol_tail, register,
                                   summary)
 from posectl.methods.lifting import BackboneConfig
 from posectl.models.meshnet import MeshNet
@@ -395,9 +395,7 @@ class Pose2Mesh(Method):
                         + cfg.joint_loss_weight * (mj_l1 + pose_l1))
                 parts = {"pose_l1_mm": pose_l1, "vertex_l1_mm": v_l1 * 1000, "normal": n_l, "edge_mm": e_l * 1000,
                          "mesh_joint_l1_mm": mj_l1}
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.optimize(loss, self.opt)
             b = len(idx)
             sums["loss"] += loss.detach().cpu() * b
             for k, v in parts.items():
@@ -423,8 +421,8 @@ class Pose2Mesh(Method):
                    else torch.from_numpy(np.asarray(rows)).split(batch_size))
         for idx in batches:
             p3d, verts = self._forward(data.inputs[idx].to(device))
-            P.append(p3d.cpu())
-            V.append(verts.cpu())
+            P.append(p3d.float().cpu())
+            V.append(verts.float().cpu())
             R.append(idx)
         for m, mode in zip(nets, modes):
             m.train(mode)
@@ -460,7 +458,7 @@ class Pose2Mesh(Method):
                            f"{data.keypoints or self.cfg.data.keypoints}, per-sample mean and action-wise mean; MPVPE "
                            f"over {self.body.num_vertices} vertices of the {self.cfg.body.model} body, root-aligned"
                            f"{self._gt_note(data, valid)}"
-                           f"{every_nth(stride)}")
+                           f"{protocol_tail(stride, self.cfg.precision)}")
         return summary(res, detailed)
 
     def _gt_note(self, data: LiftingData, valid: np.ndarray) -> str:

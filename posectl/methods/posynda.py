@@ -54,7 +54,7 @@ from posectl.core.skeleton import EVAL_JOINT_SETS, flip_poses
 from posectl.datasets.lifting import LiftingData, batch_bounds
 from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
-from posectl.methods.base import (POSE_METRICS, Context, DataInput, Method, TrainConfig, every_nth, register,
+from posectl.methods.base import (POSE_METRICS, Context, DataInput, Method, TrainConfig, protocol_tail, register,
                                   summary, unwrap)
 from posectl.models.lora import LoRALinear, inject_lora, lora_state
 from posectl.models.mixste import Attention, MixSTEDenoiser
@@ -315,14 +315,9 @@ class PoSynDA(Method):
         return jpma(hyp, root, intr, kp_px)
 
     def _backward(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        if self.cfg.legacy_backward:
-            loss.backward(loss.detach())     # the released code's quirk: gradient of loss^2 / 2
-        else:
-            loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.cfg.grad_clip)
-        self.opt.step()
+        # legacy_backward: the released code's quirk, the gradient of loss^2 / 2
+        self.optimize(loss, self.opt, max_norm=self.cfg.grad_clip,
+                      gradient=loss.detach() if self.cfg.legacy_backward else None)
 
     def _target_arrays(self) -> dict[str, Any]:
         if self.target is None:
@@ -452,8 +447,8 @@ class PoSynDA(Method):
                 p, _ = self._reproject(h, kp_all[idx].to(dev), intr_all[idx].to(dev), None)
                 h[..., data.layout.root, :] = 0
                 p[..., data.layout.root, :] = 0
-                hyps.append(h.cpu())
-                poses.append(p.cpu())
+                hyps.append(h.float().cpu())
+                poses.append(p.float().cpu())
                 rows.append(idx)
         self.model.train()
         return torch.cat(hyps, 1).numpy(), torch.cat(poses).numpy(), torch.cat(rows).numpy()
@@ -475,7 +470,7 @@ class PoSynDA(Method):
         res["protocol"] = (f"{data.layout.name} ({len(sel)} joints), root-relative, 2D {kp}, "
                            f"JPMA over {self.cfg.hypotheses} hypotheses x {self.cfg.sampling_steps} DDIM steps "
                            f"(root estimated from 2D), flip {'on' if self.cfg.test_flip else 'off'}"
-                           f"{every_nth(stride)}")
+                           f"{protocol_tail(stride, self.cfg.precision)}")
         return summary(res, detailed)
 
     # -- checkpoints ---------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         overrides["test_flip"] = flip
     if joints is not None:
         overrides["eval_joints"] = joints
+    if state.get("config", {}).get("precision") == "fp16":
+        overrides["precision"] = "fp32"         # fp16 autocast is for GPUs; evaluation runs on the CPU
     spec = checkpoint_spec(state, checkpoint, overrides)
     method_cls, cfg = spec.method, spec.cfg
     test_input = method_cls.inputs(cfg).get("test")
@@ -56,7 +58,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     method = method_cls(cfg, lifting, Context())
     method.load_state_dict({"model": state["method_state"]["model"]})
-    metrics = method.evaluate(lifting, stride=stride, detailed=True)
+    with method.autocast():
+        metrics = method.evaluate(lifting, stride=stride, detailed=True)
     return {"method": state["method"], "checkpoint": str(checkpoint), "dataset": ds.name, "split": split,
             "epoch": state["epoch"] + 1, "metrics": metrics}
 

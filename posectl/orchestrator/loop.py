@@ -92,9 +92,11 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: "Repo
     eval_stride = cfg.data.eval_stride
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        train_m = method.train_epoch(epoch)
+        with method.autocast():                        # the run's precision (fp32: nothing)
+            train_m = method.train_epoch(epoch)
         train_time = time.perf_counter() - t0
-        val_m = method.evaluate(data["val"], stride=eval_stride)
+        with method.autocast():
+            val_m = method.evaluate(data["val"], stride=eval_stride)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in train_m.items()},
                **{f"val_{k}": float(v) for k, v in val_m.items() if isinstance(v, (int, float))},
                "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0}
@@ -120,9 +122,10 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: "Repo
     best_state = reporter.best_state()
     if best_state is not None:
         method.load_state_dict({"model": best_state["method_state"]["model"]})
-    results = {"method": method.name, "best_epoch": best_epoch, "epochs": cfg.epochs,
-               "val": method.evaluate(data["val"], stride=eval_stride, detailed=True),
-               "test": method.evaluate(data["test"], stride=eval_stride, detailed=True) if "test" in data else None,
+    with method.autocast():
+        val = method.evaluate(data["val"], stride=eval_stride, detailed=True)
+        test = method.evaluate(data["test"], stride=eval_stride, detailed=True) if "test" in data else None
+    results = {"method": method.name, "best_epoch": best_epoch, "epochs": cfg.epochs, "val": val, "test": test,
                "split_names": {"val": cfg.data.val_split, "test": cfg.data.test_split},
                "eval_stride": eval_stride, "history": history}
     reporter.finish(results)

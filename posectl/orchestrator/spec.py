@@ -23,7 +23,7 @@ from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.store import (BODY_COLUMN, IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch,
                                     read_shard)
-from posectl.errors import DataError
+from posectl.errors import ConfigError, DataError
 from posectl.methods.base import Context, DataInput, Method, get_method
 from posectl.orchestrator.cluster import Resources
 from posectl.orchestrator.data import COLUMNS, input_columns, keypoint_column, open_dataset, open_inputs
@@ -65,6 +65,8 @@ class RunSpec:
             if extra:
                 cfg = build(m.Config, *layers, small, extra, context=context)
         spec = cls(m, cfg, resources=resources)
+        if training and cfg.precision == "fp16" and not (resources and resources.gpus):
+            raise ConfigError("precision=fp16 needs GPUs (--gpus N): CPU autocast trains in bf16 (precision=bf16)")
         if training:
             m.check_training(cfg)
         if open_data:

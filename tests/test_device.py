@@ -1,0 +1,74 @@
+"""Device correctness without a GPU (tests/devicecheck.py): every registered method trains two epochs
+and evaluates with its networks and batches on a stand-in accelerator, and no step mixes devices the
+way CUDA refuses."""
+import pytest
+import torch
+
+from devicecheck import DEVICE, DeviceCheck, DeviceError, OnDevice
+from posectl.methods.base import Context, available
+from posectl.orchestrator.spec import RunSpec, build_worker
+
+
+def test_the_check_fails_what_cuda_fails_and_passes_what_it_allows():
+    with DeviceCheck() as mode:
+        loss = torch.ones(3).to(DEVICE).sum()
+        assert isinstance(loss, OnDevice) and loss.device == DEVICE
+        total = torch.zeros(())
+        with pytest.raises(DeviceError, match="writes device values into a CPU tensor"):
+            total += loss.detach() * 4               # baseline's per-epoch loss sum, as it was
+        with pytest.raises(DeviceError, match="mixes a device tensor with a CPU tensor"):
+            torch.ones(3) + loss.expand(3)
+        with pytest.raises(DeviceError, match="CPU generator"):
+            torch.randn(3, generator=torch.Generator(), device=DEVICE)
+        x = torch.arange(6.0).to(DEVICE)
+        assert x[torch.tensor([1, 3])].tolist() == [1.0, 3.0]          # CPU indices: allowed
+        assert (x * torch.tensor(2.0)).sum().item() == 30.0             # a 0-dim CPU scalar: allowed
+        z = torch.zeros(2, device=x.device)
+        assert isinstance(z, OnDevice) and z.cpu().device.type == "cpu"
+        w = torch.nn.Linear(6, 2).to(DEVICE)
+        w(x).sum().backward()
+        assert isinstance(w.weight.grad, OnDevice)
+    assert mode.syncs >= 3                                             # .tolist(), .item(), .cpu()
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_every_method_keeps_its_step_on_the_device(name):
+    spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2})
+    sources = spec.local_sources(test=False)
+    with DeviceCheck():
+        ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
+        method, data = build_worker(spec.describe(), sources, ctx)
+        for epoch in range(2):
+            assert method.train_epoch(epoch)
+        res = method.evaluate(data["val"], stride=spec.cfg.data.eval_stride)
+    assert res["mpjpe"] == res["mpjpe"]                                # finite: computed on real values
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_every_method_trains_in_bf16_on_the_cpu(name):
+    """precision=bf16: train_epoch and evaluate run under CPU autocast; in two smoke epochs the network
+    improves on its untrained validation MPJPE or its training loss falls, and the evaluation is finite and
+    names its arithmetic."""
+    import math
+
+    from posectl.orchestrator.loop import run_epochs
+    from posectl.orchestrator.reporters import MemoryReporter
+    spec = RunSpec.build(name, [{"precision": "bf16"}], smoke_test=True).with_params({"epochs": 2})
+    ctx = Context()
+    method, data = build_worker(spec.describe(), spec.local_sources(test=False), ctx)
+    stride = spec.cfg.data.eval_stride
+    with method.autocast():
+        before = method.evaluate(data["val"], stride=stride)["mpjpe"]
+    rep = MemoryReporter()
+    res = run_epochs(method, spec.cfg, data, ctx, None, rep)
+    after = res["val"]["mpjpe"]
+    loss = [r.get("train_loss_mm", r.get("loss")) for r in rep.rows]
+    assert math.isfinite(after) and (after < before or None not in loss and loss[1] < loss[0]), (before, after, loss)
+    assert res["val"]["protocol"].endswith("bf16")
+
+
+def test_fp16_needs_a_gpu():
+    from posectl.errors import ConfigError
+    with pytest.raises(ConfigError, match="precision=fp16 needs GPUs"):
+        RunSpec.build("baseline", [{"precision": "fp16"}])
+    assert RunSpec.build("baseline", [{"precision": "fp16"}], training=False, open_data=False).cfg.precision == "fp16"
