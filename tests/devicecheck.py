@@ -11,7 +11,8 @@ op computes real values and `.item()` works. `DeviceCheck`, a dispatch mode, mov
   case plain `meta` tensors do not catch);
 - a random op on the device drawing from a CPU generator.
 
-`.item()` / `.tolist()` and device-to-CPU copies are host syncs; they are counted in `syncs`.
+`.item()` / `.tolist()`, device-to-CPU copies and ops whose output size depends on device values
+(boolean masks, nonzero) are host syncs; they are counted in `syncs`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ DEVICE = torch.device("meta")
 aten = torch.ops.aten
 _INDEX_OPS = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
 _SYNC_OPS = {aten._local_scalar_dense.default}
+_SHAPE_OPS = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default}
+
+
+def _bool_index(func, tensors) -> bool:
+    """A boolean-mask index of a device tensor: its output size is only known after a sync."""
+    return func in _INDEX_OPS and any(t.dtype == torch.bool for t in tensors[1:])
 
 
 class DeviceError(RuntimeError):
@@ -102,7 +109,8 @@ def _run(func, args, kwargs, mode: "DeviceCheck | None"):
             raise DeviceError(f"{name}: a data-less meta tensor (made outside the check)")
     if on_dev or to_dev:
         _check(func, args, kwargs, tensors, name, to_dev)
-    if mode is not None and (func in _SYNC_OPS or (func is aten._to_copy.default and on_dev and not to_dev)):
+    if mode is not None and on_dev and (func in _SYNC_OPS or func in _SHAPE_OPS or _bool_index(func, tensors)
+                                        or (func is aten._to_copy.default and target is not None and not to_dev)):
         mode._syncs += 1
     unwrap = (lambda t: t.cpu_data if _is_dev(t) else t)
     kw = {k: (torch.device("cpu") if k == "device" and to_dev else v) for k, v in kwargs.items()}
@@ -161,7 +169,8 @@ class _NewTensors(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         dev = kwargs.get("device")
-        if func in (torch.tensor, torch.as_tensor) and dev is not None and torch.device(dev).type == DEVICE.type:
+        if (func in (torch.tensor, torch.as_tensor) and dev is not None and torch.device(dev).type == DEVICE.type
+                and not (args and isinstance(args[0], torch.Tensor))):
             return func(*args, **{**kwargs, "device": "cpu"}).to(DEVICE)
         return func(*args, **kwargs)
 

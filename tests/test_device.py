@@ -72,3 +72,23 @@ def test_fp16_needs_a_gpu():
     with pytest.raises(ConfigError, match="precision=fp16 needs GPUs"):
         RunSpec.build("baseline", [{"precision": "fp16"}])
     assert RunSpec.build("baseline", [{"precision": "fp16"}], training=False, open_data=False).cfg.precision == "fp16"
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_host_syncs_per_epoch_do_not_grow_with_the_steps(name):
+    """Metrics are summed on the device and read once per epoch: an epoch of twice the steps makes the
+    same number of host syncs (.item(), copies to the CPU, boolean masks)."""
+    counts = []
+    for rows in (512, 1024):
+        spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
+        sources = spec.local_sources(test=False)
+        with DeviceCheck() as mode:
+            ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
+            method, _ = build_worker(spec.describe(), sources, ctx)
+            per_epoch = []
+            for epoch in range(2):
+                before = mode.syncs
+                method.train_epoch(epoch)
+                per_epoch.append(mode.syncs - before)
+        counts.append(per_epoch)
+    assert counts[0] == counts[1] and max(counts[1]) <= 8, counts

@@ -34,6 +34,9 @@ class CropTransform:
         d = (px - self.res / 2) * self.size[:, None, None] / self.res
         return torch.einsum("bji,bkj->bki", self.rot, d) + self.centre[:, None]     # rot^T: the inverse
 
+    def to(self, device) -> "CropTransform":
+        return CropTransform(self.centre.to(device), self.size.to(device), self.rot.to(device), self.res)
+
 
 def crop_around(uv: torch.Tensor, res: int, padding: float = 1.5, generator: torch.Generator | None = None,
                 scale_jitter: float = 0.0, shift_jitter: float = 0.0, max_rotation_deg: float = 0.0) -> CropTransform:

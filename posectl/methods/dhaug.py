@@ -319,7 +319,7 @@ class DHAug(LiftingMethod):
         order = order[torch.randperm(len(order), generator=self.gen)]
         steps = _agree_min(len(order) // per_worker)          # incomplete batches are skipped, as released
         motion = T > 1 and epoch >= cfg.gan.motion_warmup
-        kp_out, y_out = [], []
+        kp_out, y_out, valid_out = [], [], []          # kept on the device, filtered once at the end
         stats = {"w_dist_3d": 0.0, "w_dist_2d": 0.0, "w_dist_motion": 0.0, "g_loss": 0.0}
         n_g = 0
         for step in range(steps):
@@ -345,11 +345,15 @@ class DHAug(LiftingMethod):
                     stats["g_loss"] += self._generator_step(L, cams, motion)
                     n_g += 1
             root = cam[:, T // 2, :1]
-            kp_out.append(kp[valid].cpu())
-            y_out.append((cam[:, T // 2] - root)[valid].cpu())
+            kp_out.append(kp)
+            y_out.append(cam[:, T // 2] - root)
+            valid_out.append(valid)
             self.ctx.progress(step + 1, steps)
-        kp_all = torch.cat(kp_out) if kp_out else torch.zeros(0, T, 16, 2)
-        y_all = torch.cat(y_out) if y_out else torch.zeros(0, 16, 3)
+        if kp_out:
+            keep = torch.cat(valid_out)                  # one sync per epoch: how many poses are kept
+            kp_all, y_all = torch.cat(kp_out)[keep], torch.cat(y_out)[keep]
+        else:
+            kp_all, y_all = torch.zeros(0, T, 16, 2), torch.zeros(0, 16, 3)
         n = _agree_min(len(kp_all))
         out = {k: float(v) / max(steps, 1) for k, v in stats.items() if k != "g_loss"}
         out["g_loss"] = float(stats["g_loss"]) / max(n_g, 1)
@@ -380,14 +384,14 @@ class DHAug(LiftingMethod):
         # takes the same number of steps, zero when one of them holds a single pair
         bounds = batch_bounds(n, per_worker) if n > 1 else []
         steps = _agree_min(len(bounds))
-        total, count = torch.zeros(()), 0
+        total, count = torch.zeros((), device=dev), 0       # summed on the device: one sync per pass
         for start, end in bounds[:steps]:
             idx = perm[start:end]
             x, y = windows_of(idx).to(dev), targets[idx].to(dev)
             err = self._pose_step(x, y)
             if cfg.train_flip:
                 self._pose_step(flip_poses(x, H36M16), flip_poses(y, H36M16))
-            total += err.cpu() * len(idx)
+            total += err * len(idx)
             count += len(idx)
         return 1000 * total.item() / max(count, 1), count
 

@@ -167,14 +167,14 @@ class GPA(LiftingMethod):
         self.model.train()
         batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
-        total, n, aligned, local = torch.zeros(()), 0, 0, 0
+        total, n, aligned, local = torch.zeros((), device=device), 0, 0, 0     # summed on the device
         for step, idx in enumerate(batches):
             x, y, c = self._flipped_batch(idx)
             aligned, local = aligned + c["aligned"], local + c["local"]
             x, y = x.to(device), y.to(device)
             loss = mpjpe_loss(self.model(x[:, None])[:, 0], y)     # every backbone takes 1-frame windows
             self.optimize(loss, self.opt, max_norm=1.0)
-            total += loss.detach().cpu() * len(idx)
+            total += loss.detach() * len(idx)
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))
         nbn = self.refresh_batch_norm(lambda i: self._flipped_batch(i)[0][:, None], self.gen)

@@ -188,7 +188,7 @@ def dwa_weights(history: list[list[float]], temperature: float, n: int) -> torch
     """Dynamic Weight Average over n losses from the last two iterations' values; uniform before that."""
     if len(history) < 2:
         return torch.full((n,), 1.0 / n)
-    r = torch.tensor(history[-1]) / torch.tensor(history[-2]).clamp_min(1e-12)
+    r = torch.as_tensor(history[-1]) / torch.as_tensor(history[-2]).clamp_min(1e-12)
     return torch.softmax(r / temperature, dim=0)
 
 
@@ -290,7 +290,7 @@ class L2D(Method):
         batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
         keys = ["loss", "heatmap", "xy", "z", "ohklm", "avg", "cons", "mpjpe_mm"]
-        sums = {k: 0.0 for k in keys}
+        sums = {k: torch.zeros((), device=device) for k in keys}     # on the device: one sync per epoch
         n = 0
         res = cfg.detector.image_size
         M = len(self.train_lifters)
@@ -307,7 +307,7 @@ class L2D(Method):
             if M == 0:
                 loss = cfg.loss_single_w * cfg.loss_2d_w * l2d
             else:
-                uv_pred = crop.to_uv(self._from_heatmap(soft_argmax(hm, cfg.beta)).cpu()).to(device)
+                uv_pred = crop.to(device).to_uv(self._from_heatmap(soft_argmax(hm, cfg.beta)))
                 w = dwa_weights(self.loss_history, cfg.dwa_temperature, M).to(device)
                 if cfg.lifter_dropout and M > 1:
                     w = w.clone()
@@ -324,12 +324,12 @@ class L2D(Method):
                         term = term + cfg.ohklm_w * ohk
                         parts["ohklm"] = parts.get("ohklm", 0) + ohk.detach() / M
                     per_lifter = per_lifter + w[m] * term
-                    l3d.append(float((l_xy + l_z).detach()))
+                    l3d.append((l_xy + l_z).detach())
                     parts["xy"] = parts.get("xy", 0) + l_xy.detach() / M
                     parts["z"] = parts.get("z", 0) + l_z.detach() / M
                     parts["mpjpe_mm"] = parts.get("mpjpe_mm", 0) + err.detach().norm(dim=-1).mean() * 1000 / M
                     preds.append(pred)
-                self.loss_history = (self.loss_history + [l3d])[-3:]
+                self.loss_history = (self.loss_history + [torch.stack(l3d)])[-3:]
                 loss = cfg.loss_single_w * (cfg.loss_2d_w * l2d + per_lifter)
                 if cfg.mode == "multi":
                     P = torch.stack(preds)                                          # (M, B, J, 3)
@@ -339,11 +339,12 @@ class L2D(Method):
                     parts.update(avg=l_avg.detach(), cons=l_cons.detach())
             self.optimize(loss, self.opt)
             b = len(idx)
-            sums["loss"] += float(loss.detach()) * b
+            sums["loss"] += loss.detach() * b
             for k, v in parts.items():
-                sums[k] += float(v) * b
+                sums[k] += v * b
             n += b
             self.ctx.progress(step + 1, len(batches))
+        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))
         out = {k: v / max(n, 1) for k, v in sums.items() if k in ("loss", "heatmap") or (M and v)}
         out.update({"lr": lr, "train_samples": n})
         if M:
@@ -415,7 +416,7 @@ class L2D(Method):
         return {"optimizer": self.opt}
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "loss_history": [list(x) for x in self.loss_history]}
+        return {**super().state_dict(), "loss_history": [torch.as_tensor(x).tolist() for x in self.loss_history]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)

@@ -282,6 +282,11 @@ class MeshTargets:
             self._write()
         return len(todo_u)
 
+    @property
+    def exact_meshes(self) -> bool:
+        """Every row's ground-truth mesh is exact (no fit that may fail)."""
+        return not self.parametric or self.exact is not None
+
     def get(self, rows: torch.Tensor, joints: torch.Tensor | None = None):
         """(vertices (B, V, 3) root-aligned, valid mask (B,) bool) of the rows."""
         if not self.parametric:
@@ -368,7 +373,8 @@ class Pose2Mesh(Method):
                                     stride=cfg.data.train_stride))
         targets = self.mesh_targets(data)
         fitted = targets.ensure(torch.cat(batches), progress=self.ctx.progress) if mesh_stage and batches else 0
-        sums = {k: torch.zeros(()) for k in ("loss", "pose_l1_mm", "vertex_l1_mm", "normal", "edge_mm", "mesh_joint_l1_mm")}
+        sums = {k: torch.zeros((), device=device)                  # on the device: one sync per epoch
+                for k in ("loss", "pose_l1_mm", "vertex_l1_mm", "normal", "edge_mm", "mesh_joint_l1_mm")}
         n = 0
         for step, idx in enumerate(batches):
             x, y = data.inputs[idx].to(device), data.targets[idx].to(device)
@@ -380,11 +386,11 @@ class Pose2Mesh(Method):
             else:
                 gt, valid = targets.get(idx, y)
                 gt, valid = gt.to(device), valid.to(device)
-                if valid.all():
+                if targets.exact_meshes or valid.all():     # exact meshes are all valid: no sync
                     pv, gv = verts, gt
                 else:                                          # frames with a bad body fit: no mesh losses
                     pv, gv = verts[valid], gt[valid]
-                if len(pv):
+                if targets.exact_meshes or len(pv):
                     v_l1 = (pv - gv).abs().mean()
                     n_l = normal_loss(pv, gv, faces)
                     e_l = edge_length_loss(pv, gv, faces)
@@ -397,12 +403,13 @@ class Pose2Mesh(Method):
                          "mesh_joint_l1_mm": mj_l1}
             self.optimize(loss, self.opt)
             b = len(idx)
-            sums["loss"] += loss.detach().cpu() * b
+            sums["loss"] += loss.detach() * b
             for k, v in parts.items():
-                sums[k] += v.detach().cpu() * b
+                sums[k] += v.detach() * b
             n += b
             self.ctx.progress(step + 1, len(batches))
-        out = {k: v.item() / max(n, 1) for k, v in sums.items() if mesh_stage or k in ("loss", "pose_l1_mm")}
+        sums = dict(zip(sums, torch.stack(list(sums.values())).tolist()))
+        out = {k: v / max(n, 1) for k, v in sums.items() if mesh_stage or k in ("loss", "pose_l1_mm")}
         out.update({"lr": lr, "train_samples": n, "stage_mesh": float(mesh_stage), "edge_loss_on": float(edge_on)})
         if targets.parametric and batches:
             out.update({"body_fits_new": fitted, "body_fit_valid": targets.valid_share(torch.cat(batches))})

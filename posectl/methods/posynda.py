@@ -339,7 +339,7 @@ class PoSynDA(Method):
         self.model.train()
         batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
-        total, n = torch.zeros(()), 0
+        total, n = torch.zeros((), device=dev), 0      # summed on the device: one sync per epoch
         for step, idx in enumerate(batches):
             cond = data.windows(idx, T)
             x0 = data.windows(idx, T, inputs=data.targets)
@@ -354,7 +354,7 @@ class PoSynDA(Method):
             pred = self.model(x_t, t, cond)
             loss = (pred - x0).norm(dim=-1).mean()
             self._backward(loss)
-            total += loss.detach().cpu() * len(idx)
+            total += loss.detach() * len(idx)
             n += len(idx)
             self.ctx.progress(step + 1, len(batches))
         lr = self.opt.param_groups[0]["lr"]
