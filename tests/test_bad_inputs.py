@@ -253,6 +253,18 @@ def case_zero_gpus(tmp):
     return ["train", "baseline", "--gpus", "0"], "--gpus must be >= 1"
 
 
+def case_gpu_share_above_one(tmp):
+    return ["train", "baseline", "--workers", "2", "--gpus-per-worker", "1.5"], "--gpus-per-worker must be in (0, 1]"
+
+
+def case_fp16_without_gpus(tmp):
+    return ["train", "baseline", "precision=fp16"], "precision=fp16 needs GPUs"
+
+
+def case_sync_bn_without_gpus(tmp):
+    return ["train", "baseline", "sync_bn=always"], "sync_bn=always needs GPUs"
+
+
 def case_zero_workers(tmp):
     return ["train", "baseline", "--workers", "0"], "--workers must be >= 1"
 

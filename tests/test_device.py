@@ -92,3 +92,19 @@ def test_host_syncs_per_epoch_do_not_grow_with_the_steps(name):
                 per_epoch.append(mode.syncs - before)
         counts.append(per_epoch)
     assert counts[0] == counts[1] and max(counts[1]) <= 8, counts
+
+
+def test_the_gpu_check_plans_every_method_in_both_precisions(tmp_path):
+    """benchmarks/gpu_check.py --dry-run on a CPU: its plan parses against the CLI and resolves."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    r = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    steps = json.loads((tmp_path / "gpu_check.json").read_text())["steps"]
+    names = {s["name"] for s in steps}
+    assert {f"smoke {m} {p}" for m in available() for p in ("fp32", "bf16")} <= names
+    assert {"throughput fp32", "throughput bf16"} <= names and all(s["status"] == "planned" for s in steps)

@@ -165,3 +165,12 @@ def test_the_documented_minimal_method_trains_through_ray_train(ray_session, sma
     assert [r["epoch"] for r in hist] == [1, 2] and hist[1]["train_loss_mm"] < hist[0]["train_loss_mm"]
     assert math.isfinite(out.results["test"]["mpjpe"]) and "per-sample mean" in out.results["test"]["protocol"]
     assert set(load_checkpoint(out.experiment.checkpoints / "last.pt", "mlp")["method_state"]) == {"model", "optimizer"}
+
+
+def test_batch_size_is_global_unless_given_per_worker(small_dataset):
+    ds = PoseDataset(small_dataset)
+    data = LiftingData(ds.load("train"), ds.layout)
+    cls = get_method("baseline")
+    for values, world, expected in (({}, 1, 256), ({}, 4, 64), ({"batch_size_per_worker": 100}, 4, 100)):
+        m = cls(build(cls.Config, {"backbone.width": 16, **values}), data, Context(world_size=world))
+        assert m.per_worker() == expected and m.per_worker(1000) == 1000 // world

@@ -82,9 +82,11 @@ def _lost(epochs, n):
 
 
 def test_impossible_resource_plans_fail_fast(ray_session, small_dataset, tmp_path, ledger):
-    ledger.bad_input(2)
+    ledger.bad_input(3)
     with pytest.raises(ResourceError, match=r"asked for 8 GPUs .* 0 GPUs"):
         train("baseline", [{"data.path": str(small_dataset)}], gpus=8, runs_dir=tmp_path)
+    with pytest.raises(ResourceError, match=r"asked for 1 GPUs \(2 workers x \(1 CPU \+ 0.5 GPU\)\) .* 0 GPUs"):
+        train("baseline", [{"data.path": str(small_dataset)}], workers=2, gpus_per_worker=0.5, runs_dir=tmp_path)
     with pytest.raises(ResourceError, match=r"asked for 6 CPUs .* 2 CPUs"):
         train("baseline", [{"data.path": str(small_dataset)}], workers=6, runs_dir=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing was created

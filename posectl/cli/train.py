@@ -16,6 +16,7 @@ def train(
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Train on N GPUs: one Ray Train worker per GPU."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Train with N CPU workers (DDP over gloo)."),
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", help="CPUs reserved per worker."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", help="With --workers N: the share of a GPU each worker gets (0.5: two workers per GPU, DDP over gloo)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with config values."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: METHOD-DATE-TIME)."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", envvar="POSECTL_RUNS", help="Where runs are stored (default: ./runs)."),
@@ -33,6 +34,7 @@ def train(
     console.print(f"[bold]posectl train {method}[/] — starting Ray (first epoch after ~15 s of Ray start-up)")
     with TrainProgress(epochs) as progress:
         out = run_train(method, layers, gpus=gpus, workers=workers, cpus_per_worker=cpus_per_worker,
+                        gpus_per_worker=gpus_per_worker,
                         name=name, runs_dir=runs_dir, resume=resume, smoke_test=smoke_test,
                         address=address, max_failures=max_failures, on_event=progress)
     res = out.results

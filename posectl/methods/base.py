@@ -42,7 +42,13 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = field(10, "training epochs")
-    batch_size: int = field(256, "global batch size (split across workers)")
+    batch_size: int = field(256, "global batch size, split across the workers (the same training at any worker "
+                                 "count)")
+    batch_size_per_worker: int = field(0, "if > 0: each worker's batch instead (the global batch is then this x "
+                                          "the workers, and the learning rate is not rescaled)", ge=0)
+    sync_bn: Literal["auto", "always", "never"] = field(
+        "auto", "batch-norm statistics synchronised across workers (SyncBatchNorm): auto = with several GPU "
+                "workers; always needs GPUs")
     lr: float = field(1e-3, "learning rate", gt=0)
     lr_decay: float = field(0.95, "multiplicative learning-rate decay per epoch")
     seed: int = field(0, "random seed (workers add their rank)")
@@ -191,8 +197,13 @@ class Method:
         measured; `detailed` adds per-action tables and lists."""
         raise NotImplementedError
 
-    def per_worker(self, batch_size: int) -> int:
-        """This worker's share of a global batch size."""
+    def per_worker(self, batch_size: int | None = None) -> int:
+        """This worker's share of a global batch size; without one, this worker's training batch:
+        `batch_size_per_worker`, or `batch_size` (global) divided over the workers."""
+        if batch_size is None:
+            if self.cfg.batch_size_per_worker:
+                return self.cfg.batch_size_per_worker
+            batch_size = self.cfg.batch_size
         return max(1, batch_size // self.ctx.world_size)
 
     def resumables(self) -> dict[str, Any]:

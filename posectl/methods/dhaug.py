@@ -378,7 +378,7 @@ class DHAug(LiftingMethod):
     def _pose_pass(self, windows_of, targets: torch.Tensor, n: int) -> tuple[float, int]:
         """One pass over n pairs; `windows_of(idx)` gives (B, T, 16, 2) inputs. Returns MPJPE (mm)."""
         cfg, dev = self.cfg, self.ctx.device
-        per_worker = self.per_worker(cfg.batch_size)
+        per_worker = self.per_worker()
         perm = torch.randperm(n, generator=self.gen)
         # the generated buffer's size varies (per worker, too): never a batch of one; every worker
         # takes the same number of steps, zero when one of them holds a single pair

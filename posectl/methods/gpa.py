@@ -165,7 +165,7 @@ class GPA(LiftingMethod):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
-        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+        batches = list(data.batches(self.per_worker(), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
         total, n, aligned, local = torch.zeros((), device=device), 0, 0, 0     # summed on the device
         for step, idx in enumerate(batches):

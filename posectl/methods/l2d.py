@@ -287,7 +287,7 @@ class L2D(Method):
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.detector.train()
-        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+        batches = list(data.batches(self.per_worker(), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
         keys = ["loss", "heatmap", "xy", "z", "ohklm", "avg", "cons", "mpjpe_mm"]
         sums = {k: torch.zeros((), device=device) for k in keys}     # on the device: one sync per epoch

@@ -86,7 +86,7 @@ class LiftingMethod(Method):
         if n == 0:
             return 0
         device = self.ctx.device
-        idxs = itertools.islice(self.data.batches(self.per_worker(self.cfg.batch_size), shuffle=True, generator=generator,
+        idxs = itertools.islice(self.data.batches(self.per_worker(), shuffle=True, generator=generator,
                                                   stride=self.cfg.data.train_stride), n)
         return precise_bn(unwrap(self.model), (inputs(i).to(device) for i in idxs))
 

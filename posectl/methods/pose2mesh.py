@@ -369,7 +369,7 @@ class Pose2Mesh(Method):
         self.posenet.train()
         self.meshnet.train(mesh_stage)
         faces, reg = self.faces.to(device), self.regressor.to(device)
-        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+        batches = list(data.batches(self.per_worker(), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
         targets = self.mesh_targets(data)
         fitted = targets.ensure(torch.cat(batches), progress=self.ctx.progress) if mesh_stage and batches else 0

@@ -337,7 +337,7 @@ class PoSynDA(Method):
     def _pretrain_epoch(self) -> dict[str, float]:
         cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
         self.model.train()
-        batches = list(data.batches(self.per_worker(cfg.batch_size), shuffle=True, generator=self.gen,
+        batches = list(data.batches(self.per_worker(), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
         total, n = torch.zeros((), device=dev), 0      # summed on the device: one sync per epoch
         for step, idx in enumerate(batches):

@@ -28,6 +28,12 @@ class Resources:
     def use_gpu(self) -> bool:
         return self.gpus > 0
 
+    @property
+    def backend(self) -> str:
+        """DDP's backend: nccl with a GPU per worker; gloo on CPUs and when workers share a GPU (NCCL refuses
+        two ranks on one device)."""
+        return "nccl" if self.gpus >= 1 else "gloo"
+
     def describe(self) -> str:
         per = f"{self.cpus:g} CPU" + (f" + {self.gpus:g} GPU" if self.gpus else "")
         return f"{self.workers} worker{'s' if self.workers != 1 else ''} x ({per})"
@@ -48,12 +54,20 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
                             f"({reason} after up to {timeout_s:g} s)") from None
 
 
-def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float | None = None) -> Resources:
-    """`--gpus N`: one worker per GPU; `--workers N`: N CPU workers; default: one CPU worker."""
+def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float | None = None,
+                   gpus_per_worker: float | None = None) -> Resources:
+    """`--gpus N`: one worker per GPU; `--workers N`: N CPU workers, or N workers sharing GPUs with
+    `--gpus-per-worker F` (e.g. 0.5: two workers on one GPU, over gloo); default: one CPU worker."""
     if gpus is not None and workers is not None:
         raise ResourceError("use either --gpus or --workers, not both")
     if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise ResourceError(f"--cpus-per-worker must be > 0, got {cpus_per_worker:g}")
+    if gpus_per_worker is not None:
+        if gpus is not None:
+            raise ResourceError("--gpus-per-worker goes with --workers N (--gpus N gives each worker a GPU)")
+        if not 0 < gpus_per_worker <= 1:
+            raise ResourceError(f"--gpus-per-worker must be in (0, 1], got {gpus_per_worker:g}")
+        return Resources(workers=1 if workers is None else workers, cpus=cpus_per_worker or 1.0, gpus=gpus_per_worker)
     if gpus is not None:
         if gpus < 1:
             raise ResourceError("--gpus must be >= 1")

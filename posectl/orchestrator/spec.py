@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
@@ -67,6 +68,8 @@ class RunSpec:
         spec = cls(m, cfg, resources=resources)
         if training and cfg.precision == "fp16" and not (resources and resources.gpus):
             raise ConfigError("precision=fp16 needs GPUs (--gpus N): CPU autocast trains in bf16 (precision=bf16)")
+        if training and cfg.sync_bn == "always" and not (resources and resources.gpus):
+            raise ConfigError("sync_bn=always needs GPUs (--gpus N): SyncBatchNorm runs on GPUs only")
         if training:
             m.check_training(cfg)
         if open_data:
@@ -180,6 +183,18 @@ def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) ->
             inputs[role] = arrays
     ctx.inputs = inputs
     return spec["method"](spec["cfg"], data["train"], ctx), data
+
+
+def ddp_prepare(cfg, world_size: int, device):
+    """The `prepare_model` of a Ray Train worker: SyncBatchNorm when `cfg.sync_bn` asks for it (auto:
+    several workers on GPUs), then Ray Train's DDP wrapping and device placement."""
+    import ray.train.torch
+
+    def prepare(model):
+        if cfg.sync_bn == "always" or (cfg.sync_bn == "auto" and world_size > 1 and device.type == "cuda"):
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return ray.train.torch.prepare_model(model)
+    return prepare
 
 
 def read_arrays(src, keypoints: str, num_joints: int, where: str, with_3d: bool = True,

@@ -17,7 +17,7 @@ from posectl.orchestrator import cluster
 from posectl.orchestrator.experiment import Experiment, latest_valid_checkpoint, load_checkpoint
 from posectl.orchestrator.loop import run_epochs
 from posectl.orchestrator.reporters import Events, TrainReporter
-from posectl.orchestrator.spec import RunSpec, build_worker
+from posectl.orchestrator.spec import RunSpec, build_worker, ddp_prepare
 
 
 @dataclass
@@ -42,8 +42,9 @@ def _train_worker(loop_cfg: dict) -> None:
     torch.set_num_threads(loop_cfg["threads"])
     spec = loop_cfg["spec"]
     events = Events(loop_cfg["queue"], rank)
-    ctx = Context(rank=rank, world_size=world, device=ray.train.torch.get_device(),
-                  prepare_model=ray.train.torch.prepare_model, progress=events.step)
+    device = ray.train.torch.get_device()
+    ctx = Context(rank=rank, world_size=world, device=device, progress=events.step,
+                  prepare_model=ddp_prepare(spec["cfg"], world, device))
     method, data = build_worker(spec, {role: ray.train.get_dataset_shard(role) for role in loop_cfg["roles"]}, ctx)
     exp = Experiment(loop_cfg["exp_dir"])
     state = None
@@ -57,7 +58,8 @@ def _train_worker(loop_cfg: dict) -> None:
 
 
 def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, workers: int | None = None,
-          cpus_per_worker: float | None = None, name: str | None = None, runs_dir: str | Path | None = None,
+          cpus_per_worker: float | None = None, gpus_per_worker: float | None = None, name: str | None = None,
+          runs_dir: str | Path | None = None,
           resume: bool = False, smoke_test: bool = False, address: str | None = None,
           max_failures: int = 0, on_event: Callable[[dict], None] | None = None) -> TrainResult:
     """Resolve the run (RunSpec), prepare the experiment directory and data, and run a Ray Train job."""
@@ -67,7 +69,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
     if max_failures < 0:
         raise PosectlError(f"--max-failures must be >= 0, got {max_failures} (Ray reads -1 as retrying forever)")
     runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
-    res = cluster.plan_resources(gpus, workers, cpus_per_worker)
+    res = cluster.plan_resources(gpus, workers, cpus_per_worker, gpus_per_worker)
     if resume:
         if not name:
             raise PosectlError("--resume needs --name of the run to continue")
@@ -103,7 +105,7 @@ def _fit(spec: RunSpec, exp: Experiment, resume: bool, max_failures: int, on_eve
     import uuid
 
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
 
     t0 = time.perf_counter()
@@ -114,7 +116,7 @@ def _fit(spec: RunSpec, exp: Experiment, resume: bool, max_failures: int, on_eve
     loop_cfg = {"spec": spec.describe(train_rows=datasets["train"].count()), "roles": list(datasets),
                 "exp_dir": str(exp.root), "resume": resume, "queue": queue, "threads": max(1, int(res.cpus))}
     trainer = TorchTrainer(
-        _train_worker, train_loop_config=loop_cfg,
+        _train_worker, train_loop_config=loop_cfg, torch_config=TorchConfig(backend=res.backend),
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}),
         # every worker reads the whole of each role, and takes its own block of the training rows

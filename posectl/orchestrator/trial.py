@@ -29,7 +29,7 @@ from posectl.methods.base import Context
 from posectl.orchestrator.experiment import load_checkpoint
 from posectl.orchestrator.loop import run_epochs
 from posectl.orchestrator.reporters import SearchReporter
-from posectl.orchestrator.spec import RunSpec, build_worker
+from posectl.orchestrator.spec import RunSpec, build_worker, ddp_prepare
 
 DRIVER_CPU = 0.01              # what each multi-worker trial function holds, beside its worker group
 CONTROLLER_FAILURE_LIMIT = 2   # worker-group start timeouts (60 s each) before a trial fails
@@ -64,8 +64,10 @@ def _train_job_worker(cfg: dict) -> None:
     import ray.train.torch
     tctx = ray.train.get_context()
     torch.set_num_threads(max(1, int(cfg["spec"].resources.cpus)))
-    ctx = Context(rank=tctx.get_world_rank(), world_size=tctx.get_world_size(), device=ray.train.torch.get_device(),
-                  prepare_model=ray.train.torch.prepare_model)
+    world, device = tctx.get_world_size(), ray.train.torch.get_device()
+    trial = cfg["spec"].with_params(cfg["params"])
+    ctx = Context(rank=tctx.get_world_rank(), world_size=world, device=device,
+                  prepare_model=ddp_prepare(trial.cfg, world, device))
     _trial(cfg["params"], cfg["spec"], cfg["datasets"], cfg["rows"], ctx, ray.train.report,
            ray.train.get_checkpoint() or cfg["resume_checkpoint"], cfg["metric"], cfg["mode"])
 
@@ -75,15 +77,15 @@ def train_job_trial(params: dict, spec: RunSpec, datasets: dict, rows: int, stor
     """A trial with several workers or GPUs: a Ray Train job inside the Tune trial."""
     from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = spec.resources
     loop_cfg = {"params": params, "spec": spec, "datasets": datasets, "rows": rows, "metric": metric, "mode": mode,
                 "resume_checkpoint": tune.get_checkpoint()}
     trainer = TorchTrainer(
-        _train_job_worker, train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.gpus > 0,
+        _train_job_worker, train_loop_config=loop_cfg, torch_config=TorchConfig(backend=res.backend),
+        scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
                                      resources_per_worker={"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}),
         run_config=RunConfig(name=f"train-{tune.get_context().get_trial_id()}", storage_path=storage,
                              callbacks=[TuneReportCallback()],
