@@ -265,6 +265,14 @@ def case_sync_bn_without_gpus(tmp):
     return ["train", "baseline", "sync_bn=always"], "sync_bn=always needs GPUs"
 
 
+def case_eval_on_a_missing_gpu(tmp):
+    return ["eval", str(tmp / "best.pt"), "--device", "cuda"], "--device cuda: no CUDA device"
+
+
+def case_eval_on_an_unknown_device(tmp):
+    return ["eval", str(tmp / "best.pt"), "--device", "tpu"], "--device: cpu, cuda or cuda:N"
+
+
 def case_zero_workers(tmp):
     return ["train", "baseline", "--workers", "0"], "--workers must be >= 1"
 

@@ -72,7 +72,8 @@ def test_train_smoke_then_eval(ray_session, small_dataset, capsys, tmp_path):
     assert code == 0, err
     assert "MPJPE" in out and "best validation epoch 1/1" in out
     ckpt = tmp_path / "smoke" / "checkpoints" / "best.pt"
-    code, out, err = run_main(capsys, "eval", str(ckpt), "--split", "val", "--json", str(tmp_path / "m.json"))
+    code, out, err = run_main(capsys, "eval", str(ckpt), "--split", "val", "--device", "cpu", "--json",
+                              str(tmp_path / "m.json"))
     assert code == 0, err
     assert "MPJPE" in out and (tmp_path / "m.json").exists()
     # a checkpoint from a file that is not a checkpoint

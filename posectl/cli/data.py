@@ -47,16 +47,10 @@ def prepare_h36m_cmd(
 ):
     """Import Human3.6M in the VideoPose3D npz layout: GT 2D by projection, detections mapped to 17 joints,
     splits train S1,S5-S8 (tail of each sequence = val) / test S9,S11."""
-    import warnings
-    from posectl.cli.render import err_console
     from posectl.datasets.h36m import prepare_h36m
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        path = prepare_h36m(out, file_3d, files_2d or [], cameras_json=cameras, val_fraction=val_fraction,
-                            detection_layout=layout_2d, subjects=subjects, progress=_progress)
-    for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}")
-    _print_info(path)
+    _print_info(_warning_lines(lambda: prepare_h36m(
+        out, file_3d, files_2d or [], cameras_json=cameras, val_fraction=val_fraction, detection_layout=layout_2d,
+        subjects=subjects, progress=_progress)))
 
 
 @prepare_app.command("3dhp")
@@ -68,15 +62,9 @@ def prepare_3dhp_cmd(
     image_size: Optional[tuple[int, int]] = typer.Option(None, "--image-size", help="W H of the PoseAug file's frames (2048 2048 or 1920 1080)."),
 ):
     """Import the MPI-INF-3DHP test set into the h36m17 layout (joint mapping and intrinsics recorded)."""
-    import warnings
-    from posectl.cli.render import err_console
     from posectl.datasets.mpi3dhp import prepare_3dhp
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        p = prepare_3dhp(out, path, form=form, cameras=cameras, image_size=image_size, progress=_progress)
-    for w in caught:
-        err_console.print(f"[yellow]warning:[/] {w.message}")
-    _print_info(p)
+    _print_info(_warning_lines(lambda: prepare_3dhp(out, path, form=form, cameras=cameras, image_size=image_size,
+                                                    progress=_progress)))
 
 
 @app.command("attach-images")
@@ -128,3 +116,16 @@ def _print_info(path, verify: bool = True) -> None:
     info = {k: v for k, v in s["info"].items() if not isinstance(v, (dict, list))}
     if info:
         console.print("info: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+def _warning_lines(importer):
+    """Run an importer, printing each warning it raises as one yellow line; returns what it returns."""
+    import warnings
+
+    from posectl.cli.render import err_console
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = importer()
+    for w in caught:
+        err_console.print(f"[yellow]warning:[/] {w.message}")
+    return out

@@ -67,6 +67,7 @@ def eval_cmd(
     stride: int = typer.Option(1, "--stride", help="Evaluate every n-th frame."),
     joints: Optional[str] = typer.Option(None, "--joints", help="Joint set: all (17), 16 (no Neck/Nose, PoseAug), 14 (Pose2Mesh / 3DHP)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the metrics as JSON."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N (evaluation runs in this process)."),
 ):
     """Evaluate a trained checkpoint: MPJPE/P-MPJPE (per sample and action-wise), N-MPJPE, PCK, AUC."""
     import json
@@ -74,7 +75,7 @@ def eval_cmd(
     from posectl.orchestrator.evaluate import evaluate_checkpoint
 
     out = evaluate_checkpoint(checkpoint, data=data, split=split, keypoints=keypoints, flip=flip, stride=stride,
-                              joints=joints)
+                              joints=joints, device=device)
     console.print(metrics_table(f"{out['method']} on {out['dataset']}:{out['split']} — {out['metrics']['protocol']}",
                                 {out["split"]: out["metrics"]}))
     if out["metrics"].get("per_action"):

@@ -1,4 +1,4 @@
-"""Resolving a method's data config to a validated dataset and to Ray Data datasets."""
+"""Resolving a method's data config to validated datasets (the reading is orchestrator/spec.py's)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -25,9 +25,13 @@ def checkpoint_spec(state: dict, where, overrides: dict | None = None) -> RunSpe
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: str | None = None,
                         keypoints: str | None = None, flip: bool | None = None, stride: int = 1,
-                        joints: str | None = None) -> dict[str, Any]:
+                        joints: str | None = None, device: str = "cpu") -> dict[str, Any]:
     if stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {stride}")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device: cpu, cuda or cuda:N, got '{device}'")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device on this machine")
     state = load_checkpoint(checkpoint)
     overrides: dict[str, Any] = {}
     if keypoints is not None:
@@ -36,8 +40,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         overrides["test_flip"] = flip
     if joints is not None:
         overrides["eval_joints"] = joints
-    if state.get("config", {}).get("precision") == "fp16":
-        overrides["precision"] = "fp32"         # fp16 autocast is for GPUs; evaluation runs on the CPU
+    if device == "cpu" and state.get("config", {}).get("precision") == "fp16":
+        overrides["precision"] = "fp32"         # fp16 autocast is for GPUs
     spec = checkpoint_spec(state, checkpoint, overrides)
     method_cls, cfg = spec.method, spec.cfg
     test_input = method_cls.inputs(cfg).get("test")
@@ -56,7 +60,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
         raise DataError(f"{ds.path}: joint layout {ds.layout.name} does not match the checkpoint's {layout.name}")
     lifting = LiftingData(ds.load(split, kp, subjects, images=method_cls.reads_images(cfg)), layout, keypoints=kp)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    method = method_cls(cfg, lifting, Context())
+    dev = torch.device(device)
+    method = method_cls(cfg, lifting, Context(device=dev, prepare_model=lambda net: net.to(dev)))
     method.load_state_dict({"model": state["method_state"]["model"]})
     with method.autocast():
         metrics = method.evaluate(lifting, stride=stride, detailed=True)
