@@ -121,7 +121,7 @@ NODE_LOSS = textwrap.dedent("""
     import posectl.orchestrator.tune as tune_mod
     inner = tune_mod.single_worker_trial
 
-    def trial(params, spec, datasets, rows, metric, mode):
+    def trial(params, spec, datasets, blocks, metric, mode):
         # the fault, injected into the trial's process: after each reported epoch, hold_on_victim
         from posectl.orchestrator.reporters import SearchReporter
         report = SearchReporter.epoch
@@ -130,7 +130,7 @@ NODE_LOSS = textwrap.dedent("""
             report(self, row, state_fn, improved)
             hold_on_victim(row["epoch"])
         SearchReporter.epoch = epoch
-        inner(params, spec, datasets, rows, metric, mode)
+        inner(params, spec, datasets, blocks, metric, mode)
     tune_mod.single_worker_trial = trial
     plan, grid = tune_mod.tune_search("baseline", space=space, storage_path=storage, name="nl",
                                       overrides={"data.path": data}, verbose=0)

@@ -174,3 +174,33 @@ def test_batch_size_is_global_unless_given_per_worker(small_dataset):
     for values, world, expected in (({}, 1, 256), ({}, 4, 64), ({"batch_size_per_worker": 100}, 4, 100)):
         m = cls(build(cls.Config, {"backbone.width": 16, **values}), data, Context(world_size=world))
         assert m.per_worker() == expected and m.per_worker(1000) == 1000 // world
+
+
+def test_workers_take_whole_sequences_balanced_by_frames(small_dataset):
+    """Sharding: every worker gets whole sequences (no temporal window crosses a shard edge: each
+    window equals the unsharded one), the blocks are the same every time they are computed (runs and
+    resumes), balanced within one sequence's length, and every worker draws as many batches."""
+    spec = RunSpec.build("baseline", [{"data.path": str(small_dataset), "backbone.name": "videopose",
+                                       "backbone.receptive_field": 9, "backbone.width": 16}])
+    sources = spec.local_sources(test=False)
+    full = build_worker(spec.describe(), sources, Context())[1]["train"]
+    world = 3
+    blocks = spec.train_blocks(sources["train"], world)
+    assert blocks == spec.train_blocks(spec.local_sources(test=False)["train"], world)
+    assert blocks[0][0] == 0 and blocks[-1][1] == len(full) and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    seq = full.arrays.sequence_ids
+    longest = np.bincount(seq).max()
+    sizes = [hi - lo for lo, hi in blocks]
+    assert max(sizes) - min(sizes) <= 2 * longest
+    seen, steps = set(), []
+    for rank, (lo, hi) in enumerate(blocks):
+        ctx = Context(rank=rank, world_size=world)
+        part = build_worker(spec.describe(blocks), sources, ctx)[1]["train"]
+        assert torch.equal(part.inputs, full.inputs[lo:hi])
+        mine = set(seq[lo:hi].tolist())
+        assert not mine & seen and (lo == 0 or seq[lo] != seq[lo - 1])       # whole sequences, each once
+        seen |= mine
+        idx = torch.arange(len(part))
+        assert torch.equal(part.windows(idx, 9), full.windows(idx + lo, 9))
+        steps.append(len(list(part.batches(64, shuffle=True, generator=torch.Generator().manual_seed(0)))))
+    assert seen == set(seq.tolist()) and len(set(steps)) == 1

@@ -16,10 +16,11 @@ from posectl.datasets.store import PoseArrays
 
 
 class LiftingData:
-    def __init__(self, arrays: PoseArrays, layout: Layout, keypoints: str | None = None):
+    def __init__(self, arrays: PoseArrays, layout: Layout, keypoints: str | None = None,
+                 sample_rows: int | None = None):
         self.keypoints = keypoints          # the 2D source loaded (gt, cpn, ...), for protocol strings
-        order = np.lexsort((arrays.frame, arrays.sequence_ids))  # group rows by sequence, in time
-        a = arrays.take(order)
+        self.sample_rows = sample_rows      # batches() draws from the first rows only (equal steps per worker)
+        a = arrays.take(arrays.sequence_order())           # group rows by sequence, in time
         self.arrays = a
         self.layout = layout
         wh = a.image_size.astype(np.float32)
@@ -58,7 +59,7 @@ class LiftingData:
 
     def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                 stride: int = 1) -> Iterator[torch.Tensor]:
-        idx = torch.arange(0, len(self), stride)
+        idx = torch.arange(0, len(self) if self.sample_rows is None else min(self.sample_rows, len(self)), stride)
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
         for start, end in batch_bounds(len(idx), batch_size):

@@ -92,9 +92,11 @@ class PoseArrays:
     @property
     def sequence_ids(self) -> np.ndarray:
         """Integer id per (subject, action, camera) sequence."""
-        keys = np.char.add(np.char.add(self.subject.astype(str), "|"),
-                           np.char.add(np.char.add(self.action.astype(str), "|"), self.camera.astype(str)))
-        return np.unique(keys, return_inverse=True)[1]
+        return sequence_ids(self.subject, self.action, self.camera)
+
+    def sequence_order(self) -> np.ndarray:
+        """Row order grouping each sequence's rows, in time (sequences in sequence-id order)."""
+        return np.lexsort((self.frame, self.sequence_ids))
 
     def take(self, idx) -> "PoseArrays":
         return PoseArrays(*(None if getattr(self, f) is None else getattr(self, f)[idx]
@@ -106,6 +108,13 @@ class PoseArrays:
             vals = [getattr(p, f) for p in parts]
             return None if any(v is None for v in vals) else np.concatenate(vals)
         return PoseArrays(*(cat(f) for f in PoseArrays.__dataclass_fields__))
+
+
+def sequence_ids(subject, action, camera) -> np.ndarray:
+    """Integer id per (subject, action, camera) sequence, ordered by those names."""
+    keys = np.char.add(np.char.add(np.asarray(subject).astype(str), "|"),
+                       np.char.add(np.char.add(np.asarray(action).astype(str), "|"), np.asarray(camera).astype(str)))
+    return np.unique(keys, return_inverse=True)[1]
 
 
 def arrays_from_batch(batch: dict, keypoints: str = "gt", num_joints: int | None = None,

@@ -23,7 +23,7 @@ from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.store import (BODY_COLUMN, IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch,
-                                    read_shard)
+                                    read_shard, sequence_ids)
 from posectl.errors import ConfigError, DataError
 from posectl.methods.base import Context, DataInput, Method, get_method
 from posectl.orchestrator.cluster import Resources
@@ -117,17 +117,21 @@ class RunSpec:
 
     def table(self, role: str, paths: list[str], columns: list[str]) -> pa.Table:
         """One role's rows as one Arrow table; for "train", the `data.max_train_samples` subset (rows
-        picked with the run's seed, kept in dataset order so that sequences stay whole)."""
+        picked with the run's seed) in sequence order (each sequence's rows together, in time), so that
+        workers can take whole sequences (shard_blocks)."""
         t = pa.concat_tables([read_shard(p, columns) for p in paths])
         n = self.cfg.data.max_train_samples
         if role == "train" and n and n < len(t):
             pick = np.sort(np.random.default_rng(self.cfg.seed).permutation(len(t))[:n])
             t = t.take(pa.array(pick))
+        if role == "train":
+            t = t.take(pa.array(np.lexsort((t.column("frame").to_numpy(), _sequence_ids(t)))))
         return t
 
-    def ray_datasets(self, test: bool = True) -> dict:
+    def ray_datasets(self, test: bool = True, world: int = 1) -> tuple[dict, list[tuple[int, int]]]:
         """Materialised Ray datasets per role (read before training starts, so reads never compete with
-        training workers for CPUs: a trainer holding every CPU would otherwise deadlock them)."""
+        training workers for CPUs: a trainer holding every CPU would otherwise deadlock them), and each
+        of `world` workers' block of the training rows (train_blocks)."""
         import logging
         from concurrent.futures import ThreadPoolExecutor
 
@@ -137,48 +141,71 @@ class RunSpec:
         roles = self.roles(test)
         small = self.small(roles)
 
+        blocks: list[tuple[int, int]] = []
+
         def one(role):
             paths, columns = roles[role]
             if small:
-                return ray.data.from_arrow(self.table(role, paths, columns)).materialize()
+                t = self.table(role, paths, columns)
+                if role == "train":
+                    blocks.extend(self.train_blocks(t, world))
+                return ray.data.from_arrow(t).materialize()
             d = ray.data.read_parquet(paths).select_columns(columns)
             if role == "train" and self.cfg.data.max_train_samples:
                 d = d.random_shuffle(seed=self.cfg.seed).limit(self.cfg.data.max_train_samples)
-            return d.materialize()
+            d = d.materialize()
+            if role == "train":
+                blocks.extend(self.train_blocks(d, world))
+            return d
 
         with ThreadPoolExecutor(max_workers=len(roles)) as pool:
-            return dict(zip(roles, pool.map(one, roles)))
+            datasets = dict(zip(roles, pool.map(one, roles)))
+        return datasets, blocks
+
+    @staticmethod
+    def train_blocks(train, world: int) -> list[tuple[int, int]]:
+        """Each worker's rows of the training data: for a table from `table()` (in sequence order), whole
+        sequences balanced by frames (shard_blocks); a training split read by Ray Data's read tasks
+        (over DRIVER_READ_BYTES) is not in sequence order and is cut into equal blocks of rows."""
+        if isinstance(train, pa.Table):
+            return shard_blocks(_sequence_ids(train), world)
+        size = train.count() // world
+        return [(r * size, (r + 1) * size) for r in range(world)]
 
     def local_sources(self, test: bool = True) -> dict[str, pa.Table]:
         """The same rows as `ray_datasets`, read in this process (no Ray)."""
         return {role: self.table(role, paths, cols) for role, (paths, cols) in self.roles(test).items()}
 
-    def describe(self, train_rows: int | None = None) -> dict[str, Any]:
-        """What a worker needs besides its data sources (picklable): `train_rows`, the number of training
-        rows, lets each rank read only its block."""
-        return {"method": self.method, "cfg": self.cfg, "layout": self.layout, "train_rows": train_rows,
+    def describe(self, blocks: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+        """What a worker needs besides its data sources (picklable): `blocks`, each rank's [start, end)
+        of the training rows (train_blocks; default: one worker, every row)."""
+        return {"method": self.method, "cfg": self.cfg, "layout": self.layout, "blocks": blocks,
                 "inputs": {role: inp for role, (_, inp) in self.inputs.items()},
                 "image_root": str(self.dataset.path) if self.images else None}
 
 
 def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) -> tuple[Method, dict[str, LiftingData]]:
     """In a worker: the method and its data from `sources` (role -> Ray Dataset, Ray Data iterator or
-    Arrow table, each holding the role's rows in the same order on every worker). Every rank takes an
-    equal contiguous block of the training rows (sequences stay together; the same block on every run
-    and after a resume); the other roles are whole on every rank."""
+    Arrow table, each holding the role's rows in the same order on every worker). Every rank takes its
+    block of the training rows (spec["blocks"]: whole sequences, the same on every run and after a
+    resume) and draws batches from as many rows as the smallest block has, so every rank takes the same
+    number of steps; the other roles are whole on every rank."""
     layout = get_layout(spec["layout"])
     kp, extra = spec["cfg"].data.keypoints, spec["inputs"]
+    blocks = spec["blocks"]
+    if blocks is not None and len(blocks) != ctx.world_size:
+        raise DataError(f"training data cut for {len(blocks)} workers, not {ctx.world_size}")
     data, inputs = {}, {}
     for role, src in sources.items():
         inp = extra.get(role)
         keypoints, with_3d = (inp.keypoints, inp.with_3d) if inp else (kp, True)
         where = f"input '{role}' ({inp.path}:{inp.split})" if inp else f"{role} split"
-        block = (ctx.rank, ctx.world_size) if role == "train" else (0, 1)
+        rows = blocks[ctx.rank] if role == "train" and blocks is not None else None
         arrays = read_arrays(src, keypoints, layout.num_joints, where, with_3d=with_3d,
-                             image_root=None if inp else spec["image_root"], block=block,
-                             rows=spec["train_rows"] if role == "train" else None)
+                             image_root=None if inp else spec["image_root"], rows=rows)
         if inp is None or role == "test":
-            data[role] = LiftingData(arrays, layout, keypoints=keypoints)
+            sample = min(hi - lo for lo, hi in blocks) if role == "train" and blocks else None
+            data[role] = LiftingData(arrays, layout, keypoints=keypoints, sample_rows=sample)
         else:
             inputs[role] = arrays
     ctx.inputs = inputs
@@ -198,21 +225,10 @@ def ddp_prepare(cfg, world_size: int, device):
 
 
 def read_arrays(src, keypoints: str, num_joints: int, where: str, with_3d: bool = True,
-                image_root: str | None = None, block: tuple[int, int] = (0, 1), rows: int | None = None) -> PoseArrays:
-    """Rows of `src` as arrays; with `block` (rank, world size), only that rank's equal, contiguous share
-    of its `rows` rows (the remainder of rows / world size is left out, so every rank takes as many
-    steps)."""
-    if isinstance(src, pa.Table):
-        n, batches = len(src), [src]
-    else:
-        n = None
-        if block[1] > 1:      # a Ray Dataset counts itself; a Ray Data iterator needs `rows`
-            n = rows if rows is not None else src.count()
-        batches = src.iter_batches(batch_size=16384, batch_format="pyarrow")
-    lo, hi = 0, None
-    if block[1] > 1:
-        size = n // block[1]
-        lo, hi = block[0] * size, (block[0] + 1) * size
+                image_root: str | None = None, rows: tuple[int, int] | None = None) -> PoseArrays:
+    """Rows of `src` as arrays; with `rows` (start, end), only those."""
+    batches = [src] if isinstance(src, pa.Table) else src.iter_batches(batch_size=16384, batch_format="pyarrow")
+    lo, hi = rows if rows is not None else (0, None)
     parts, start = [], 0
     for b in batches:
         end = start + len(b)
@@ -229,12 +245,32 @@ def read_arrays(src, keypoints: str, num_joints: int, where: str, with_3d: bool 
     return PoseArrays.concat(parts)
 
 
+def _sequence_ids(t: pa.Table) -> np.ndarray:
+    return sequence_ids(*(t.column(c).to_numpy(zero_copy_only=False) for c in ("subject", "action", "camera")))
+
+
+def shard_blocks(seq: np.ndarray, world: int) -> list[tuple[int, int]]:
+    """[start, end) rows of each of `world` workers, for rows in sequence order (`seq`: their sequence
+    ids): cuts only where a sequence ends, each at the sequence boundary nearest to an equal share."""
+    n = len(seq)
+    edges = np.r_[0, np.flatnonzero(seq[1:] != seq[:-1]) + 1, n]
+    if len(edges) - 1 < world:
+        raise DataError(f"the training data holds {len(edges) - 1} sequence(s), fewer than the {world} workers")
+    cuts = [0]
+    for r in range(1, world):
+        free = edges[(edges > cuts[-1]) & (edges <= n - (world - r))]   # leave a sequence for each later rank
+        cuts.append(int(free[np.argmin(np.abs(free - r * n / world))]))
+    cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
 def run_local(spec: RunSpec, reporter, ctx: Context | None = None, state: dict | None = None,
               metric: str = "val_mpjpe", mode: str = "min", test: bool = True):
     """Train `spec` in this process (no Ray): the same data, method and epoch loop as a Ray Train job."""
     from posectl.orchestrator.loop import run_epochs
     ctx = ctx or Context()
-    method, data = build_worker(spec.describe(), spec.local_sources(test), ctx)
+    sources = spec.local_sources(test)
+    method, data = build_worker(spec.describe(spec.train_blocks(sources["train"], ctx.world_size)), sources, ctx)
     return run_epochs(method, spec.cfg, data, ctx, state, reporter, metric=metric, mode=mode), method, data
 
 

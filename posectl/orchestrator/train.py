@@ -110,10 +110,10 @@ def _fit(spec: RunSpec, exp: Experiment, resume: bool, max_failures: int, on_eve
 
     t0 = time.perf_counter()
     res = spec.resources
-    datasets = spec.ray_datasets()
+    datasets, blocks = spec.ray_datasets(world=res.workers)
     queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0,
                                                  "name": f"posectl-progress-{exp.name}-{uuid.uuid4().hex[:6]}"})
-    loop_cfg = {"spec": spec.describe(train_rows=datasets["train"].count()), "roles": list(datasets),
+    loop_cfg = {"spec": spec.describe(blocks), "roles": list(datasets),
                 "exp_dir": str(exp.root), "resume": resume, "queue": queue, "threads": max(1, int(res.cpus))}
     trainer = TorchTrainer(
         _train_worker, train_loop_config=loop_cfg, torch_config=TorchConfig(backend=res.backend),

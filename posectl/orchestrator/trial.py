@@ -44,19 +44,19 @@ def restore_trial_state(ckpt, method: str) -> tuple[dict | None, dict | None]:
         return load_checkpoint(Path(d) / "state.pt", method), load_checkpoint(Path(d) / "best.pt", method)
 
 
-def _trial(params: dict, spec: RunSpec, sources: dict, rows: int, ctx: Context, report, ckpt,
+def _trial(params: dict, spec: RunSpec, sources: dict, blocks: list, ctx: Context, report, ckpt,
            metric: str, mode: str) -> None:
     trial = spec.with_params(params)
-    method, data = build_worker(trial.describe(train_rows=rows), sources, ctx)
+    method, data = build_worker(trial.describe(blocks), sources, ctx)
     state, best = restore_trial_state(ckpt, method.name)
     run_epochs(method, trial.cfg, data, ctx, state, SearchReporter(report, ctx.rank, best), metric=metric, mode=mode)
 
 
-def single_worker_trial(params: dict, spec: RunSpec, datasets: dict, rows: int, metric: str, mode: str) -> None:
+def single_worker_trial(params: dict, spec: RunSpec, datasets: dict, blocks: list, metric: str, mode: str) -> None:
     """A single-worker trial: the method's epoch loop, in this Tune trial's process."""
     from ray import tune
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    _trial(params, spec, datasets, rows, Context(), tune.report, tune.get_checkpoint(), metric, mode)
+    _trial(params, spec, datasets, blocks, Context(), tune.report, tune.get_checkpoint(), metric, mode)
 
 
 def _train_job_worker(cfg: dict) -> None:
@@ -68,11 +68,11 @@ def _train_job_worker(cfg: dict) -> None:
     trial = cfg["spec"].with_params(cfg["params"])
     ctx = Context(rank=tctx.get_world_rank(), world_size=world, device=device,
                   prepare_model=ddp_prepare(trial.cfg, world, device))
-    _trial(cfg["params"], cfg["spec"], cfg["datasets"], cfg["rows"], ctx, ray.train.report,
+    _trial(cfg["params"], cfg["spec"], cfg["datasets"], cfg["blocks"], ctx, ray.train.report,
            ray.train.get_checkpoint() or cfg["resume_checkpoint"], cfg["metric"], cfg["mode"])
 
 
-def train_job_trial(params: dict, spec: RunSpec, datasets: dict, rows: int, storage: str, metric: str,
+def train_job_trial(params: dict, spec: RunSpec, datasets: dict, blocks: list, storage: str, metric: str,
                     mode: str) -> None:
     """A trial with several workers or GPUs: a Ray Train job inside the Tune trial."""
     from ray import tune
@@ -81,7 +81,7 @@ def train_job_trial(params: dict, spec: RunSpec, datasets: dict, rows: int, stor
     from ray.tune.integration.ray_train import TuneReportCallback
 
     res = spec.resources
-    loop_cfg = {"params": params, "spec": spec, "datasets": datasets, "rows": rows, "metric": metric, "mode": mode,
+    loop_cfg = {"params": params, "spec": spec, "datasets": datasets, "blocks": blocks, "metric": metric, "mode": mode,
                 "resume_checkpoint": tune.get_checkpoint()}
     trainer = TorchTrainer(
         _train_job_worker, train_loop_config=loop_cfg, torch_config=TorchConfig(backend=res.backend),

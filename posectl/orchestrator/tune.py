@@ -172,9 +172,8 @@ def _run(plan: Plan, spec: RunSpec, resume: bool, verbose: int):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sp = plan.space
-    datasets = spec.ray_datasets(test=False)       # a search never reads a test split
-    shared = {"spec": spec, "datasets": datasets, "rows": datasets["train"].count(), "metric": sp.metric,
-              "mode": sp.mode}
+    datasets, blocks = spec.ray_datasets(test=False, world=plan.resources.workers)   # never a test split
+    shared = {"spec": spec, "datasets": datasets, "blocks": blocks, "metric": sp.metric, "mode": sp.mode}
     if runs_train_jobs(plan.resources):
         trainable = tune.with_resources(tune.with_parameters(train_job_trial, storage=str(plan.path / "_train"),
                                                              **shared), {"cpu": DRIVER_CPU})
