@@ -72,6 +72,8 @@ def test_train_smoke_then_eval(ray_session, small_dataset, capsys, tmp_path):
     assert code == 0, err
     assert "MPJPE" in out and "best validation epoch 1/1" in out
     ckpt = tmp_path / "smoke" / "checkpoints" / "best.pt"
+    from PIL import Image        # curves.png beside metrics.jsonl: training loss and validation MPJPE
+    assert Image.open(tmp_path / "smoke" / "curves.png").text["Series"] == "train_loss_mm, val_mpjpe"
     code, out, err = run_main(capsys, "eval", str(ckpt), "--split", "val", "--device", "cpu", "--json",
                               str(tmp_path / "m.json"))
     assert code == 0, err

@@ -119,6 +119,11 @@ def test_search_end_to_end_then_export_and_eval(ray_session, small_dataset, tmp_
         main(["trials", "show", "s1", best.id[:4], "--storage-path", str(tmp_path / "tune")])
         raise SystemExit(0)
     assert (best.path / "learning_curve.png").exists()
+    with pytest.raises(SystemExit) as e:      # every trial's validation curve in one picture
+        main(["trials", "plot", "s1", "--storage-path", str(tmp_path / "tune"), "--out", str(tmp_path / "s.png")])
+        raise SystemExit(0)
+    from PIL import Image
+    assert e.value.code == 0 and set(Image.open(tmp_path / "s.png").text["Series"].split(", ")) == {t.id for t in s.trials}
     with pytest.raises(SystemExit) as e:
         main(["trials", "best", "s1", "--export", str(tmp_path / "best"), "--storage-path", str(tmp_path / "tune")])
         raise SystemExit(0)

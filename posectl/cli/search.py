@@ -132,6 +132,19 @@ def trials_show(name: str = typer.Argument(..., help="Search name or directory."
         console.print(f"learning curve: {png}")
 
 
+@trials_app.command("plot")
+def trials_plot(name: str = typer.Argument(..., help="Search name or directory."),
+                out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: SEARCH/search_curves.png)."),
+                storage_path: Optional[Path] = typer.Option(None, "--storage-path", envvar="POSECTL_STORAGE_PATH")):
+    """The validation metric per epoch of every trial: trials stopped early dashed, the best starred."""
+    from posectl.cli.render import console
+    from posectl.orchestrator.plots import search_curves
+    from posectl.orchestrator.trials import load_search
+    s = load_search(name, storage_path)
+    png = search_curves(s.trials, s.metric, s.mode, out or s.path / "search_curves.png", f"search {s.path.name}")
+    console.print(f"wrote {png}")
+
+
 @trials_app.command("best")
 def trials_best(name: str = typer.Argument(..., help="Search name or directory."),
                 export: Optional[Path] = typer.Option(None, "--export", help="Write the best trial's config and best checkpoint here."),

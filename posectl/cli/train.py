@@ -45,7 +45,7 @@ def train(
         {f"val ({res['split_names']['val']})": res["val"], f"test ({res['split_names']['test']})": res["test"]}))
     if res["test"].get("per_action"):
         console.print(per_action_table(res["test"]["per_action"], "test split, per action"))
-    console.print(f"run directory: {out.experiment.root}  ({out.wall_s:.0f} s)")
+    console.print(f"run directory: {out.experiment.root}  ({out.wall_s:.0f} s); learning curves: curves.png")
     console.print(f"evaluate again: posectl eval {out.experiment.root / 'checkpoints' / 'best.pt'}")
 
 

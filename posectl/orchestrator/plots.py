@@ -1,4 +1,5 @@
-"""Figures a person looks at: grids of 3D skeletons (generated or predicted poses), meshes."""
+"""Figures a person looks at: learning curves of a run and of a search, grids of 3D skeletons
+(generated or predicted poses), meshes."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,12 +65,68 @@ def _cube(ax, r: float, azim: float) -> None:
     ax.view_init(elev=10, azim=azim)
 
 
-def _save(fig, out: str | Path, title: str = "") -> Path:
+def _save(fig, out: str | Path, title: str = "", series: list[str] | None = None) -> Path:
+    """Save a figure as a PNG; `series` (the plotted curves) goes into its "Series" metadata."""
     import matplotlib.pyplot as plt
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     out = Path(out)
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, dpi=90, metadata={"Series": ", ".join(series)} if series else None)
     plt.close(fig)
     return out
+
+
+def learning_curves(history: list[dict], metric: str, best_epoch: int, out: str | Path, title: str = "") -> Path:
+    """Training loss and the validation `metric` per epoch, the selected (`best_epoch`) epoch marked, as a
+    PNG; its "Series" metadata names the plotted curves."""
+    if not history:
+        raise ValueError("learning curves: no epoch to plot")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r.get("epoch", i + 1) for i, r in enumerate(history)]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    series = []
+    for key, style in (("train_loss_mm", "o-"), (metric, "s-")):
+        if any(key in r for r in history):
+            ax.plot(ep, [r.get(key, np.nan) for r in history], style, label=key)
+            series.append(key)
+    if best_epoch in ep:
+        ax.axvline(best_epoch, color="gray", ls="--", lw=1)
+        ax.plot([best_epoch], [history[ep.index(best_epoch)].get(metric, np.nan)], "*", ms=14, color="tab:green",
+                label=f"selected: epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel("mm" if metric.endswith(("mpjpe", "_mm")) else metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out, title, series)
+
+
+def search_curves(trials, metric: str, mode: str, out: str | Path, title: str = "") -> Path:
+    """The validation `metric` per epoch of every trial of a search: trials stopped early dashed, the best
+    trial thick and starred; the "Series" metadata lists the trial ids."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = [t for t in trials if any(metric in r for r in t.history)]
+    if not runs:
+        raise ValueError(f"search curves: no trial reported {metric}")
+    pick = min if mode == "min" else max
+    best = pick(runs, key=lambda t: pick(r[metric] for r in t.history if metric in r))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for t in runs:
+        ep = [r.get("epoch", i + 1) for i, r in enumerate(t.history)]
+        ax.plot(ep, [r.get(metric, np.nan) for r in t.history], "-" if t.state != "stopped early" else "--",
+                lw=2.5 if t is best else 1, alpha=1 if t is best else 0.7,
+                label=f"{t.id[:8]}{' (best)' if t is best else ' (stopped early)' if t.state == 'stopped early' else ''}")
+    vals = [r[metric] for r in best.history if metric in r]
+    i = vals.index(pick(vals))
+    ax.plot([best.history[i].get("epoch", i + 1)], [vals[i]], "*", ms=14, color="tab:green")
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out, title, [t.id for t in runs])

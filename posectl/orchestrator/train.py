@@ -152,6 +152,11 @@ def _fit(spec: RunSpec, exp: Experiment, resume: bool, max_failures: int, on_eve
     if "error" in box:
         raise _unwrap(box["error"])
     results = exp.results() or {}
+    history = exp.history()
+    if results and history:                 # curves.png beside metrics.jsonl, the selected epoch marked
+        from posectl.orchestrator.plots import learning_curves
+        learning_curves(history, "val_mpjpe", results["best_epoch"], exp.root / "curves.png",
+                        f"{exp.name}: {spec.method.name}")
     return TrainResult(exp, results, time.perf_counter() - t0, have)
 
 

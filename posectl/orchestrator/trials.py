@@ -163,20 +163,8 @@ def export_best(search: Search, out: str | Path) -> tuple[Trial, Path]:
 
 
 def plot_curve(trial: Trial, out: str | Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ep = [r.get("epoch", i + 1) for i, r in enumerate(trial.history)]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if any("train_loss_mm" in r for r in trial.history):
-        ax.plot(ep, [r.get("train_loss_mm", math.nan) for r in trial.history], "o-", label="train loss (mm)")
-    ax.plot(ep, [r.get(trial.metric, math.nan) for r in trial.history], "s-", label=trial.metric)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("mm")
-    ax.set_title(f"trial {trial.id} ({trial.state})")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return Path(out)
+    """One trial's training loss and validation metric per epoch, its best epoch marked."""
+    from posectl.orchestrator.plots import learning_curves
+    vals = [(r[trial.metric], r.get("epoch", i + 1)) for i, r in enumerate(trial.history) if trial.metric in r]
+    best = (min(vals) if trial.mode == "min" else max(vals))[1] if vals else 0
+    return learning_curves(trial.history, trial.metric, best, out, f"trial {trial.id} ({trial.state})")
