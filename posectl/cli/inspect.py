@@ -85,12 +85,12 @@ def compare(
                   title_justify="left")
         labels = {"mpjpe": "MPJPE", "p_mpjpe": "P-MPJPE", "n_mpjpe": "N-MPJPE", "pck150": "PCK", "auc": "AUC"}
         cols = [m for m in labels if any(m in r.metrics for r in rows)]
-        t.add_column("#")
-        t.add_column("run", no_wrap=True)
-        t.add_column("method", no_wrap=True)
+        t.add_column("#", min_width=1)
+        t.add_column("run", overflow="fold")                  # long run names fold; figures never shorten
+        t.add_column("method", min_width=6, overflow="fold")
         for c in cols:
-            t.add_column(labels[c], justify="right", no_wrap=True)
-        t.add_column("protocol", no_wrap=True)
+            t.add_column(labels[c], justify="right", no_wrap=True, min_width=len(labels[c]))
+        t.add_column("protocol", no_wrap=True, min_width=5)
         for i, r in enumerate(rows, 1):
             t.add_row(str(i), r.name, r.method, *(f"{r.metrics[c]:.1f}" if c in r.metrics else "-" for c in cols),
                       "[yellow]other[/]" if r.differs else "same")
