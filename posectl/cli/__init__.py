@@ -1,6 +1,6 @@
 """posectl command line: thin wrappers that parse, call the orchestrator and print.
 
-One module per command group (train, search, data, cluster, inspect); this one holds the root app, the
+One module per command group (train, search, data, cluster, inspect, predict); this one holds the root app, the
 --debug option and the console entry point `main` (one-line errors, exit codes).
 Heavy imports (torch, ray) happen inside commands so `posectl --help` stays fast.
 """
@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from posectl.cli import cluster, data, inspect, search, train
+from posectl.cli import cluster, data, inspect, predict, search, train
 from posectl.cli.search import _job_argv  # noqa: F401  (importable from posectl.cli, as before the split)
 from posectl.errors import PosectlError
 
@@ -32,6 +32,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 app.command(context_settings={"allow_extra_args": False})(train.train)
 app.command()(search.tune)
 app.command("eval")(train.eval_cmd)
+app.command("predict")(predict.predict_cmd)
 app.command()(inspect.samples)
 app.command()(inspect.meshes)
 app.command()(inspect.methods)

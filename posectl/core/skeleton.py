@@ -147,6 +147,59 @@ def flip_poses(poses, layout: Layout):
     return out * sign
 
 
+# -- 2D keypoint layouts of detectors, mapped onto h36m17 for `posectl predict` ------------------------
+# A target joint is one source joint, or the mean of several ("derived": e.g. the pelvis as the hips'
+# midpoint, as the importers do). Names follow each detector's documentation.
+COCO17_JOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                 "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
+                 "left_knee", "right_knee", "left_ankle", "right_ankle")
+BODY25_JOINTS = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip",
+                 "RHip", "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar",
+                 "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel")
+KEYPOINT_JOINTS: dict[str, tuple[str, ...]] = {
+    "coco17": COCO17_JOINTS, "body25": BODY25_JOINTS,
+    "h36m17": H36M17.joints, "h36m16": H36M16.joints, "mpii16": MPII16.joints, "3dhp17": MPI3DHP17.joints,
+}
+
+
+def _by_name(src: tuple[str, ...], spec: tuple) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(src.index(n) for n in ((s,) if isinstance(s, str) else s)) for s in spec)
+
+
+_FACE = ("left_eye", "right_eye", "left_ear", "right_ear")
+_KEYPOINT_MAPS: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {
+    # h36m17 order: Hip RHip RKnee RFoot LHip LKnee LFoot Spine Thorax Neck/Nose Head LShoulder LElbow
+    #               LWrist RShoulder RElbow RWrist
+    ("coco17", "h36m17"): _by_name(COCO17_JOINTS, (
+        ("left_hip", "right_hip"), "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee",
+        "left_ankle", ("left_hip", "right_hip", "left_shoulder", "right_shoulder"),
+        ("left_shoulder", "right_shoulder"), "nose", _FACE, "left_shoulder", "left_elbow", "left_wrist",
+        "right_shoulder", "right_elbow", "right_wrist")),
+    ("body25", "h36m17"): _by_name(BODY25_JOINTS, (
+        "MidHip", "RHip", "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", ("MidHip", "Neck"), "Neck", "Nose",
+        ("LEye", "REye", "LEar", "REar"), "LShoulder", "LElbow", "LWrist", "RShoulder", "RElbow", "RWrist")),
+    ("h36m16", "h36m17"): _by_name(H36M16.joints, (
+        *H36M16.joints[:9], ("Thorax", "Head"), *H36M16.joints[9:])),
+}
+_KEYPOINT_MAPS[("mpii16", "h36m17")] = _by_name(MPII16.joints, (
+    *H36M16.joints[:9], ("Thorax", "Head"), *H36M16.joints[9:]))
+
+
+def keypoint_mapping(src: str, dst: str) -> tuple[tuple[int, ...], ...]:
+    """For each joint of layout `dst`, the joints of `src` averaged into it (one index: taken as is)."""
+    if src not in KEYPOINT_JOINTS:
+        raise ValueError(f"unknown keypoint layout '{src}' (known: {', '.join(KEYPOINT_JOINTS)})")
+    if (src, dst) in _KEYPOINT_MAPS:
+        return _KEYPOINT_MAPS[(src, dst)]
+    return tuple((i,) for i in conversion_indices(src, dst))
+
+
+def map_keypoints(kp: np.ndarray, src: str, dst: str) -> np.ndarray:
+    """(..., J_src, C) -> (..., J_dst, C): joints taken or averaged per `keypoint_mapping` (NaN propagates)."""
+    mapping = keypoint_mapping(src, dst)
+    return np.stack([kp[..., list(ix), :].mean(-2) for ix in mapping], axis=-2)
+
+
 # Evaluation joint sets, as h36m17 indices:
 #   all  the 17 joints (VideoPose3D; root included with zero error)
 #   16   without Neck/Nose (SemGCN / PoseAug / DH-AUG 16-joint protocol, incl. 3DHP PCK of PoseAug)

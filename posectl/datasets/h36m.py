@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
-from posectl.core.skeleton import conversion_indices, get_layout
+from posectl.core.skeleton import conversion_indices, get_layout, map_keypoints
 from posectl.datasets.safe_npz import load_npz
 from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
 from posectl.errors import DataError
@@ -72,15 +72,11 @@ def _as_float_array(x, where: str) -> np.ndarray:
 
 
 def _to_h36m17(kp: np.ndarray, layout: str) -> np.ndarray:
-    """(T, J, 2) detections in `layout` -> (T, 17, 2), Neck/Nose filled for 16-joint layouts."""
+    """(T, J, 2) detections in `layout` -> (T, 17, 2), Neck/Nose the midpoint of Thorax and Head for
+    16-joint layouts (core/skeleton.py: keypoint_mapping)."""
     if layout == "h36m17":
         return kp
-    h16 = kp if layout == "h36m16" else kp[:, list(conversion_indices(layout, "h36m16"))]
-    out = np.empty((len(kp), 17, 2), dtype=np.float32)
-    keep = [i for i in range(17) if i != 9]
-    out[:, keep] = h16
-    out[:, 9] = 0.5 * (out[:, 8] + out[:, 10])
-    return out
+    return map_keypoints(kp, layout, "h36m17").astype(np.float32)
 
 
 def _check_subject_dict(obj, path: Path, key: str) -> dict:

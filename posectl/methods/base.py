@@ -151,6 +151,11 @@ class Method:
         return cls.sample_poses is not Method.sample_poses
 
     @classmethod
+    def lifts_keypoints(cls) -> bool:
+        """Whether `lift` is implemented (`posectl predict` on a user's own 2D keypoints)."""
+        return cls.lift is not Method.lift
+
+    @classmethod
     def predicts_meshes(cls) -> bool:
         """Whether `predict_meshes` is implemented (`posectl meshes`)."""
         return cls.predict_meshes is not Method.predict_meshes
@@ -231,6 +236,12 @@ class Method:
     def sample_poses(self, n: int) -> torch.Tensor:
         """n generated 3D poses (a generative method, e.g. DH-AUG's generator)."""
         raise PosectlError(f"method '{self.name}' does not generate poses")
+
+    def lift(self, data: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        """3D for every row of `data` (LiftingData whose 3D is not read), in row order: {"joints_3d": (N, J, 3)
+        metres, root-relative camera frame, as `evaluate` scores it, and any further outputs (e.g. "vertices")}.
+        `progress(done, total)` is called per batch."""
+        raise PosectlError(f"method '{self.name}' does not lift 2D keypoints")
 
     def predict_meshes(self, data: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(predicted vertices, ground-truth vertices, faces) for `rows` of a split (a mesh method)."""

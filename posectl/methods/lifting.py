@@ -90,7 +90,8 @@ class LiftingMethod(Method):
                                                   stride=self.cfg.data.train_stride), n)
         return precise_bn(unwrap(self.model), (inputs(i).to(device) for i in idxs))
 
-    def predict(self, data: LiftingData, batch_size: int = 4096, stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, data: LiftingData, batch_size: int = 4096, stride: int = 1,
+                progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Root-relative 3D predictions (metres) for every `stride`-th row, with the row indices."""
         model = self.model
         was_training = model.training
@@ -98,8 +99,9 @@ class LiftingMethod(Method):
         rf = self.cfg.backbone.receptive_field
         out, rows = [], []
         device = next(model.parameters()).device
+        batches = list(data.batches(batch_size, shuffle=False, stride=stride))
         with torch.no_grad():
-            for idx in data.batches(batch_size, shuffle=False, stride=stride):
+            for step, idx in enumerate(batches):
                 x = data.windows(idx, rf).to(device)
                 y = model(x)[:, 0]
                 if self.cfg.test_flip:
@@ -108,8 +110,13 @@ class LiftingMethod(Method):
                 y[:, data.layout.root] = 0
                 out.append(y.float().cpu())      # fp32 metrics, whatever the autocast dtype
                 rows.append(idx)
+                if progress is not None:
+                    progress(step + 1, len(batches))
         model.train(was_training)
         return torch.cat(out).numpy(), torch.cat(rows).numpy()
+
+    def lift(self, data: LiftingData, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+        return {"joints_3d": self.predict(data, progress=progress)[0]}
 
     def evaluate(self, data: LiftingData, stride: int = 1, detailed: bool = False) -> dict[str, Any]:
         pred, rows = self.predict(data, stride=stride)

@@ -416,7 +416,8 @@ class Pose2Mesh(Method):
         return out
 
     @torch.no_grad()
-    def predict(self, data: LiftingData, stride: int = 1, batch_size: int = 512, rows: np.ndarray | None = None):
+    def predict(self, data: LiftingData, stride: int = 1, batch_size: int = 512, rows: np.ndarray | None = None,
+                progress=None):
         """(PoseNet 3D (N, J, 3), vertices (N, V, 3), row indices), metres, root-relative camera frame."""
         nets = (self.posenet, self.meshnet)
         modes = [m.training for m in nets]
@@ -424,16 +425,28 @@ class Pose2Mesh(Method):
             m.eval()
         device = next(self.meshnet.parameters()).device
         P, V, R = [], [], []
-        batches = (data.batches(batch_size, shuffle=False, stride=stride) if rows is None
-                   else torch.from_numpy(np.asarray(rows)).split(batch_size))
-        for idx in batches:
+        batches = list(data.batches(batch_size, shuffle=False, stride=stride) if rows is None
+                       else torch.from_numpy(np.asarray(rows)).split(batch_size))
+        for step, idx in enumerate(batches):
             p3d, verts = self._forward(data.inputs[idx].to(device))
             P.append(p3d.float().cpu())
             V.append(verts.float().cpu())
             R.append(idx)
+            if progress is not None:
+                progress(step + 1, len(batches))
         for m, mode in zip(nets, modes):
             m.train(mode)
         return torch.cat(P).numpy(), torch.cat(V).numpy(), torch.cat(R).numpy()
+
+    def lift(self, data: LiftingData, progress=None) -> dict[str, np.ndarray]:
+        """Joints regressed from the predicted mesh (what `evaluate` scores), the mesh and PoseNet's 3D,
+        all root-relative (root: the mesh joints' root)."""
+        p3d, verts, _ = self.predict(data, progress=progress)
+        joints = np.einsum("jv,nvc->njc", self.body.joint_regressor, verts)
+        root = joints[:, data.layout.root:data.layout.root + 1]
+        p3d = p3d - p3d[:, data.layout.root:data.layout.root + 1]
+        return {"joints_3d": joints - root, "vertices": verts - root, "posenet_joints_3d": p3d,
+                "faces": np.asarray(self.body.faces)}
 
     def predict_meshes(self, data: LiftingData, rows: np.ndarray):
         """(predicted vertices, ground-truth vertices, faces) of the given rows, root-aligned, metres."""

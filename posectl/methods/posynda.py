@@ -426,7 +426,8 @@ class PoSynDA(Method):
         return out
 
     # -- prediction and evaluation -------------------------------------------------------------------
-    def predict_hypotheses(self, data: LiftingData, stride: int = 1, batch_size: int | None = None):
+    def predict_hypotheses(self, data: LiftingData, stride: int = 1, batch_size: int | None = None,
+                           progress=None):
         """(H, N, J, 3) hypotheses, (N, J, 3) JPMA poses and the row indices, for every stride-th row.
 
         The default batch holds about 1024 frames (1024 single frames, 4 clips of 243): a batch is sampled
@@ -440,8 +441,9 @@ class PoSynDA(Method):
         kp_all = torch.from_numpy(data.arrays.keypoints_2d.astype(np.float32))
         hyps, poses, rows = [], [], []
         noise = torch.Generator().manual_seed(self.cfg.seed)   # the same draws for every evaluation of a model
+        batches = list(data.batches(batch_size, shuffle=False, stride=stride))
         with torch.no_grad():
-            for idx in data.batches(batch_size, shuffle=False, stride=stride):
+            for step, idx in enumerate(batches):
                 cond = data.windows(idx, self.cfg.denoiser.frames).to(dev)
                 h = self._hypotheses(cond, grad=False, flip=self.cfg.test_flip, generator=noise)
                 p, _ = self._reproject(h, kp_all[idx].to(dev), intr_all[idx].to(dev), None)
@@ -450,8 +452,14 @@ class PoSynDA(Method):
                 hyps.append(h.float().cpu())
                 poses.append(p.float().cpu())
                 rows.append(idx)
+                if progress is not None:
+                    progress(step + 1, len(batches))
         self.model.train()
         return torch.cat(hyps, 1).numpy(), torch.cat(poses).numpy(), torch.cat(rows).numpy()
+
+    def lift(self, data: LiftingData, progress=None) -> dict[str, np.ndarray]:
+        """JPMA poses (the evaluated prediction); the 2D reprojection uses the rows' intrinsics."""
+        return {"joints_3d": self.predict_hypotheses(data, progress=progress)[1]}
 
     def evaluate(self, data: LiftingData, stride: int = 1, detailed: bool = False) -> dict[str, Any]:
         hyp, pred, rows = self.predict_hypotheses(data, stride)

@@ -75,7 +75,7 @@ def _open_any(path: str):
     return PoseDataset(resolve_path(path), verify=True)
 
 
-def _capable_checkpoint(checkpoint: str | Path, default: str, capable, what: str):
+def capable_checkpoint(checkpoint: str | Path, default: str, capable, what: str):
     """(path, state, method class, config) of a checkpoint file, or of a run directory's `default` file,
     refusing a method for which `capable(method class)` is false."""
     p = Path(checkpoint)
@@ -93,7 +93,7 @@ def sample_checkpoint(checkpoint: str | Path, n: int = 18, out: str | Path | Non
     as a PNG grid of skeletons. Needs the full state of `last.pt` (a run directory picks it)."""
     from posectl.core.skeleton import LAYOUTS
     from posectl.orchestrator.plots import skeleton_grid
-    p, state, cls, cfg = _capable_checkpoint(checkpoint, "last.pt", lambda m: m.generates_poses(), "generate poses")
+    p, state, cls, cfg = capable_checkpoint(checkpoint, "last.pt", lambda m: m.generates_poses(), "generate poses")
     if set(state["method_state"]) == {"model"}:
         raise PosectlError(f"{p}: holds only the lifting weights; sample from last.pt or the run directory")
     ds = _open_any(cfg.data.path)
@@ -116,7 +116,7 @@ def export_meshes(checkpoint: str | Path, n: int = 4, split: str | None = None, 
 
     from posectl.core.mesh import write_obj
     from posectl.orchestrator.plots import mesh_grid
-    p, state, cls, cfg = _capable_checkpoint(checkpoint, "best.pt", lambda m: m.predicts_meshes(), "predict meshes")
+    p, state, cls, cfg = capable_checkpoint(checkpoint, "best.pt", lambda m: m.predicts_meshes(), "predict meshes")
     split = split or cfg.data.test_split
     ds = _open_any(data or cfg.data.path)
     lifting = LiftingData(ds.load(split, cfg.data.keypoints), get_layout(state["layout"]))

@@ -130,3 +130,52 @@ def search_curves(trials, metric: str, mode: str, out: str | Path, title: str = 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, out, title, [t.id for t in runs])
+
+
+def animate_prediction(kp2d, joints3d, image_size: tuple[int, int], layout: Layout, out: str | Path, fps: int = 25,
+                       title: str = "", progress=None) -> Path:
+    """An animation, one frame per input frame: the 2D keypoints on the image plane (left) beside the
+    lifted 3D skeleton (right; camera frame shown with y up). .gif through Pillow, .mp4 through ffmpeg."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FFMpegWriter, FuncAnimation, PillowWriter
+    kp2d, joints3d = np.asarray(kp2d, np.float64), np.asarray(joints3d, np.float64)
+    w, h = image_size
+    fig = plt.figure(figsize=(8, 4))
+    ax2 = fig.add_subplot(1, 2, 1)
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    lo, hi = np.nanmin(kp2d, axis=(0, 1)), np.nanmax(kp2d, axis=(0, 1))     # the person, not the whole frame
+    c, r = (lo + hi) / 2, 0.6 * max(hi - lo) + 1
+    ax2.set_xlim(c[0] - r, c[0] + r)
+    ax2.set_ylim(c[1] + r, c[1] - r)
+    ax2.set_aspect("equal")
+    ax2.set_title(f"2D input (px, {w}x{h} image)", fontsize=9)
+    _cube(ax3, 1.0, azim=-70)
+    ax3.set_title("3D (m, root-relative)", fontsize=9)
+    for a in (ax3.set_xticklabels, ax3.set_yticklabels, ax3.set_zticklabels):
+        a([])
+    left, right = set(layout.left), set(layout.right)
+    colours = ["tab:blue" if c in left else "tab:red" if c in right else "k" for _, c in layout.bones]
+    lines2 = [ax2.plot([], [], color=c, lw=2)[0] for c in colours]
+    lines3 = [ax3.plot([], [], [], color=c, lw=2)[0] for c in colours]
+    label = fig.text(0.01, 0.01, "", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    view = joints3d[..., [0, 2, 1]] * np.array([1.0, 1.0, -1.0])     # x right, z forward (depth), -y up
+
+    def draw(i):
+        for (p, c), l2, l3 in zip(layout.bones, lines2, lines3):
+            l2.set_data(kp2d[i, [p, c], 0], kp2d[i, [p, c], 1])
+            l3.set_data(view[i, [p, c], 0], view[i, [p, c], 1])
+            l3.set_3d_properties(view[i, [p, c], 2])
+        label.set_text(f"frame {i + 1}/{len(kp2d)}")      # frames always differ: none is merged away
+        return [*lines2, *lines3, label]
+
+    out = Path(out)
+    anim = FuncAnimation(fig, draw, frames=len(kp2d), blit=False)
+    writer = FFMpegWriter(fps=fps) if out.suffix.lower() == ".mp4" else PillowWriter(fps=fps)
+    # a temporary file of the caller may lack the suffix a writer keys on; the writer is given explicitly
+    anim.save(str(out), writer=writer, dpi=80,
+              progress_callback=None if progress is None else (lambda i, n: progress(i + 1, n)))
+    plt.close(fig)
+    return out
