@@ -253,3 +253,19 @@ def test_every_lifting_method_predicts(method, test_split, tmp_path):
     z = np.load(tmp_path / "out.npz")
     if method == "pose2mesh":
         assert z["vertices"].shape[0] == len(kp) and z["faces"].shape[-1] == 3
+
+
+def test_mmpose_inferencer_json_reads_as_the_coco_results(runs, test_split, tmp_path):
+    """MMPose's per-frame instances give the same 3D as the same detections in COCO results form."""
+    name, kp, j3, (w, h) = test_split[1]
+    coco = _coco_from_h36m(kp, np.random.default_rng(1))
+    frames = [{"frame_id": t, "instances": [{"keypoints": coco[t].tolist(), "keypoint_scores": [0.9] * 17,
+                                              "bbox_score": 0.9}] if t != 3 else []} for t in range(len(kp))]
+    (tmp_path / "mm.json").write_text(json.dumps(frames))
+    dets = [{"image_id": t, "keypoints": np.c_[coco[t], np.full(17, 0.9)].ravel().tolist(), "score": 0.9}
+            for t in range(len(kp)) if t != 3]
+    (tmp_path / "coco.json").write_text(json.dumps(dets))
+    a = predict(runs["simple"], tmp_path / "mm.json", tmp_path / "mm.npz", image_size=(w, h))
+    b = predict(runs["simple"], tmp_path / "coco.json", tmp_path / "coco.npz", image_size=(w, h))
+    assert a.meta["input"]["format"] == "mmpose-json" and a.meta["filled"]["frames"] == 1
+    assert np.allclose(a.joints_3d, b.joints_3d, atol=1e-6)
