@@ -23,10 +23,11 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_session():
+    """A private Ray, whatever other Ray runs on the machine (address="local" never joins one)."""
     import ray
 
     from posectl.orchestrator.cluster import PRIVATE_RUNTIME_ENV
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=PRIVATE_RUNTIME_ENV,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=PRIVATE_RUNTIME_ENV,
              object_store_memory=512 * 1024**2, namespace="posectl-tests")
     yield ray
     ray.shutdown()

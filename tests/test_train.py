@@ -98,10 +98,10 @@ def test_driver_killed_with_sigkill_resumes_and_reaps_its_ray(ray_session, small
     import time
 
     from posectl.orchestrator import cluster
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}      # a private Ray, whatever runs
     proc = subprocess.Popen([sys.executable, "-m", "posectl", "train", "baseline", f"data.path={small_dataset}",
                              "epochs=12", "backbone.width=64", "batch_size=64", "--runs-dir", str(tmp_path),
-                             "--name", "k"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--name", "k", "--no-dashboard"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metrics = tmp_path / "k" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

@@ -217,9 +217,9 @@ def test_interrupted_search_resumes_without_retraining(ray_session, small_datase
     from posectl.orchestrator.tune import tune_search
     sp = _space(tmp_path, samples=4, concurrent=1, scheduler={"name": "none"})
     storage = tmp_path / "tune"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "local"}      # a private Ray, whatever runs
     proc = subprocess.Popen([sys.executable, "-m", "posectl", "tune", "baseline", "--space", str(sp), "--name", "r",
-                             "--storage-path", str(storage), f"data.path={small_dataset}"],
+                             "--storage-path", str(storage), f"data.path={small_dataset}", "--no-dashboard"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     done_before = {}
     deadline = time.monotonic() + 300

@@ -11,7 +11,7 @@ import sys
 import typer
 
 from posectl.cli import cluster, data, inspect, predict, search, train
-from posectl.cli.search import _job_argv  # noqa: F401  (importable from posectl.cli, as before the split)
+from posectl.cli.common import _job_argv  # noqa: F401  (importable from posectl.cli, as before the split)
 from posectl.errors import PosectlError
 
 app = typer.Typer(
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one-line errors with exit code 2; tracebacks only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    from posectl.orchestrator.cluster import use_token_auth
+    use_token_auth()          # before anything imports ray: clusters started with `ray start` want the token
     try:
         code = app(args=argv, prog_name="posectl", standalone_mode=False)
         if code == 130:  # typer reports Ctrl-C as exit code 130

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from posectl.cli.common import ADDRESS_HELP
+
 trials_app = typer.Typer(help="Inspect the trials of a search.", no_args_is_help=True)
 spaces_app = typer.Typer(help="List, show and validate search spaces.", no_args_is_help=True)
 
@@ -22,10 +24,11 @@ def tune(
     name: Optional[str] = typer.Option(None, "--name", help="Search name (default: METHOD-DATE-TIME)."),
     storage_path: Optional[Path] = typer.Option(None, "--storage-path", envvar="POSECTL_STORAGE_PATH",
                                                 help="Where searches are stored (shared storage on multi-node clusters; default: ./runs/tune)."),
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to use."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue the search --name: finished trials are kept."),
     smoke_test: bool = typer.Option(False, "--smoke-test", help="A tiny real search (2 trials, 2 epochs, 1k samples)."),
     submit: bool = typer.Option(False, "--submit", help="Send the search to the cluster as a Ray Job (visible in the dashboard's Jobs view)."),
+    dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="Start the Ray dashboard (127.0.0.1, token login) with a private Ray."),
 ):
     """Search hyper-parameters: Ray Tune drives Optuna (TPE), ASHA stops weak trials early.
     Selection uses the validation split only."""
@@ -37,42 +40,22 @@ def tune(
         console.print("\n".join(plan.lines()))
 
     if submit:
-        from posectl.orchestrator import head
+        from posectl.cli.common import submit_job
         from posectl.orchestrator.paths import default_storage
-        argv = _job_argv(sys.argv[1:])
-        if "--storage-path" not in argv:
-            argv += ["--storage-path", str(Path(storage_path).absolute() if storage_path else default_storage())]
-        if "--name" not in argv:
-            from datetime import datetime
-            argv += ["--name", f"{method}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"]
-        sid = head.submit(argv, name or method, dashboard=address if address and address.startswith("http") else None)
-        console.print(f"submitted Ray Job {sid}; follow it in the dashboard (Jobs) or with "
-                      f"`RAY_AUTH_MODE=token ray job logs -f {sid}`")
+        submit_job(method, name, address,
+                   ["--storage-path", str(Path(storage_path).absolute() if storage_path else default_storage())], "search")
         return
 
     plan, grid = tune_search(method, space=space, samples=samples, concurrent=concurrent,
                              gpus_per_trial=gpus_per_trial, workers_per_trial=workers_per_trial, name=name,
                              storage_path=storage_path, address=address, resume=resume, smoke_test=smoke_test,
-                             overrides=parse_overrides(overrides or []), on_plan=show_plan)
+                             overrides=parse_overrides(overrides or []), on_plan=show_plan, dashboard=dashboard,
+                             say=lambda line: console.print(line, soft_wrap=True))
     _trials_table(plan.path)
     console.print(f"inspect: posectl trials show {plan.path} TRIAL   export: posectl trials best {plan.path} --export DIR")
     console.print(f"TensorBoard: tensorboard --logdir {plan.path}")
     if plan.space.storage:
         console.print(f"Optuna dashboard: optuna-dashboard {plan.space.storage}")
-
-
-def _job_argv(argv: list[str]) -> list[str]:
-    """The command line a submitted job runs: without --submit, and without --address (the dashboard's
-    http:// address is not one ray.init takes; the job supervisor sets RAY_ADDRESS for the job)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--address":
-            skip = True
-        elif a != "--submit" and not a.startswith("--address="):
-            out.append(a)
-    return out
 
 
 def _trials_table(name, storage_path=None):

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from posectl.cli.common import config_layers
+from posectl.cli.common import ADDRESS_HELP, config_layers
 from posectl.errors import PosectlError
 
 
@@ -22,8 +22,10 @@ def train(
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", envvar="POSECTL_RUNS", help="Where runs are stored (default: ./runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run --name from its last checkpoint."),
     smoke_test: bool = typer.Option(False, "--smoke-test", help="Tiny real run: a few hundred samples, one epoch."),
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to use (default: start a local one)."),
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP),
     max_failures: int = typer.Option(2, "--max-failures", help="Worker failures to recover from (restarts from the last checkpoint)."),
+    dashboard: bool = typer.Option(True, "--dashboard/--no-dashboard", help="Start the Ray dashboard (127.0.0.1, token login) with a private Ray."),
+    submit: bool = typer.Option(False, "--submit", help="Send the run to the cluster as a Ray Job (the dashboard's Jobs view); returns at once."),
 ):
     """Train METHOD as a Ray Train job; prints progress, per-epoch validation, and test results."""
     from posectl.cli.render import TrainProgress, console, metrics_table, per_action_table
@@ -31,12 +33,19 @@ def train(
 
     layers = config_layers(config, overrides, method)
     epochs = _peek_epochs(method, layers, smoke_test)
+    if submit:
+        from posectl.cli.common import submit_job
+        from posectl.orchestrator.experiment import default_runs_dir
+        extra = ["--runs-dir", str((runs_dir or default_runs_dir()).absolute())]
+        submit_job(method, name, address, extra, "run")
+        return
     console.print(f"[bold]posectl train {method}[/] — starting Ray (first epoch after ~15 s of Ray start-up)")
     with TrainProgress(epochs) as progress:
         out = run_train(method, layers, gpus=gpus, workers=workers, cpus_per_worker=cpus_per_worker,
                         gpus_per_worker=gpus_per_worker,
                         name=name, runs_dir=runs_dir, resume=resume, smoke_test=smoke_test,
-                        address=address, max_failures=max_failures, on_event=progress)
+                        address=address, max_failures=max_failures, on_event=progress, dashboard=dashboard,
+                        say=lambda line: console.print(line, soft_wrap=True))
     res = out.results
     if not res:
         raise PosectlError(f"training finished without results in {out.experiment.root}")

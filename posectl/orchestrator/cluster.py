@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from posectl.errors import ResourceError
 
@@ -14,6 +16,7 @@ _ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "RAY_DEDUP_LOGS": "1",
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",      # runs appear in the dashboard's Train view
 }
 
 
@@ -81,30 +84,136 @@ def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float
     return Resources(workers=n, cpus=cpus_per_worker, gpus=0.0)
 
 
-def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> bool:
-    """Attach to `address` / RAY_ADDRESS, or start a private local Ray. Returns True if we started it."""
+def ray_address_file() -> Path:
+    """Where Ray notes the cluster started on this machine (read by `ray.init(address="auto")`); found as
+    Ray finds it (RAY_TMPDIR, TMPDIR, /tmp), without importing Ray."""
+    import tempfile
+    root = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or ("/tmp" if os.name == "posix" else tempfile.gettempdir())
+    return Path(root) / "ray" / "ray_current_cluster"
+
+
+def running_local_cluster() -> str | None:
+    """The address of a Ray cluster started on this machine (`ray start`, `posectl cluster up`) that
+    answers; None when there is none, or when Ray's address file is left over from a stopped cluster."""
+    try:
+        addr = ray_address_file().read_text().strip()
+    except OSError:
+        return None
+    if not addr:
+        return None
+    try:
+        _check_reachable(addr, timeout_s=1.0)
+    except ResourceError:
+        return None
+    return addr
+
+
+def is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def keep_on_loopback() -> bool:
+    """Make the Ray this process starts or joins use 127.0.0.1 as its node address, so that its servers
+    (GCS, raylet, metrics endpoints) bind to loopback: Ray's switch for single-machine clusters,
+    ray_constants.ENABLE_RAY_CLUSTER (env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), read when Ray is
+    imported. Returns False when Ray is already imported (its choice is made) or the user set it."""
+    if "ray" in sys.modules or "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" in os.environ:
+        return os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return True
+
+
+def use_token_auth() -> None:
+    """Clients speak token authentication (Ray's default for clusters since 2.60) unless the user chose a
+    mode: set before `ray` is imported, which reads it once. A cluster without auth accepts such clients."""
+    if "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+@dataclass
+class Connection:
+    """The Ray this driver uses: `started` (a private one, shut down at the end) and its dashboard."""
+    started: bool
+    address: str
+    dashboard: str | None = None
+
+    def __bool__(self) -> bool:          # `if connect(...)`: did we start it
+        return self.started
+
+
+def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool = True, dashboard: bool = True,
+            say: Callable[[str], None] | None = None) -> Connection:
+    """The Ray to use, by Ray's conventions: `address` (or RAY_ADDRESS) names a cluster, "auto" the one
+    running on this machine, "local" a private one; without an address, a cluster running on this machine
+    is used (said in one line), else a private local Ray starts, with the dashboard on 127.0.0.1."""
+    say = say or (lambda line: None)
     for k, v in _ENV_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    use_token_auth()
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return Connection(False, "(this process's Ray)", dashboard_url())
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address == "auto":
+        address = running_local_cluster()
+        if address is None:
+            raise ResourceError("--address auto: no Ray cluster is running on this machine "
+                                "(`ray start --head` or `posectl cluster up` starts one; without --address posectl starts its own)")
+    elif address is None:
+        address = running_local_cluster()
+        if address is not None:
+            say(f"using the Ray cluster already running on this machine at {address} (`--address local` for a "
+                f"private one)")
+    if address is None or address == "local" or is_loopback(address):
+        keep_on_loopback()           # a Ray of this machine alone: its servers listen on 127.0.0.1 only
     import logging
 
     import ray
-    if ray.is_initialized():
-        return False
     level = logging.ERROR if quiet else logging.INFO
     for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
+    if address and address != "local":
         _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=not quiet, namespace="posectl", logging_level=level)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ResourceError(f"cannot connect to Ray at {address}: {str(e).splitlines()[0]}") from None
-        return False
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, dashboard_host="127.0.0.1",
+        conn = Connection(False, address, dashboard_url())
+        if conn.dashboard:
+            say(f"Ray dashboard: {conn.dashboard}")
+        return conn
+    if dashboard and os.environ.get("RAY_AUTH_MODE") == "token":
+        from posectl.orchestrator.head import ensure_token
+        ensure_token()             # the dashboard's login token (Ray writes one on first use; make sure)
+    port = free_port(8265) if dashboard else None
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=dashboard,
+             dashboard_host="127.0.0.1", **({"dashboard_port": port} if port else {}),
              log_to_driver=not quiet, namespace="posectl", logging_level=level,
-             object_store_memory=_object_store_bytes(), runtime_env=PRIVATE_RUNTIME_ENV)
-    return True
+             object_store_memory=_object_store_bytes(), runtime_env=private_runtime_env(port))
+    conn = Connection(True, "local", dashboard_url() if dashboard else None)
+    if conn.dashboard:
+        say(login_hint(conn.dashboard))
+    return conn
+
+
+def dashboard_url() -> str | None:
+    """http://HOST:PORT of the dashboard of the Ray this process is connected to (None without one)."""
+    try:
+        from ray._private import worker
+        url = worker.global_worker.node.address_info.get("webui_url")
+    except Exception:  # noqa: BLE001 - private API; a missing URL only means nothing is printed
+        return None
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def login_hint(url: str) -> str:
+    if os.environ.get("RAY_AUTH_MODE") == "token":
+        from posectl.orchestrator.head import token_path
+        return (f"Ray dashboard: {url} (open it, paste the token that `cat {token_path()}` prints; "
+                f"the run is under Train, its epochs in Logs)")
+    return f"Ray dashboard: {url} (no token needed: RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')})"
 
 
 # A private local Ray has no dashboard, and Ray's state API then falls back to http://127.0.0.1:8265:
@@ -113,7 +222,28 @@ def connect(address: str | None = None, num_cpus: int | None = None, quiet: bool
 # cleaner removes the running job's placement group, killing the run about 10 s after it starts
 # (seen in Ray 2.60 with a second Ray started on the same machine). Point the state API of our workers
 # at a closed port instead: the cleaner then treats the state API as unavailable and keeps waiting.
+# With a dashboard of its own, a private Ray's state API is pointed at that one, by its port.
 PRIVATE_RUNTIME_ENV = {"env_vars": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}}
+
+
+def private_runtime_env(dashboard_port: int | None) -> dict:
+    if dashboard_port is None:
+        return PRIVATE_RUNTIME_ENV
+    return {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}}
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` when nothing listens on it on 127.0.0.1 (another Ray's dashboard may), else a free port."""
+    import socket
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)      # as the dashboard's server binds
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise ResourceError("no free TCP port on 127.0.0.1 for the dashboard")
 
 
 def local_session_dir() -> str | None:

@@ -1,4 +1,4 @@
-"""`posectl cluster up/status/down`: a local Ray head that posectl starts, and stops by itself.
+"""`posectl cluster up/join/status/down`: a Ray head (or a worker node) that posectl starts, and stops by itself.
 
 Safe by default: the dashboard and job API bind to 127.0.0.1 (anyone who reaches them can run
 code), Ray's token authentication stays on, and `down` stops only the processes of the cluster
@@ -93,27 +93,40 @@ def _http_status(url: str, token: str | None = None) -> int:
         return 0
 
 
+def _ray_env(**extra: str) -> dict:
+    """The environment of a `ray start` posectl runs: token auth, no usage stats, the Train view on, and
+    this Python's bin directory first (jobs and workers find the same interpreter)."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_TRAIN_ENABLE_STATE_TRACKING": os.environ.get("RAY_TRAIN_ENABLE_STATE_TRACKING", "1"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.0.0.1",
-       num_cpus: int | None = None, num_gpus: int | None = None, warn=print, timeout_s: float = 90) -> dict:
+       num_cpus: int | None = None, num_gpus: int | None = None, warn=print, timeout_s: float = 90,
+       host: str = "127.0.0.1") -> dict:
+    """Start a Ray head. `host`: the address other nodes join at (loopback: this machine only)."""
     if read_state():
         raise PosectlError(f"a posectl cluster is already running (see {state_file()}); `posectl cluster down` first")
     if dashboard_host not in LOOPBACK:
         warn(f"the dashboard and job API will listen on {dashboard_host}:{dashboard_port}: anyone who can "
              "reach that port can run code on this machine (token authentication is on; keep the token secret)")
+    if host not in LOOPBACK:
+        warn(f"the head listens on {host}:{port} for nodes that join: whoever reaches it with the token can run "
+             f"code on this machine; hand the token ({token_path()}) only to the machines that join")
     log = state_file().parent / "cluster.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     ensure_token()
-    cmd = [_ray_bin(), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+    cmd = [_ray_bin(), "start", "--head", "--block", f"--port={port}", f"--node-ip-address={host}",
            "--include-dashboard=true", f"--dashboard-host={dashboard_host}", f"--dashboard-port={dashboard_port}",
            "--disable-usage-stats"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
         cmd.append(f"--num-gpus={num_gpus}")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "PATH":
-           f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with open(log, "ab") as lf:
-        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # a head for this machine alone keeps every server on loopback (cluster.keep_on_loopback)
+        extra = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if host in LOOPBACK else {}
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=_ray_env(**extra), start_new_session=True)
     url = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -125,10 +138,107 @@ def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.
     else:
         _kill_group(proc.pid)
         raise PosectlError(f"the Ray head did not come up within {timeout_s:.0f} s; see {log}")
-    st = {"pid": proc.pid, "pid_start": _start_time(proc.pid), "address": f"127.0.0.1:{port}", "dashboard": url, "dashboard_host": dashboard_host,
-          "log": str(log), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "session_dir": _session_dir(proc.pid)}
+    st = {"role": "head", "pid": proc.pid, "pid_start": _start_time(proc.pid), "address": f"{host}:{port}",
+          "dashboard": url, "dashboard_host": dashboard_host, "log": str(log),
+          "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "session_dir": _session_dir(proc.pid)}
     state_file().write_text(json.dumps(st, indent=2))
     return st
+
+
+def join(head: str, host: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+         token_file: str | Path | None = None, timeout_s: float = 90) -> dict:
+    """Join this machine to the cluster whose head is at `head` (HOST:PORT) as a worker node. The token is
+    the head's (`RAY_AUTH_TOKEN_PATH`, as Ray reads it): `token_file`, or this machine's token file."""
+    from posectl.orchestrator.cluster import _check_reachable
+    if read_state():
+        raise PosectlError(f"this machine already runs a posectl node (see {state_file()}); `posectl cluster down` first")
+    token = Path(token_file) if token_file else token_path()
+    if not os.environ.get("RAY_AUTH_TOKEN") and not token.is_file():
+        raise PosectlError(f"no cluster token at {token}: copy the head's token file (on the head: "
+                           f"`cat ~/.ray/auth_token`) to this machine and pass --token-file, or put it at {token}")
+    _check_reachable(head)
+    log = state_file().parent / "cluster.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [_ray_bin(), "start", f"--address={head}", "--block", "--disable-usage-stats"]
+    if host:
+        cmd.append(f"--node-ip-address={host}")
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    with open(log, "ab") as lf:
+        proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=_ray_env(RAY_AUTH_TOKEN_PATH=str(token)))
+    session = None
+    deadline = time.monotonic() + timeout_s
+    while session is None and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PosectlError(f"ray start --address={head} exited with code {proc.returncode}; see {log}")
+        session = _session_dir(proc.pid)
+    if session is None:
+        _kill_group(proc.pid)
+        raise PosectlError(f"the node did not join {head} within {timeout_s:.0f} s; see {log}")
+    st = {"role": "worker", "pid": proc.pid, "pid_start": _start_time(proc.pid), "address": head, "log": str(log),
+          "token_file": str(token), "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "session_dir": session}
+    state_file().write_text(json.dumps(st, indent=2))
+    return st
+
+
+def listeners(pids) -> list[dict]:
+    """TCP sockets listening in processes `pids`: [{"pid", "process", "address", "port"}], read from /proc
+    (Linux; an empty list elsewhere)."""
+    import ipaddress
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[8:-1]] = pid
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] != "0A" or f[9] not in inodes:          # 0A: LISTEN
+                continue
+            hexip, hexport = f[1].split(":")
+            raw = bytes.fromhex(hexip)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))    # words in host order
+            pid = inodes[f[9]]
+            try:
+                name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                name = _process_name([p.decode(errors="ignore") for p in name if p])
+            except OSError:
+                name = "?"
+            out.append({"pid": pid, "process": name, "address": str(ipaddress.ip_address(raw)),
+                        "port": int(hexport, 16)})
+    return sorted(out, key=lambda r: (r["process"], r["port"]))
+
+
+def _process_name(argv: list[str]) -> str:
+    """A Ray process's role from its command line (gcs_server, raylet, dashboard, ...)."""
+    if not argv:
+        return "?"
+    first = Path(argv[0]).name
+    if first.startswith("ray::"):
+        return first
+    if "-m" in argv[:-1]:
+        return argv[argv.index("-m") + 1]             # e.g. ray.util.client.server
+    for a in argv[:3]:
+        n = Path(a).name
+        if n.endswith(".py"):
+            return n[:-3]
+    return first
 
 
 def _session_dir(pid: int) -> str | None:
@@ -198,17 +308,32 @@ def status() -> dict:
     st = read_state()
     if st is None:
         raise ResourceError("no posectl cluster is running (`posectl cluster up` starts one)")
-    token = token_path().read_text().strip() if token_path().exists() else None
-    out = {**st, "auth_without_token": _http_status(f"{st['dashboard']}/api/version"),
-           "auth_with_token": _http_status(f"{st['dashboard']}/api/version", token)}
+    out = dict(st)
+    if "dashboard" in st:
+        token = token_path().read_text().strip() if token_path().exists() else None
+        out.update(auth_without_token=_http_status(f"{st['dashboard']}/api/version"),
+                   auth_with_token=_http_status(f"{st['dashboard']}/api/version", token))
+    if st.get("session_dir"):
+        from posectl.orchestrator.cluster import session_processes
+        out["listeners"] = listeners(set(session_processes(st["session_dir"])) | {st["pid"], *_descendants(st["pid"])})
     try:
         os.environ["RAY_AUTH_MODE"] = "token"   # before Ray is imported: it reads the mode at import
+        from posectl.orchestrator.cluster import is_loopback, keep_on_loopback
+        if is_loopback(st["address"]):
+            keep_on_loopback()                  # a driver of a loopback head must be on loopback too
+        if st.get("token_file"):
+            os.environ["RAY_AUTH_TOKEN_PATH"] = st["token_file"]
         import ray
         ray.init(address=st["address"], log_to_driver=False, logging_level="ERROR")
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         res = ray.cluster_resources()
-        out.update(nodes=len(nodes), cpus=res.get("CPU", 0), gpus=res.get("GPU", 0))
+        out.update(nodes=len(nodes), cpus=res.get("CPU", 0), gpus=res.get("GPU", 0),
+                   node_list=[{"address": n["NodeManagerAddress"], "head": "node:__internal_head__" in n["Resources"],
+                               "cpus": n["Resources"].get("CPU", 0), "gpus": n["Resources"].get("GPU", 0)}
+                              for n in nodes])
         ray.shutdown()
+        if "dashboard" not in st:
+            return out
         from ray.job_submission import JobSubmissionClient
         client = JobSubmissionClient(st["dashboard"])
         out["jobs"] = [(j.submission_id, str(j.status)) for j in client.list_jobs() if j.submission_id]
@@ -222,6 +347,10 @@ def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
     st = read_state()
     url = dashboard or (st["dashboard"] if st else None)
     if not url:
+        from posectl.orchestrator.cluster import running_local_cluster
+        if running_local_cluster():            # started with `ray start --head`: its dashboard's default port
+            url = "http://127.0.0.1:8265"
+    if not url:
         raise ResourceError("no cluster to submit to: `posectl cluster up` or pass --address http://HOST:8265")
     if st and url == st["dashboard"]:
         os.environ["RAY_AUTH_MODE"] = "token"   # clusters posectl starts always use token auth
@@ -230,7 +359,7 @@ def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
     from ray.job_submission import JobSubmissionClient
     client = JobSubmissionClient(url)
     entry = " ".join([sys.executable, "-m", "posectl", *[_quote(a) for a in argv]])
-    sid = f"posectl-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sid = f"posectl-{name}-{secrets.token_hex(2)}"
     return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name})
 
 

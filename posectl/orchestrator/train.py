@@ -61,7 +61,8 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
           cpus_per_worker: float | None = None, gpus_per_worker: float | None = None, name: str | None = None,
           runs_dir: str | Path | None = None,
           resume: bool = False, smoke_test: bool = False, address: str | None = None,
-          max_failures: int = 0, on_event: Callable[[dict], None] | None = None) -> TrainResult:
+          max_failures: int = 0, on_event: Callable[[dict], None] | None = None, dashboard: bool = True,
+          say: Callable[[str], None] | None = None) -> TrainResult:
     """Resolve the run (RunSpec), prepare the experiment directory and data, and run a Ray Train job."""
     from posectl.orchestrator.experiment import default_runs_dir
 
@@ -88,7 +89,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         exp = Experiment(runs_dir / (name or default_run_name(method)))
         if exp.exists():
             raise PosectlError(f"run '{exp.name}' already exists in {runs_dir}; use --resume or another --name")
-    started = cluster.connect(address)
+    started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         have = cluster.check_resources(res)
         exp.create(method, spec.config)

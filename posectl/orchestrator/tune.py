@@ -104,7 +104,8 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
                 workers_per_trial: int | None = None, name: str | None = None,
                 storage_path: str | Path | None = None, address: str | None = None, resume: bool = False,
                 smoke_test: bool = False, overrides: dict | None = None,
-                on_plan: Callable[[Plan], None] | None = None, verbose: int = 1):
+                on_plan: Callable[[Plan], None] | None = None, verbose: int = 1, dashboard: bool = True,
+                say: Callable[[str], None] | None = None):
     """Run (or `resume`) a search; returns (plan, ResultGrid)."""
     if resume:
         if not name:
@@ -122,7 +123,7 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
     spec = RunSpec.build(spec.method, [spec.config], resources=spec.resources)   # checks, and opens the data
     if resume:
         cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
-    started = cluster.connect(address)
+    started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         plan.cluster = check_search_resources(plan)
         if on_plan:
