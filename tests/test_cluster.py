@@ -193,3 +193,81 @@ def test_cluster_down_never_signals_a_reused_pid(tmp_path, monkeypatch):
     finally:
         other.kill()
         other.wait()
+
+
+TRAIN_TWO_NODES = textwrap.dedent("""
+    import json, os, sys
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    from ray.cluster_utils import Cluster
+    import ray
+    from posectl.errors import PosectlError
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    from posectl.orchestrator.train import train
+    shared, local, data = sys.argv[1:4]
+    layers = [{"data.path": data, "epochs": 2, "backbone.width": 32, "batch_size": 64}]
+    out = {"nodes": len(ray.nodes())}
+    try:
+        train("baseline", layers, workers=2, cpus_per_worker=1, runs_dir=local, name="refused")
+    except PosectlError as e:
+        out["refused"] = str(e)
+    res = train("baseline", layers, workers=2, cpus_per_worker=1, storage_path=shared, name="both")
+    out.update(best_epoch=res.results["best_epoch"], test_mpjpe=res.results["test"]["mpjpe"],
+               root=str(res.experiment.root))
+    print(json.dumps(out))
+    ray.shutdown(); c.shutdown()
+""")
+
+
+def test_train_on_two_nodes_needs_and_uses_shared_storage(tmp_path, small_dataset):
+    """A run on a two-node cluster: refused in one line with a node-local (default) runs directory; with
+    --storage-path on storage both nodes see (checked by a task on each node), its two workers (one per
+    node) train and the driver reads the results from there."""
+    script = tmp_path / "tn.py"
+    script.write_text(TRAIN_TWO_NODES)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "shared"), str(tmp_path / "local"),
+                          str(small_dataset)], capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = _last_json(out.stdout)
+    assert res["nodes"] == 2 and "--storage-path" in res["refused"] and "2 nodes" in res["refused"]
+    assert not (tmp_path / "local" / "refused").exists()          # nothing was created for the refused run
+    assert res["best_epoch"] in (1, 2) and res["test_mpjpe"] > 0
+    assert (tmp_path / "shared" / "both" / "checkpoints" / "best.pt").is_file()
+    assert not list((tmp_path / "shared").glob(".posectl-shared-*"))      # the marker is removed
+
+
+def test_a_second_node_joins_with_the_token(tmp_path, monkeypatch):
+    """`cluster up --host ADDR` (warned), then `cluster join ADDR:PORT --token-file` from another posectl home
+    (here the same machine): `status` lists both nodes with their CPUs; `down` on each stops its own node."""
+    from posectl.orchestrator import head
+    from ray._private.services import node_ip_address_from_perspective
+    ip = node_ip_address_from_perspective()
+    if ip in head.LOOPBACK:
+        pytest.skip("this machine has no address besides loopback")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env.update(RAY_AUTH_TOKEN_PATH=str(tmp_path / "head_token"), PATH=f"{os.path.dirname(sys.executable)}:{env['PATH']}")
+
+    def sh(cmd, home):
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env={**env, "POSECTL_HOME": str(tmp_path / home)})
+
+    up = sh(f"posectl cluster up --host {ip} --port 6396 --dashboard-port 8296 --num-cpus 1", "head")
+    assert up.returncode == 0, up.stderr
+    try:
+        assert "listens on" in up.stderr and f"{ip}:6396" in up.stdout
+        (tmp_path / "copied").write_text((tmp_path / "head_token").read_text())        # handed over
+        joined = sh(f"posectl cluster join {ip}:6396 --token-file {tmp_path / 'copied'} --num-cpus 1", "worker")
+        assert joined.returncode == 0, joined.stderr
+        for _ in range(60):                       # a hang guard: the node registers within seconds
+            st = sh("posectl cluster status", "head").stdout
+            if "2 node(s)" in st:
+                break
+            time.sleep(1)
+        assert "2 node(s), 2 CPUs" in st and st.count("1 CPUs, 0 GPUs") == 2, st
+        assert "worker node of" in sh("posectl cluster status", "worker").stdout
+    finally:
+        sh("posectl cluster down", "worker")
+        sh("posectl cluster down", "head")
+    bad = sh(f"posectl cluster join {ip}:6396 --token-file {tmp_path / 'none'}", "worker2")
+    assert bad.returncode == 2 and "no cluster token" in bad.stderr

@@ -20,6 +20,9 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with config values."),
     name: Optional[str] = typer.Option(None, "--name", help="Run name (default: METHOD-DATE-TIME)."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", envvar="POSECTL_RUNS", help="Where runs are stored (default: ./runs)."),
+    storage_path: Optional[str] = typer.Option(None, "--storage-path",
+                                               help="Runs' directory on storage every node of a multi-node cluster reaches (an NFS mount); "
+                                                     "checked on every node before the run starts."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run --name from its last checkpoint."),
     smoke_test: bool = typer.Option(False, "--smoke-test", help="Tiny real run: a few hundred samples, one epoch."),
     address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help=ADDRESS_HELP),
@@ -36,7 +39,7 @@ def train(
     if submit:
         from posectl.cli.common import submit_job
         from posectl.orchestrator.experiment import default_runs_dir
-        extra = ["--runs-dir", str((runs_dir or default_runs_dir()).absolute())]
+        extra = ["--runs-dir", str((runs_dir or default_runs_dir()).absolute())] if storage_path is None else []
         submit_job(method, name, address, extra, "run")
         return
     console.print(f"[bold]posectl train {method}[/] — starting Ray (first epoch after ~15 s of Ray start-up)")
@@ -45,7 +48,7 @@ def train(
                         gpus_per_worker=gpus_per_worker,
                         name=name, runs_dir=runs_dir, resume=resume, smoke_test=smoke_test,
                         address=address, max_failures=max_failures, on_event=progress, dashboard=dashboard,
-                        say=lambda line: console.print(line, soft_wrap=True))
+                        say=lambda line: console.print(line, soft_wrap=True), storage_path=storage_path)
     res = out.results
     if not res:
         raise PosectlError(f"training finished without results in {out.experiment.root}")

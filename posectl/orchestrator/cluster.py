@@ -362,3 +362,37 @@ def _pid_alive(pid) -> bool:
         return True
     except (OSError, TypeError, ValueError):
         return False
+
+
+def check_shared_storage(path: Path, given: bool, flag: str) -> None:
+    """On a cluster of several nodes, a run's directory must be one every node reaches (rank 0 may write
+    its checkpoints on any node, and the driver reads them): refuse a default (node-local) directory, and
+    check a given one by a marker file the driver writes and a task on every node reads."""
+    import uuid
+
+    import ray
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    if not given:
+        raise ResourceError(f"the cluster has {len(nodes)} nodes: a run's directory must be on storage every node "
+                            f"reaches; pass {flag} DIR (a shared file system mounted at the same path on every node)")
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / f".posectl-shared-{uuid.uuid4().hex[:8]}"
+    marker.write_text("posectl")
+
+    @ray.remote(num_cpus=0)
+    def sees(p: str) -> bool:
+        return os.path.exists(p)
+
+    try:
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(marker)) for n in nodes], timeout=120)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n["NodeManagerAddress"] for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise ResourceError(f"{flag} {path} is not shared: node(s) {', '.join(blind)} do not see it; pass a directory "
+                            f"on a file system every node mounts at the same path")

@@ -62,14 +62,20 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
           runs_dir: str | Path | None = None,
           resume: bool = False, smoke_test: bool = False, address: str | None = None,
           max_failures: int = 0, on_event: Callable[[dict], None] | None = None, dashboard: bool = True,
-          say: Callable[[str], None] | None = None) -> TrainResult:
+          say: Callable[[str], None] | None = None, storage_path: str | Path | None = None) -> TrainResult:
     """Resolve the run (RunSpec), prepare the experiment directory and data, and run a Ray Train job."""
     from posectl.orchestrator.experiment import default_runs_dir
 
     method_cls = get_method(method)
     if max_failures < 0:
         raise PosectlError(f"--max-failures must be >= 0, got {max_failures} (Ray reads -1 as retrying forever)")
-    runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
+    if storage_path is not None and runs_dir is not None and Path(storage_path) != Path(runs_dir):
+        raise PosectlError("--storage-path and --runs-dir name the same place (the runs' directory): give one")
+    if storage_path is not None and "://" in str(storage_path):
+        raise PosectlError(f"--storage-path {storage_path}: posectl keeps run directories on a file system; mount the "
+                           f"bucket on every node (s3fs, gcsfuse) and pass the mount point")
+    shared = storage_path is not None
+    runs_dir = Path(storage_path or runs_dir) if (storage_path or runs_dir) else default_runs_dir()
     res = cluster.plan_resources(gpus, workers, cpus_per_worker, gpus_per_worker)
     if resume:
         if not name:
@@ -92,6 +98,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         have = cluster.check_resources(res)
+        cluster.check_shared_storage(runs_dir, shared, "--storage-path")
         exp.create(method, spec.config)
         if started:
             cluster.record_session(exp.root)

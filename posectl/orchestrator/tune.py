@@ -126,6 +126,7 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         plan.cluster = check_search_resources(plan)
+        cluster.check_shared_storage(plan.path.parent, storage_path is not None, "--storage-path")
         if on_plan:
             on_plan(plan)
         if not resume:
