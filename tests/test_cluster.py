@@ -21,39 +21,29 @@ def _session_procs(session):
     return session_processes(session)
 
 
-def test_cluster_up_status_down(tmp_path, monkeypatch):
+def test_non_loopback_addresses_warn_before_anything_starts(tmp_path, monkeypatch):
+    """`--dashboard-host 0.0.0.0` and `--host ADDR` each print their warning before `ray start` runs (here
+    `ray start` is stopped at once: the warnings are what is checked; tests/test_ray_native.py runs the
+    real head and checks its token, its sockets and what `down` leaves)."""
     from posectl.orchestrator import head
     monkeypatch.setenv("POSECTL_HOME", str(tmp_path))
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "ray" / "auth_token"))   # a machine without a token
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+
+    class Stop(Exception):
+        pass
+
+    def no_start(cmd, **kw):
+        raise Stop(cmd)
+    monkeypatch.setattr(head.subprocess, "Popen", no_start)
     warnings = []
-    st = head.up(port=6397, dashboard_port=8297, num_cpus=1, warn=warnings.append)
-    try:
-        assert head.token_path().stat().st_mode & 0o777 == 0o600                # created, owner-only
-        assert not warnings  # loopback: no warning
-        assert st["dashboard"] == "http://127.0.0.1:8297" and st["session_dir"]
-        assert head._http_status(st["dashboard"] + "/api/version") == 401      # token auth is on
-        token = head.token_path().read_text().strip()
-        assert head._http_status(st["dashboard"] + "/api/version", token) == 200
-        # a second `up` is refused while one runs
-        with pytest.raises(Exception, match="already running"):
-            head.up(port=6398, dashboard_port=8298)
-    finally:
-        assert head.down()
-    time.sleep(1)
-    assert _session_procs(st["session_dir"]) == []   # nothing of ours is left running
+    with pytest.raises(Stop) as cmd:
+        head.up(port=6399, dashboard_port=8299, dashboard_host="0.0.0.0", host="10.1.2.3", num_cpus=1,
+                warn=warnings.append)
+    assert len(warnings) == 2 and "anyone who can reach that port can run code" in warnings[0]
+    assert "10.1.2.3:6399" in warnings[1] and "--node-ip-address=10.1.2.3" in cmd.value.args[0]
+    assert head.token_path().stat().st_mode & 0o777 == 0o600                # created, owner-only
     assert head.read_state() is None
-
-
-def test_non_loopback_dashboard_warns(tmp_path, monkeypatch):
-    from posectl.orchestrator import head
-    monkeypatch.setenv("POSECTL_HOME", str(tmp_path))
-    warnings = []
-    try:
-        head.up(port=6399, dashboard_port=8299, dashboard_host="0.0.0.0", num_cpus=1, warn=warnings.append)
-    finally:
-        head.down()
-    assert warnings and "anyone who can reach that port can run code" in warnings[0]
 
 
 SCRIPT = textwrap.dedent("""

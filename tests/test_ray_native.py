@@ -129,46 +129,104 @@ def _printed_commands(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if re.match(r"^  (posectl|curl|cat|RAY_AUTH_MODE=)", line)]
 
 
-def test_cluster_up_prints_commands_that_work_as_printed(tmp_path, small_dataset):
-    """`posectl cluster up`, then each command it prints, in a shell, as a user would paste them: posectl
-    finds the cluster by itself (and says so), `--submit` runs as a Ray Job that succeeds, `cluster down`
-    stops it, and the next `posectl train` starts its own Ray although Ray's address file is left behind."""
+@pytest.fixture(scope="module")
+def head_cluster(tmp_path_factory):
+    """`posectl cluster up`, as a user types it, with its own home, token and runs directory; the tests
+    below run what it printed. Stopped at the end whatever happened."""
+    tmp = tmp_path_factory.mktemp("up")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_AUTH_TOKEN")}
-    env.update(POSECTL_HOME=str(tmp_path / "home"), RAY_AUTH_TOKEN_PATH=str(tmp_path / "token"),
-               POSECTL_RUNS=str(tmp_path / "runs"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    env.update(POSECTL_HOME=str(tmp / "home"), RAY_AUTH_TOKEN_PATH=str(tmp / "token"),
+               POSECTL_RUNS=str(tmp / "runs"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
 
     def sh(cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=tmp_path)
+        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=tmp)
 
     up = sh("posectl cluster up --num-cpus 2")
     assert up.returncode == 0, up.stderr
+    state = {"sh": sh, "tmp": tmp, "up": up.stdout, "cmds": _printed_commands(up.stdout)}
+    yield state
+    sh("posectl cluster down")
+
+
+def test_cluster_up_prints_commands_that_work_as_printed(head_cluster):
+    """Each command `cluster up` printed, in a shell, as a user would paste them: posectl finds the cluster
+    by itself (and says so), `--submit` runs as a Ray Job that succeeds; every socket of the head is on
+    loopback."""
+    sh, cmds = head_cluster["sh"], head_cluster["cmds"]
+    assert (head_cluster["tmp"] / "token").stat().st_mode & 0o777 == 0o600      # created for it, owner-only
+    again = sh("posectl cluster up")
+    assert again.returncode == 2 and "already running" in again.stderr            # one head per posectl home
+    status = sh("posectl cluster status")
+    assert "answers 401 without the token, 200 with it" in status.stdout
+    socks = re.findall(r"^  (\S+):(\d+)  (\S+)$", status.stdout, re.M)
+    assert {"gcs_server", "raylet", "dashboard"} <= {p for _, _, p in socks}, status.stdout
+    assert [s for s in socks if s[0] not in LOOPBACK] == [], status.stdout      # docs/security.md
+    assert cmds[-1] == "posectl cluster down" and any("--submit" in c for c in cmds), head_cluster["up"]
+    for cmd in cmds[:-1]:
+        out = sh(cmd)
+        assert out.returncode == 0, (cmd, out.stdout[-1500:], out.stderr[-1500:])
+        if cmd == "posectl train baseline --smoke-test":
+            assert "using the Ray cluster already running on this machine" in out.stdout
+        if cmd.startswith("curl"):
+            assert '"ray_version"' in out.stdout
+        if cmd.endswith("--submit"):
+            name, job = re.search(r"submitted the run '(\S+)' as Ray Job (\S+);", out.stdout).groups()
+            for _ in range(600):               # a hang guard only: the job takes ~30 s
+                status = sh("posectl cluster status").stdout
+                if f"{job}: SUCCEEDED" in status or f"{job}: FAILED" in status:
+                    break
+                time.sleep(1)
+            assert f"{job}: SUCCEEDED" in status, status
+            head_cluster.update(job=job, run=name)
+    assert len(list((head_cluster["tmp"] / "runs").glob("*/checkpoints/best.pt"))) == 2    # on the cluster, as a job
+
+
+def test_the_dashboard_shows_the_job_and_the_run_in_a_browser(head_cluster):
+    """Headless Chromium, logged in with the token: the submitted job is in the Jobs view, and the run it
+    trained is listed by Ray Train's state API (RAY_TRAIN_ENABLE_STATE_TRACKING; the dashboard bundle of
+    Ray 2.60 has no Train page). The Jobs view's screenshot is the README's (POSECTL_SCREENSHOTS=docs/img)."""
+    from dashboard_browser import browser_missing, open_dashboard, screenshot, wait_for_text
+    why = browser_missing()
+    if why:
+        pytest.skip(f"no headless browser: {why}")
+    if "job" not in head_cluster:
+        pytest.skip("needs the job submitted by test_cluster_up_prints_commands_that_work_as_printed")
+    url = "http://127.0.0.1:8265"
+    token = (head_cluster["tmp"] / "token").read_text().strip()
+    driver = open_dashboard(url, token)
     try:
-        # every socket the head's processes listen on is on loopback (docs/security.md)
-        status = sh("posectl cluster status")
-        socks = re.findall(r"^  (\S+):(\d+)  (\S+)$", status.stdout, re.M)
-        assert {"gcs_server", "raylet", "dashboard"} <= {p for _, _, p in socks}, status.stdout
-        assert [s for s in socks if s[0] not in LOOPBACK] == [], status.stdout
-        cmds = _printed_commands(up.stdout)
-        assert cmds[-1] == "posectl cluster down" and any("--submit" in c for c in cmds), up.stdout
-        for cmd in cmds[:-1]:
-            out = sh(cmd)
-            assert out.returncode == 0, (cmd, out.stdout[-1500:], out.stderr[-1500:])
-            if cmd == "posectl train baseline --smoke-test":
-                assert "using the Ray cluster already running on this machine" in out.stdout
-            if cmd.startswith("curl"):
-                assert '"ray_version"' in out.stdout
-            if cmd.endswith("--submit"):
-                job = re.search(r"Ray Job (\S+);", out.stdout).group(1)
-                for _ in range(600):               # a hang guard only: the job takes ~30 s
-                    status = sh("posectl cluster status").stdout
-                    if f"{job}: SUCCEEDED" in status or f"{job}: FAILED" in status:
-                        break
-                    time.sleep(1)
-                assert f"{job}: SUCCEEDED" in status, status
+        jobs = wait_for_text(driver, f"{url}/#/jobs", [head_cluster["run"], "SUCCEEDED"])
+        assert jobs.count("SUCCEEDED") == 2, jobs[-3000:]     # the two runs' drivers; `cluster status` adds none
+        shot = screenshot(driver, head_cluster["tmp"] / "dashboard-jobs.png")
+        assert head_cluster["run"] in jobs and "SUCCEEDED" in jobs, jobs[-2000:]        # its Name column
+        assert "Authentication Token Required" not in jobs
+        runs = wait_for_text(driver, f"{url}/api/train/v2/runs/v1", [f"train-{head_cluster['run']}"])
+        assert f'"name":"train-{head_cluster["run"]}"' in runs and '"status":"FINISHED"' in runs, runs[:2000]
+        denied = open_dashboard(url, None)
+        try:
+            assert "Unauthorized" in wait_for_text(denied, f"{url}/api/train/v2/runs/v1", ["Unauthorized"], tries=3)
+        finally:
+            denied.quit()
     finally:
-        down = sh(cmds[-1] if cmds else "posectl cluster down")
+        driver.quit()
+    from PIL import Image
+    with Image.open(shot) as im:
+        assert im.size[0] >= 1000
+    target = os.environ.get("POSECTL_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        (Path(target) / "dashboard-jobs.png").write_bytes(shot.read_bytes())
+
+
+def test_after_cluster_down_a_run_starts_its_own_ray(head_cluster):
+    """`cluster down` as printed; Ray's address file stays behind, and the next run ignores it."""
+    sh = head_cluster["sh"]
+    import json
+    st = json.loads((head_cluster["tmp"] / "home" / "cluster.json").read_text())
+    down = sh(head_cluster["cmds"][-1])
     assert down.returncode == 0 and "stopped" in down.stdout
+    time.sleep(1)
+    assert cluster.session_processes(st["session_dir"]) == []          # nothing of the head is left running
     again = sh("posectl train baseline --smoke-test")
     assert again.returncode == 0, again.stderr[-1500:]
     assert "already running" not in again.stdout and "Ray dashboard: http://127.0.0.1:" in again.stdout
-    assert len(list((tmp_path / "runs").glob("*/checkpoints/best.pt"))) == 3       # on the cluster, as a job, alone

@@ -53,6 +53,24 @@ def prepare_h36m_cmd(
         subjects=subjects, progress=_progress)))
 
 
+@prepare_app.command("humaneva")
+def prepare_humaneva_cmd(
+    file_3d: Path = typer.Option(..., "--3d", help="VideoPose3D data_3d_humaneva15.npz (world-frame HumanEva-15, metres)."),
+    files_2d: list[Path] = typer.Option(..., "--2d", help="data_2d_humaneva15_gt.npz (required: the cameras are recovered "
+                                                          "from it), and detections in that layout (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Tail of each training sequence held out for validation."),
+    test_subjects: Optional[list[str]] = typer.Option(None, "--test-subject", help="Training subjects held out as the test "
+                                                      "split (e.g. Train/S3; repeatable). Validate/* takes are test anyway."),
+):
+    """Import HumanEva-I in the VideoPose3D npz layout: mapped to 17 joints (Spine and Neck/Nose derived),
+    cameras recovered per subject session by DLT (reprojection error in `data info`), splits train (tail =
+    val) / test (Validate/* takes, --test-subject)."""
+    from posectl.datasets.humaneva import prepare_humaneva
+    _print_info(_warning_lines(lambda: prepare_humaneva(out, file_3d, files_2d, val_fraction=val_fraction,
+                                                        test_subjects=test_subjects, progress=_progress)))
+
+
 @prepare_app.command("3dhp")
 def prepare_3dhp_cmd(
     path: Path = typer.Argument(..., help="test_3dhp.npz (PoseAug/DH-AUG), data_test_3dhp.npz (P-STMO/MixSTE/PoSynDA) or an mmpose-style npz."),
@@ -116,6 +134,18 @@ def _print_info(path, verify: bool = True) -> None:
     info = {k: v for k, v in s["info"].items() if not isinstance(v, (dict, list))}
     if info:
         console.print("info: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    cams = s["info"].get("cameras")
+    if isinstance(cams, dict) and cams and all(isinstance(c, dict) and "reprojection_px_median" in c for c in cams.values()):
+        console.print(f"cameras ({s['info'].get('cameras_from', 'recovered')}), reprojection error of the 2D-3D pairs:")
+        for cid, c in cams.items():
+            console.print(f"  {cid}: median {c['reprojection_px_median']:.2f} px, 95th percentile "
+                          f"{c['reprojection_px_p95']:.2f} px over {c['pairs']:,} pairs; fx {c['fx']:.0f}, fy {c['fy']:.0f}",
+                          soft_wrap=True)
+    mapping = s["info"].get("mapping_to_h36m17")
+    if isinstance(mapping, list) and mapping and isinstance(mapping[0], dict):
+        derived = [f"{m['joint']} = mean({', '.join(m['from'])})" for m in mapping if m.get("derived")]
+        if derived:
+            console.print("derived joints: " + "; ".join(derived), soft_wrap=True)
 
 
 def _warning_lines(importer):

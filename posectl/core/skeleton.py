@@ -156,8 +156,11 @@ COCO17_JOINTS = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left
 BODY25_JOINTS = ("Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "MidHip",
                  "RHip", "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", "REye", "LEye", "REar", "LEar",
                  "LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel")
+# HumanEva-I's 15 joints in VideoPose3D's order (datasets/humaneva.py)
+HUMANEVA15_JOINTS = ("pelvis", "thorax", "lshoulder", "lelbow", "lwrist", "rshoulder", "relbow", "rwrist",
+                     "lhip", "lknee", "lankle", "rhip", "rknee", "rankle", "head")
 KEYPOINT_JOINTS: dict[str, tuple[str, ...]] = {
-    "coco17": COCO17_JOINTS, "body25": BODY25_JOINTS,
+    "coco17": COCO17_JOINTS, "body25": BODY25_JOINTS, "humaneva15": HUMANEVA15_JOINTS,
     "h36m17": H36M17.joints, "h36m16": H36M16.joints, "mpii16": MPII16.joints, "3dhp17": MPI3DHP17.joints,
 }
 
@@ -178,6 +181,9 @@ _KEYPOINT_MAPS: dict[tuple[str, str], tuple[tuple[int, ...], ...]] = {
     ("body25", "h36m17"): _by_name(BODY25_JOINTS, (
         "MidHip", "RHip", "RKnee", "RAnkle", "LHip", "LKnee", "LAnkle", ("MidHip", "Neck"), "Neck", "Nose",
         ("LEye", "REye", "LEar", "REar"), "LShoulder", "LElbow", "LWrist", "RShoulder", "RElbow", "RWrist")),
+    ("humaneva15", "h36m17"): _by_name(HUMANEVA15_JOINTS, (
+        "pelvis", "rhip", "rknee", "rankle", "lhip", "lknee", "lankle", ("pelvis", "thorax"), "thorax",
+        ("thorax", "head"), "head", "lshoulder", "lelbow", "lwrist", "rshoulder", "relbow", "rwrist")),
     ("h36m16", "h36m17"): _by_name(H36M16.joints, (
         *H36M16.joints[:9], ("Thorax", "Head"), *H36M16.joints[9:])),
 }

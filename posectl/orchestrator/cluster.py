@@ -16,7 +16,7 @@ _ENV_DEFAULTS = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "RAY_DEDUP_LOGS": "1",
-    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",      # runs appear in the dashboard's Train view
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",      # Ray Train's run state in the dashboard (/api/train/v2/runs/v1)
 }
 
 
@@ -211,8 +211,8 @@ def dashboard_url() -> str | None:
 def login_hint(url: str) -> str:
     if os.environ.get("RAY_AUTH_MODE") == "token":
         from posectl.orchestrator.head import token_path
-        return (f"Ray dashboard: {url} (open it, paste the token that `cat {token_path()}` prints; "
-                f"the run is under Train, its epochs in Logs)")
+        return (f"Ray dashboard: {url} (open it, paste the token that `cat {token_path()}` prints; the run's "
+                f"driver is under Jobs, its workers under Actors, Ray Train's run list at {url}/api/train/v2/runs/v1)")
     return f"Ray dashboard: {url} (no token needed: RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')})"
 
 

@@ -317,29 +317,47 @@ def status() -> dict:
         from posectl.orchestrator.cluster import session_processes
         out["listeners"] = listeners(set(session_processes(st["session_dir"])) | {st["pid"], *_descendants(st["pid"])})
     try:
-        os.environ["RAY_AUTH_MODE"] = "token"   # before Ray is imported: it reads the mode at import
-        from posectl.orchestrator.cluster import is_loopback, keep_on_loopback
-        if is_loopback(st["address"]):
-            keep_on_loopback()                  # a driver of a loopback head must be on loopback too
-        if st.get("token_file"):
-            os.environ["RAY_AUTH_TOKEN_PATH"] = st["token_file"]
-        import ray
-        ray.init(address=st["address"], log_to_driver=False, logging_level="ERROR")
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        res = ray.cluster_resources()
-        out.update(nodes=len(nodes), cpus=res.get("CPU", 0), gpus=res.get("GPU", 0),
-                   node_list=[{"address": n["NodeManagerAddress"], "head": "node:__internal_head__" in n["Resources"],
-                               "cpus": n["Resources"].get("CPU", 0), "gpus": n["Resources"].get("GPU", 0)}
-                              for n in nodes])
-        ray.shutdown()
-        if "dashboard" not in st:
-            return out
-        from ray.job_submission import JobSubmissionClient
-        client = JobSubmissionClient(st["dashboard"])
-        out["jobs"] = [(j.submission_id, str(j.status)) for j in client.list_jobs() if j.submission_id]
+        if "dashboard" in st:            # a head: ask its dashboard over HTTP (a driver would add a row to Jobs)
+            _status_over_http(st, out)
+        else:
+            _status_as_driver(st, out)
     except Exception as e:  # noqa: BLE001 - status is best effort
         out["error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
     return out
+
+
+def _node_row(address: str, head: bool, res: dict) -> dict:
+    return {"address": address, "head": head, "cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0)}
+
+
+def _status_over_http(st: dict, out: dict) -> None:
+    token = token_path().read_text().strip() if token_path().exists() else None
+    req = urllib.request.Request(f"{st['dashboard']}/api/v0/nodes?detail=1",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        rows = json.loads(r.read())["data"]["result"]["result"]
+    nodes = [_node_row(n["node_ip"], n["is_head_node"], n["resources_total"]) for n in rows if n["state"] == "ALIVE"]
+    out.update(nodes=len(nodes), cpus=sum(n["cpus"] for n in nodes), gpus=sum(n["gpus"] for n in nodes), node_list=nodes)
+    os.environ["RAY_AUTH_MODE"] = "token"       # before Ray is imported: it reads the mode at import
+    from ray.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(st["dashboard"])
+    out["jobs"] = [(j.submission_id, str(j.status)) for j in client.list_jobs() if j.submission_id]
+
+
+def _status_as_driver(st: dict, out: dict) -> None:
+    """A worker node has no dashboard of its own (the head's may be on the head's loopback): connect."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    from posectl.orchestrator.cluster import is_loopback, keep_on_loopback
+    if is_loopback(st["address"]):
+        keep_on_loopback()                      # a driver of a loopback head must be on loopback too
+    if st.get("token_file"):
+        os.environ["RAY_AUTH_TOKEN_PATH"] = st["token_file"]
+    import ray
+    ray.init(address=st["address"], log_to_driver=False, logging_level="ERROR")
+    nodes = [_node_row(n["NodeManagerAddress"], "node:__internal_head__" in n["Resources"], n["Resources"])
+             for n in ray.nodes() if n.get("Alive")]
+    out.update(nodes=len(nodes), cpus=sum(n["cpus"] for n in nodes), gpus=sum(n["gpus"] for n in nodes), node_list=nodes)
+    ray.shutdown()
 
 
 def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
@@ -360,7 +378,8 @@ def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
     client = JobSubmissionClient(url)
     entry = " ".join([sys.executable, "-m", "posectl", *[_quote(a) for a in argv]])
     sid = f"posectl-{name}-{secrets.token_hex(2)}"
-    return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name})
+    # job_name: the dashboard's Jobs view shows it in its Name column
+    return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name, "job_name": name})
 
 
 def _quote(a: str) -> str:
