@@ -8,6 +8,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 os.environ.setdefault("POSECTL_CACHE", tempfile.mkdtemp(prefix="posectl-test-cache-"))
+# a private Ray for every test and every posectl the tests start, whatever Ray runs on the machine (a
+# user's `ray start --head` would otherwise be found and used); tests of that behaviour unset it
+os.environ["RAY_ADDRESS"] = "local"
 
 import pytest  # noqa: E402
 

@@ -16,6 +16,11 @@ def _last_json(stdout: str) -> dict:
     return json.loads(next(line for line in reversed(stdout.strip().splitlines()) if line.startswith("{")))
 
 
+def _cluster_env() -> dict:
+    """The environment of a script that builds its own ray.cluster_utils.Cluster (no RAY_ADDRESS)."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
 def _session_procs(session):
     from posectl.orchestrator.cluster import session_processes
     return session_processes(session)
@@ -74,7 +79,7 @@ def test_search_on_two_nodes_uses_both(tmp_path, small_dataset):
     script = tmp_path / "mn.py"
     script.write_text(SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(space), str(tmp_path / "storage"), str(small_dataset)],
-                         capture_output=True, text=True, timeout=600, env={**os.environ})
+                         capture_output=True, text=True, timeout=600, env=_cluster_env())
     assert out.returncode == 0, out.stderr[-2000:]
     res = _last_json(out.stdout)
     assert res["nodes"] == 2 and res["errors"] == 0
@@ -146,7 +151,7 @@ def test_node_loss_retries_its_trial_elsewhere_and_the_search_completes(tmp_path
     script.write_text(NODE_LOSS)
     ledger.fault()
     out = subprocess.run([sys.executable, str(script), str(space), str(tmp_path / "storage"), str(small_dataset),
-                          str(marker)], capture_output=True, text=True, timeout=900, env={**os.environ})
+                          str(marker)], capture_output=True, text=True, timeout=900, env=_cluster_env())
     assert out.returncode == 0, out.stderr[-3000:]
     res = _last_json(out.stdout)
     assert marker.exists() and res["alive"] == 1 and res["errors"] == 0
@@ -218,7 +223,7 @@ def test_train_on_two_nodes_needs_and_uses_shared_storage(tmp_path, small_datase
     script = tmp_path / "tn.py"
     script.write_text(TRAIN_TWO_NODES)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "shared"), str(tmp_path / "local"),
-                          str(small_dataset)], capture_output=True, text=True, timeout=600, env={**os.environ})
+                          str(small_dataset)], capture_output=True, text=True, timeout=600, env=_cluster_env())
     assert out.returncode == 0, out.stderr[-2000:]
     res = _last_json(out.stdout)
     assert res["nodes"] == 2 and "--storage-path" in res["refused"] and "2 nodes" in res["refused"]

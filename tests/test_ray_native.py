@@ -129,6 +129,9 @@ def _printed_commands(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if re.match(r"^  (posectl|curl|cat|RAY_AUTH_MODE=)", line)]
 
 
+PORT, DASHBOARD_PORT = 6391, 8291
+
+
 @pytest.fixture(scope="module")
 def head_cluster(tmp_path_factory):
     """`posectl cluster up`, as a user types it, with its own home, token and runs directory; the tests
@@ -141,7 +144,8 @@ def head_cluster(tmp_path_factory):
     def sh(cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=tmp)
 
-    up = sh("posectl cluster up --num-cpus 2")
+    # not Ray's default ports: a `ray start --head` of the user may hold them (the suite must pass beside it)
+    up = sh(f"posectl cluster up --num-cpus 2 --port {PORT} --dashboard-port {DASHBOARD_PORT}")
     assert up.returncode == 0, up.stderr
     state = {"sh": sh, "tmp": tmp, "up": up.stdout, "cmds": _printed_commands(up.stdout)}
     yield state
@@ -154,7 +158,7 @@ def test_cluster_up_prints_commands_that_work_as_printed(head_cluster):
     loopback."""
     sh, cmds = head_cluster["sh"], head_cluster["cmds"]
     assert (head_cluster["tmp"] / "token").stat().st_mode & 0o777 == 0o600      # created for it, owner-only
-    again = sh("posectl cluster up")
+    again = sh(f"posectl cluster up --port {PORT + 1} --dashboard-port {DASHBOARD_PORT + 1}")
     assert again.returncode == 2 and "already running" in again.stderr            # one head per posectl home
     status = sh("posectl cluster status")
     assert "answers 401 without the token, 200 with it" in status.stdout
@@ -191,7 +195,7 @@ def test_the_dashboard_shows_the_job_and_the_run_in_a_browser(head_cluster):
         pytest.skip(f"no headless browser: {why}")
     if "job" not in head_cluster:
         pytest.skip("needs the job submitted by test_cluster_up_prints_commands_that_work_as_printed")
-    url = "http://127.0.0.1:8265"
+    url = f"http://127.0.0.1:{DASHBOARD_PORT}"
     token = (head_cluster["tmp"] / "token").read_text().strip()
     driver = open_dashboard(url, token)
     try:
