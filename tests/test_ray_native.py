@@ -234,3 +234,12 @@ def test_after_cluster_down_a_run_starts_its_own_ray(head_cluster):
     again = sh("posectl train baseline --smoke-test")
     assert again.returncode == 0, again.stderr[-1500:]
     assert "already running" not in again.stdout and "Ray dashboard: http://127.0.0.1:" in again.stdout
+
+
+def test_the_default_worker_fits_a_smaller_cluster(monkeypatch):
+    """The default worker takes this machine's cores; on a running cluster with smaller nodes it takes a node
+    (half of a 1-CPU node: a whole one leaves Ray Train unable to start, measured)."""
+    from posectl.orchestrator.cluster import Resources, fit_default_worker
+    for biggest, expect in ((1.0, 0.5), (2.0, 2.0), (8.0, 4.0)):
+        monkeypatch.setattr(cluster, "cluster_summary", lambda b=biggest: {"max_node_cpus": b})
+        assert fit_default_worker(Resources(1, 4.0, 0.0)).cpus == expect

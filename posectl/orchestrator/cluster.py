@@ -308,6 +308,17 @@ def cluster_summary() -> dict:
     }
 
 
+def fit_default_worker(res: Resources) -> Resources:
+    """The default single CPU worker (this machine's cores) capped at the largest node of the cluster in use
+    (a user's `ray start --head --num-cpus 1`, or nodes smaller than this machine)."""
+    biggest = cluster_summary()["max_node_cpus"]
+    if res.workers == 1 and not res.gpus and biggest > 0 and res.cpus > biggest:
+        # a whole 1-CPU node leaves Ray Train nothing to start with (its actor creation is cancelled;
+        # measured with `ray start --head --num-cpus 1`): half of it trains
+        return Resources(workers=1, cpus=float(biggest) if biggest >= 2 else biggest / 2, gpus=0.0)
+    return res
+
+
 def check_resources(res: Resources, concurrent: int = 1, reserve_cpus: float = 0.0) -> dict:
     """Fail fast, with the numbers, when the cluster cannot ever run the plan (Ray would wait forever)."""
     have = cluster_summary()

@@ -128,11 +128,13 @@ def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.
         extra = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if host in LOOPBACK else {}
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=_ray_env(**extra), start_new_session=True)
     url = f"http://127.0.0.1:{dashboard_port}"
+    from posectl.orchestrator.cluster import ray_address_file
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise PosectlError(f"ray start exited with code {proc.returncode}; see {log}")
-        if _http_status(f"{url}/api/version") in (200, 401):
+        # up when the dashboard answers and Ray has noted the head for `address="auto"` (its last step)
+        if _http_status(f"{url}/api/version") in (200, 401) and _names_port(ray_address_file(), port):
             break
         time.sleep(0.5)
     else:
@@ -239,6 +241,13 @@ def _process_name(argv: list[str]) -> str:
         if n.endswith(".py"):
             return n[:-3]
     return first
+
+
+def _names_port(path: Path, port: int) -> bool:
+    try:
+        return path.read_text().strip().endswith(f":{port}")
+    except OSError:
+        return False
 
 
 def _session_dir(pid: int) -> str | None:

@@ -97,6 +97,9 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
             raise PosectlError(f"run '{exp.name}' already exists in {runs_dir}; use --resume or another --name")
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
+        if cpus_per_worker is None and workers is None and gpus is None and gpus_per_worker is None:
+            # the default worker takes this machine's cores, or a whole node of a cluster with smaller ones
+            spec.resources = res = cluster.fit_default_worker(res)
         have = cluster.check_resources(res)
         cluster.check_shared_storage(runs_dir, shared, "--storage-path")
         exp.create(method, spec.config)
