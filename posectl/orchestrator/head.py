@@ -388,7 +388,13 @@ def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
     entry = " ".join([sys.executable, "-m", "posectl", *[_quote(a) for a in argv]])
     sid = f"posectl-{name}-{secrets.token_hex(2)}"
     # job_name: the dashboard's Jobs view shows it in its Name column
-    return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name, "job_name": name})
+    for attempt in range(30):          # a head that has just started may have no job agent yet
+        try:
+            return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name, "job_name": name})
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 29:
+                raise
+            time.sleep(1)
 
 
 def _quote(a: str) -> str:
