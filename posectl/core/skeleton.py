@@ -200,6 +200,14 @@ def keypoint_mapping(src: str, dst: str) -> tuple[tuple[int, ...], ...]:
     return tuple((i,) for i in conversion_indices(src, dst))
 
 
+def describe_mapping(src: str, dst: str) -> list[dict]:
+    """`keypoint_mapping` by joint names, for manifests and outputs: [{"joint", "from", "derived"}]."""
+    names = KEYPOINT_JOINTS[src]
+    dst_names = KEYPOINT_JOINTS.get(dst) or get_layout(dst).joints
+    return [{"joint": j, "from": [names[i] for i in ix], "derived": len(ix) > 1}
+            for j, ix in zip(dst_names, keypoint_mapping(src, dst))]
+
+
 def map_keypoints(kp: np.ndarray, src: str, dst: str) -> np.ndarray:
     """(..., J_src, C) -> (..., J_dst, C): joints taken or averaged per `keypoint_mapping` (NaN propagates)."""
     mapping = keypoint_mapping(src, dst)

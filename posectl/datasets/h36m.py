@@ -26,7 +26,7 @@ import pyarrow as pa
 from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
 from posectl.core.skeleton import conversion_indices, get_layout, map_keypoints
 from posectl.datasets.safe_npz import load_npz
-from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
+from posectl.datasets.store import PoseArrays, table_from_arrays, write_splits
 from posectl.errors import DataError
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
@@ -213,11 +213,7 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
             "test_subjects_missing": missing, "detections": det_info, "fps": 50,
             "misaligned_sequences": sorted(f"{s} {a}" for s, a in MISALIGNED)}
     say("writing shards")
-    with DatasetWriter(out, "h36m", "h36m17", info=info, overwrite=overwrite) as w:
-        for split, tables in per_split.items():
-            if tables:
-                w.add_split(split, pa.concat_tables(tables))
-        return w.commit()
+    return write_splits(out, "h36m", "h36m17", per_split, info, overwrite)
 
 
 def cached_h36m(path_3d: str | Path) -> Path:

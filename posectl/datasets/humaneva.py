@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 
 from posectl.core.calibration import calibrate
-from posectl.core.skeleton import keypoint_mapping, map_keypoints
+from posectl.core.skeleton import describe_mapping, map_keypoints
 from posectl.datasets.h36m import _as_float_array
 from posectl.datasets.safe_npz import load_npz
-from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
+from posectl.datasets.store import PoseArrays, table_from_arrays, write_splits
 from posectl.errors import DataError
 
 CAMERAS = ("C1", "C2", "C3")
@@ -147,20 +147,12 @@ def prepare_humaneva(out: str | Path, path_3d: str | Path, paths_2d: list[str | 
     if not per_split["test"]:
         warnings.warn(f"{path_3d.name} has no Validate/* takes: no test split (hold a subject out with "
                       f"--test-subject Train/S3)", stacklevel=2)
-    mapping = keypoint_mapping("humaneva15", "h36m17")
-    from posectl.core.skeleton import H36M17, KEYPOINT_JOINTS
-    names = KEYPOINT_JOINTS["humaneva15"]
     info = {"source": "humaneva-i", "file_3d": path_3d.name, "files_2d": [Path(p).name for p in paths_2d],
             "val_fraction": val_fraction, "val_protocol": "last fraction of every training sequence",
             "test_subjects": sorted({s for s in pos3d if s.startswith("Validate/")} | set(test_subjects)),
             "fps": FPS, "image_size": list(IMAGE_SIZE), "joint_layout_in": "humaneva15",
-            "mapping_to_h36m17": [{"joint": j, "from": [names[i] for i in ix], "derived": len(ix) > 1}
-                                  for j, ix in zip(H36M17.joints, mapping)],
+            "mapping_to_h36m17": describe_mapping("humaneva15", "h36m17"),
             "cameras": cam_info, "cameras_from": "DLT over each subject session's 2D-3D pairs (no calibration in the files)",
             "detections": {k: {"layout": "humaneva15"} for k in sources if k != "gt"}}
     say("writing shards")
-    with DatasetWriter(out, "humaneva", "h36m17", info=info, overwrite=overwrite) as w:
-        for split, tables in per_split.items():
-            if tables:
-                w.add_split(split, pa.concat_tables(tables))
-        return w.commit()
+    return write_splits(out, "humaneva", "h36m17", per_split, info, overwrite)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from posectl.core.skeleton import KEYPOINT_JOINTS, keypoint_mapping
+from posectl.core.skeleton import KEYPOINT_JOINTS, describe_mapping, keypoint_mapping
 from posectl.datasets.safe_npz import load_npz
 from posectl.errors import DataError
 
@@ -249,9 +249,7 @@ def to_layout(kf: KeypointFile, dst: str, min_score: float = 0.3) -> Mapped:
     except ValueError:
         raise DataError(f"{kf.path}: keypoints in layout {kf.layout} cannot be mapped onto the run's skeleton "
                         f"{dst} (it was trained on another skeleton)") from None
-    names = KEYPOINT_JOINTS[kf.layout]
-    out = Mapped([], [{"joint": j, "from": [names[i] for i in ix], "derived": len(ix) > 1}
-                      for j, ix in zip(KEYPOINT_JOINTS.get(dst, [str(i) for i in range(len(mapping))]), mapping)])
+    out = Mapped([], describe_mapping(kf.layout, dst))
     for t in kf.tracks:
         where = f"{kf.path}: {t.name}"
         check_image_size(t, where)

@@ -357,6 +357,16 @@ class DatasetWriter:
             self.abort()
 
 
+def write_splits(out: str | Path, name: str, joint_layout: str, per_split: dict[str, list[pa.Table]], info: dict,
+                 overwrite: bool = False) -> Path:
+    """An importer's last step: every split that has tables, concatenated, written as one dataset."""
+    with DatasetWriter(out, name, joint_layout, info=info, overwrite=overwrite) as w:
+        for split, tables in per_split.items():
+            if tables:
+                w.add_split(split, pa.concat_tables(tables))
+        return w.commit()
+
+
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
     """One Parquet shard (optionally only `columns`), with a one-line error for an unreadable file."""
     try:
