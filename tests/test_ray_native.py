@@ -1,8 +1,10 @@
 """posectl beside the user's own Ray (issue #28): Ray's address conventions, a cluster started on the
 machine used and said, a stale address file ignored, and every command `posectl cluster up` prints run
 exactly as printed."""
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -144,12 +146,18 @@ def head_cluster(tmp_path_factory):
     def sh(cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=tmp)
 
-    # not Ray's default ports: a `ray start --head` of the user may hold them (the suite must pass beside it)
+    # not Ray's default ports: a `ray start --head` of the user may hold them (the suite must pass beside it);
+    # hold the dashboard agent's default port as another Ray would (its job API then needs another one)
+    held = socket.socket()
+    with contextlib.suppress(OSError):
+        held.bind(("127.0.0.1", 52365))
+        held.listen()
     up = sh(f"posectl cluster up --num-cpus 2 --port {PORT} --dashboard-port {DASHBOARD_PORT}")
     assert up.returncode == 0, up.stderr
     state = {"sh": sh, "tmp": tmp, "up": up.stdout, "cmds": _printed_commands(up.stdout)}
     yield state
     sh("posectl cluster down")
+    held.close()
 
 
 def test_cluster_up_prints_commands_that_work_as_printed(head_cluster):

@@ -232,7 +232,7 @@ def private_runtime_env(dashboard_port: int | None) -> dict:
     return {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}}
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int, what: str = "the dashboard") -> int:
     """`preferred` when nothing listens on it on 127.0.0.1 (another Ray's dashboard may), else a free port."""
     import socket
     for port in (preferred, 0):
@@ -243,7 +243,7 @@ def free_port(preferred: int) -> int:
             except OSError:
                 continue
             return sock.getsockname()[1]
-    raise ResourceError("no free TCP port on 127.0.0.1 for the dashboard")
+    raise ResourceError(f"no free TCP port on 127.0.0.1 for {what}")
 
 
 def local_session_dir() -> str | None:

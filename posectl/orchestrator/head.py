@@ -101,6 +101,14 @@ def _ray_env(**extra: str) -> dict:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
+def _agent_port_arg() -> str:
+    """The node's dashboard agent serves the job API on one fixed port (52365). Another Ray on this machine
+    (a user's, a run's private one) may hold it: the agent then stays up without it and every job
+    submission fails with "No available agent" (seen in CI). Take another port then."""
+    from posectl.orchestrator.cluster import free_port
+    return f"--dashboard-agent-listen-port={free_port(52365, 'the dashboard agent')}"
+
+
 def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.0.0.1",
        num_cpus: int | None = None, num_gpus: int | None = None, warn=print, timeout_s: float = 90,
        host: str = "127.0.0.1") -> dict:
@@ -118,7 +126,7 @@ def up(port: int = 6379, dashboard_port: int = 8265, dashboard_host: str = "127.
     ensure_token()
     cmd = [_ray_bin(), "start", "--head", "--block", f"--port={port}", f"--node-ip-address={host}",
            "--include-dashboard=true", f"--dashboard-host={dashboard_host}", f"--dashboard-port={dashboard_port}",
-           "--disable-usage-stats"]
+           "--disable-usage-stats", _agent_port_arg()]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
     if num_gpus is not None:
@@ -161,7 +169,7 @@ def join(head: str, host: str | None = None, num_cpus: int | None = None, num_gp
     _check_reachable(head)
     log = state_file().parent / "cluster.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [_ray_bin(), "start", f"--address={head}", "--block", "--disable-usage-stats"]
+    cmd = [_ray_bin(), "start", f"--address={head}", "--block", "--disable-usage-stats", _agent_port_arg()]
     if host:
         cmd.append(f"--node-ip-address={host}")
     if num_cpus is not None:
@@ -388,12 +396,16 @@ def submit(argv: list[str], name: str, dashboard: str | None = None) -> str:
     entry = " ".join([sys.executable, "-m", "posectl", *[_quote(a) for a in argv]])
     sid = f"posectl-{name}-{secrets.token_hex(2)}"
     # job_name: the dashboard's Jobs view shows it in its Name column
-    for attempt in range(30):          # a head that has just started may have no job agent yet
+    deadline = time.monotonic() + 60   # a head that has just started may have no job agent yet
+    while True:
         try:
             return client.submit_job(entrypoint=entry, submission_id=sid, metadata={"posectl": name, "job_name": name})
         except RuntimeError as e:
-            if "No available agent" not in str(e) or attempt == 29:
+            if "No available agent" not in str(e):
                 raise
+            if time.monotonic() > deadline:
+                raise ResourceError(f"the cluster at {url} has no job agent answering after 60 s (Ray's agent port may "
+                                    "be held by another Ray on the head; its dashboard_agent.log says)") from None
             time.sleep(1)
 
 
