@@ -233,7 +233,8 @@ def private_runtime_env(dashboard_port: int | None) -> dict:
 
 
 def free_port(preferred: int, what: str = "the dashboard") -> int:
-    """`preferred` when nothing listens on it on 127.0.0.1 (another Ray's dashboard may), else a free port."""
+    """`preferred` when nothing listens on it on 127.0.0.1 (another Ray's dashboard or agent may), else a free
+    port; `what` names the port's user in the error."""
     import socket
     for port in (preferred, 0):
         with socket.socket() as sock:
