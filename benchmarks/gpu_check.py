@@ -5,6 +5,9 @@ benchmark as a subprocess with a time limit):
 1. every registered method's `posectl train METHOD --smoke-test --gpus 1`, in fp32 and in bf16;
 2. `posectl train baseline --smoke-test --workers 2 --gpus-per-worker 0.5`: two DDP workers (gloo)
    sharing the one GPU;
+   `posectl train baseline --smoke-test --gpus 1 data.device_fraction=0`: batches gathered into pinned
+   host memory and copied without blocking, instead of the split held on the GPU (its MPJPE should match
+   the fp32 smoke run's up to GPU nondeterminism);
 3. `benchmarks/train_throughput.py --device cuda` in fp32 and bf16: posectl / bare PyTorch, the same
    model, data and precision, steady state.
 It writes gpu_check.json (every step: command, exit code, wall time, test MPJPE and protocol of the
@@ -47,6 +50,10 @@ def plan(runs_dir: Path, out: Path) -> list[dict]:
                   "run": str(runs_dir / "shared-gpu"),
                   "argv": ["posectl", "train", "baseline", "--smoke-test", "--workers", "2", "--gpus-per-worker", "0.5",
                            "--runs-dir", str(runs_dir), "--name", "shared-gpu"]})
+    steps.append({"name": "smoke baseline, batches from pinned host memory", "estimate_s": 20,
+                  "run": str(runs_dir / "pinned"),
+                  "argv": ["posectl", "train", "baseline", "--smoke-test", "--gpus", "1", "data.device_fraction=0",
+                           "--runs-dir", str(runs_dir), "--name", "pinned"]})
     for precision in ("fp32", "bf16"):
         steps.append({"name": f"throughput {precision}", "estimate_s": 60, "limit_s": 150,
                       "json": str(out / f"throughput-{precision}.json"),

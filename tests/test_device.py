@@ -108,3 +108,28 @@ def test_the_gpu_check_plans_every_method_in_both_precisions(tmp_path):
     names = {s["name"] for s in steps}
     assert {f"smoke {m} {p}" for m in available() for p in ("fp32", "bf16")} <= names
     assert {"throughput fp32", "throughput bf16"} <= names and all(s["status"] == "planned" for s in steps)
+
+
+@pytest.mark.parametrize("backbone", [{}, {"backbone.name": "videopose", "backbone.receptive_field": 9}])
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_batches_held_on_the_device_or_copied_from_the_host_train_as_on_the_cpu(placement, backbone, monkeypatch):
+    """data.device_fraction: baseline's split kept on the device (batches and windows indexed there, flips
+    drawn there) or gathered on the host and copied gives the CPU run's losses and MPJPE exactly (the
+    stand-in device computes on the same values)."""
+    import posectl.datasets.lifting as lifting
+    monkeypatch.setattr(lifting, "device_memory", lambda device: 1 << 40)
+    params = {"epochs": 2, "data.device_fraction": 0.25 if placement == "device" else 0.0, **backbone}
+    spec = RunSpec.build("baseline", [], smoke_test=True).with_params(params)
+    sources = spec.local_sources(test=False)
+
+    def run(device):
+        ctx = Context(device=device, prepare_model=lambda net: net.to(device))
+        method, data = build_worker(spec.describe(), sources, ctx)
+        losses = [method.train_epoch(epoch)["train_loss_mm"] for epoch in range(2)]
+        return losses, method.evaluate(data["val"])["mpjpe"], data["train"].place(device, 0.25)
+
+    cpu = run(torch.device("cpu"))
+    with DeviceCheck():
+        dev = run(DEVICE)
+    assert dev[2] == placement and cpu[2] == "cpu"
+    assert dev[:2] == cpu[:2]

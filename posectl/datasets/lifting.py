@@ -34,6 +34,7 @@ class LiftingData:
         counts = ends - starts + 1
         self.seq_start = torch.from_numpy(np.repeat(starts, counts))
         self.seq_end = torch.from_numpy(np.repeat(ends, counts))
+        self._placed: dict[str, tuple[str, object]] = {}
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -51,11 +52,47 @@ class LiftingData:
         src = self.inputs if inputs is None else inputs
         if receptive_field == 1:
             return src[idx].unsqueeze(1)
-        half = receptive_field // 2
-        offs = torch.arange(-half, half + 1)
-        rows = idx[:, None] + offs[None, :]
-        rows = torch.maximum(torch.minimum(rows, self.seq_end[idx, None]), self.seq_start[idx, None])
-        return src[rows]
+        return src[window_rows(idx, receptive_field, self.seq_start, self.seq_end)]
+
+    def place(self, device: torch.device, fraction: float) -> str:
+        """Where `fetch` takes batches for `device` from, decided once per device: "device" when inputs,
+        targets and sequence bounds fit `fraction` of the device's memory (copied there once, batches
+        indexed on it), "pinned" on a CUDA device otherwise (gathered into page-locked buffers, copied
+        without blocking), "host" on another device (gathered on the CPU, copied), "cpu" on the CPU."""
+        device = torch.device(device)
+        key = str(device)
+        if key not in self._placed:
+            tensors = (self.inputs, self.targets, self.seq_start, self.seq_end)
+            size = sum(t.numel() * t.element_size() for t in tensors)
+            if device.type == "cpu":
+                self._placed[key] = ("cpu", tensors)
+            elif fraction > 0 and size <= fraction * device_memory(device):
+                self._placed[key] = ("device", tuple(t.to(device) for t in tensors))
+            elif device.type == "cuda":
+                self._placed[key] = ("pinned", _PinnedStaging())
+            else:
+                self._placed[key] = ("host", tensors)
+        return self._placed[key][0]
+
+    def fetch(self, idx: torch.Tensor, device: torch.device, receptive_field: int | None = None,
+              fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2D input, root-relative 3D target) of rows `idx` (a CPU index tensor) on `device`: inputs
+        (B, J, 2) for `receptive_field=None`, else (B, receptive_field, J, 2) windows. See `place`."""
+        kind = self.place(device, fraction)
+        held = self._placed[str(torch.device(device))][1]
+        if kind == "device":
+            inputs, targets, start, end = held
+            i = idx.to(device, non_blocking=True)
+            x = inputs[i] if receptive_field is None else inputs[window_rows(i, receptive_field, start, end)]
+            return x, targets[i]
+        if kind == "pinned":
+            rows = idx if receptive_field is None else window_rows(idx, receptive_field, self.seq_start, self.seq_end)
+            return held.copy([(self.inputs, rows), (self.targets, idx)], device)
+        x = self.inputs[idx] if receptive_field is None else self.windows(idx, receptive_field)
+        y = self.targets[idx]
+        if kind == "host":
+            x, y = x.to(device), y.to(device)
+        return x, y
 
     def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                 stride: int = 1) -> Iterator[torch.Tensor]:
@@ -73,3 +110,47 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
+
+
+def window_rows(idx: torch.Tensor, receptive_field: int, seq_start: torch.Tensor, seq_end: torch.Tensor) -> torch.Tensor:
+    """(B, receptive_field) row numbers of the windows centred on `idx`, clamped to each row's sequence
+    (edge padding, as VideoPose3D); on the device of `idx`."""
+    half = receptive_field // 2
+    rows = idx[:, None] + torch.arange(-half, half + 1, device=idx.device)[None, :]
+    return torch.maximum(torch.minimum(rows, seq_end[idx, None]), seq_start[idx, None])
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory of an accelerator (0 where unknown: then nothing is placed on it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return 0
+
+
+class _PinnedStaging:
+    """Two page-locked host buffers used in turn: a batch is gathered (index_select) straight into one
+    and copied to the device without blocking; before a buffer is refilled, the host waits for the copy
+    that last read it (a CUDA event), so a batch is never overwritten in flight."""
+
+    def __init__(self):
+        self.buffers: list[torch.Tensor | None] = [None, None]
+        self.events: list = [None, None]
+        self.turn = 0
+
+    def copy(self, parts: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
+        k, self.turn = self.turn, 1 - self.turn
+        if self.events[k] is not None:
+            self.events[k].synchronize()
+        sizes = [rows.numel() * src[0].numel() for src, rows in parts]
+        buf = self.buffers[k]
+        if buf is None or buf.numel() < sum(sizes):
+            buf = self.buffers[k] = torch.empty(2 * sum(sizes), dtype=parts[0][0].dtype, pin_memory=True)
+        out, off = [], 0
+        for (src, rows), n in zip(parts, sizes):
+            dst = buf[off: off + n].view(rows.numel(), *src.shape[1:])
+            torch.index_select(src, 0, rows.reshape(-1), out=dst)
+            out.append(dst.view(*rows.shape, *src.shape[1:]).to(device, non_blocking=True))
+            off += n
+        self.events[k] = torch.cuda.Event()
+        self.events[k].record()
+        return out

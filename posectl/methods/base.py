@@ -37,6 +37,9 @@ class DataConfig:
     train_stride: int = field(1, "use every n-th training frame")
     eval_stride: int = field(1, "use every n-th validation/test frame")
     max_train_samples: int = field(0, "cap on training rows (0 = all)")
+    device_fraction: float = field(0.25, "keep a worker's split on its GPU when it fits in this fraction of the GPU's "
+                                         "memory (0: never; batches are then gathered into pinned host memory and "
+                                         "copied without blocking)", le=1)
 
 
 @dataclass
@@ -166,10 +169,22 @@ class Method:
         Subclasses call this first: it seeds torch and `self.gen`, this worker's own random draws."""
         self.cfg, self.data, self.ctx = cfg, data, ctx
         self.gen = seed_everything(cfg.seed + ctx.rank)
+        # draws made on the device: its own generator on CUDA; on the CPU the same stream as `gen`
+        self.dgen = self.gen if ctx.device.type == "cpu" else None
+        if ctx.device.type == "cuda":
+            self.dgen = torch.Generator(device=ctx.device)
+            self.dgen.manual_seed(cfg.seed + ctx.rank)
         if ctx.device.type == "cuda" and cfg.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.scaler = torch.amp.GradScaler("cuda" if ctx.device.type == "cuda" else "cpu",
                                            enabled=cfg.precision == "fp16")
+
+    def uniform(self, n: int) -> torch.Tensor:
+        """n uniform [0, 1) draws on this worker's device, from its seeded device stream (`dgen`); on a
+        device without a generator of its own, drawn from `gen` and copied."""
+        if self.dgen is not None:
+            return torch.rand(n, generator=self.dgen, device=self.ctx.device)
+        return torch.rand(n, generator=self.gen).to(self.ctx.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's precision: bf16/fp16 autocast on this worker's device, or nothing for fp32. The

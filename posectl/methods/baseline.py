@@ -43,12 +43,14 @@ class Baseline(LiftingMethod):
         return self.cfg.backbone.receptive_field == 1 and self.cfg.backbone.name in ("simple", "semgcn")
 
     def _pair(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training batch (2D input, root-relative 3D), with the random horizontal flip."""
-        data = self.data
-        x = data.inputs[idx] if self._frame_input() else data.windows(idx, self.cfg.backbone.receptive_field)
-        y = data.targets[idx]
-        if self.cfg.train_flip:
-            flip = torch.rand(len(idx), generator=self.gen) < 0.5
+        """One training batch (2D input, root-relative 3D) on the worker's device, with the random
+        horizontal flip drawn there (datasets/lifting.py: LiftingData.fetch keeps the split on the GPU
+        when it fits)."""
+        data, cfg = self.data, self.cfg
+        x, y = data.fetch(idx, self.ctx.device, None if self._frame_input() else cfg.backbone.receptive_field,
+                          cfg.data.device_fraction)
+        if cfg.train_flip:
+            flip = self.uniform(len(idx)) < 0.5
             mask = flip.view(-1, *([1] * (x.dim() - 1)))
             x = torch.where(mask, flip_poses(x, data.layout), x)
             y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)
@@ -63,7 +65,6 @@ class Baseline(LiftingMethod):
         frame_input = self._frame_input()
         for step, idx in enumerate(batches):
             x, y = self._pair(idx)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             pred = self.model(x)
             loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
             self.optimize(loss, self.opt)

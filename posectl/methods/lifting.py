@@ -102,7 +102,7 @@ class LiftingMethod(Method):
         batches = list(data.batches(batch_size, shuffle=False, stride=stride))
         with torch.no_grad():
             for step, idx in enumerate(batches):
-                x = data.windows(idx, rf).to(device)
+                x, _ = data.fetch(idx, device, rf, self.cfg.data.device_fraction)
                 y = model(x)[:, 0]
                 if self.cfg.test_flip:
                     yf = model(flip_poses(x, data.layout))[:, 0]

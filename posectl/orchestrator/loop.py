@@ -42,10 +42,12 @@ def _restored_best(state: dict, metric: str, mode: str) -> tuple[float, int]:
 
 def _rank_random_state(method, ctx) -> dict:
     """This rank's random streams: torch's global CPU state, the CUDA state of its device, and the
-    method's own generator (`gen`, seeded per rank)."""
+    method's own generators (`gen`, and `dgen` where the device has its own; seeded per rank)."""
     st = {"torch": torch.get_rng_state(), "generator": method.gen.get_state()}
     if ctx.device.type == "cuda":
         st["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    if getattr(method, "dgen", None) is not None and method.dgen is not method.gen:
+        st["device_generator"] = method.dgen.get_state()
     return st
 
 
@@ -62,6 +64,8 @@ def _restore_random_state(method, ctx, state: dict) -> None:
     method.gen.set_state(mine["generator"])
     if same and ctx.device.type == "cuda" and "cuda" in mine:
         torch.cuda.set_rng_state(mine["cuda"], ctx.device)
+    if same and "device_generator" in mine and getattr(method, "dgen", None) is not None:
+        method.dgen.set_state(mine["device_generator"])
 
 
 def _gather(obj, ctx) -> list:
