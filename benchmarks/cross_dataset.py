@@ -41,28 +41,24 @@ ROWS = {  # row name -> (method, config values)
 LIFTING = {"backbone.name": "simple", "backbone.width": 1024, "lr": 1e-3, "lr_decay": 0.9}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def data_arguments(ap: argparse.ArgumentParser) -> None:
+    """The source, target and budget flags (shared with benchmarks/humaneva_why.py)."""
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     ap.add_argument("--h36m-3d", default=str(shared / "h36m" / "data_3d_h36m.npz"))
     ap.add_argument("--humaneva", default=str(shared / "humaneva"))
     ap.add_argument("--rows", type=int, default=66000, help="source training rows per epoch (frames strided to it)")
     ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=["baseline", "dhaug", "gpa", "posynda"])
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+
+
+def setup(args: argparse.Namespace) -> tuple[str, Path, int, dict]:
+    """Source and target datasets (the target imported once, S3 as its test split), the source frame
+    stride giving `--rows` rows per epoch, and the config values every row shares."""
     import warnings
 
     from posectl.datasets.h36m import cached_h36m
     from posectl.datasets.humaneva import prepare_humaneva
-    from posectl.datasets.lifting import LiftingData
     from posectl.datasets.store import PoseDataset
     from posectl.datasets.synthetic import cache_dir
-
-    t0 = time.perf_counter()
-    out = Path(args.out or tempfile.mkdtemp(prefix="posectl-cross-"))
-    out.mkdir(parents=True, exist_ok=True)
     source = str(cached_h36m(args.h36m_3d))
     target = cache_dir() / "humaneva-train-test-s3"
     if not (target / "manifest.json").exists():
@@ -71,11 +67,28 @@ def main() -> None:
             warnings.simplefilter("ignore")
             prepare_humaneva(target, he / "data_3d_humaneva15_train.npz", [he / "data_2d_humaneva15_gt_train.npz"],
                              test_subjects=["Train/S3"], overwrite=True)
-    tds = PoseDataset(target)
-    test = LiftingData(tds.load("test"), tds.layout, keypoints="gt")
     stride = max(1, round(PoseDataset(source).manifest["splits"]["train"]["rows"] / args.rows))
     common = {"data.path": source, "data.train_stride": stride, "epochs": args.epochs, "target.path": str(target),
               "target.split": "train", "target.test_split": "test"}
+    return source, target, stride, common
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_arguments(ap)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=["baseline", "dhaug", "gpa", "posynda"])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    from posectl.datasets.lifting import LiftingData
+    from posectl.datasets.store import PoseDataset
+
+    t0 = time.perf_counter()
+    out = Path(args.out or tempfile.mkdtemp(prefix="posectl-cross-"))
+    out.mkdir(parents=True, exist_ok=True)
+    source, target, stride, common = setup(args)
+    tds = PoseDataset(target)
+    test = LiftingData(tds.load("test"), tds.layout, keypoints="gt")
     done = out / "results.json"
     results: list[dict] = json.loads(done.read_text()) if done.exists() else []
     pretrained: dict[int, str] = {r["seed"]: r["checkpoint"] for r in results if r["row"] == "posynda source only"}
