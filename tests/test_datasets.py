@@ -69,6 +69,25 @@ def tiny(tmp_path):
     return w.commit()
 
 
+def test_shards_are_hashed_once_and_a_changed_shard_is_still_caught(tiny):
+    """verify() hashes a shard again only when its size or mtime differ from when it last matched."""
+    import os
+    ds = PoseDataset(tiny)
+    n = len(ds.manifest["shards"])
+    assert n > 1 and ds.verify() == n and ds.verify() == 0 and PoseDataset(tiny).verify() == 0
+    shard = tiny / "train-00000.parquet"
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # touched, same bytes: hashed, passes
+    assert ds.verify() == 1 and ds.verify() == 0
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                     # same size, new bytes and mtime
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        PoseDataset(tiny, verify=True)
+    with pytest.raises(DataError, match="checksum mismatch"):       # and on every later run
+        PoseDataset(tiny, verify=True)
+
+
 def test_checksum_mismatch_is_detected(tiny):
     shard = tiny / "train-00000.parquet"
     data = bytearray(shard.read_bytes())

@@ -2,6 +2,7 @@
 
 A dataset is a directory:
   manifest.json        schema version, joint layout, 2D sources, splits -> shards, rows, sha256
+  .verified.json       written by PoseDataset.verify: shards whose checksum matched, by size and mtime
   <split>-00000.parquet ...
 
 One row per (subject, action, camera, frame). Pose columns are pyarrow's canonical
@@ -36,6 +37,7 @@ from posectl.errors import DataError
 SCHEMA_VERSION = 1
 FORMAT = "posectl-poses"
 MANIFEST = "manifest.json"
+VERIFIED = ".verified.json"   # size and mtime of every shard when its checksum last matched (PoseDataset.verify)
 META_COLUMNS = ("dataset", "domain", "subject", "action", "camera", "frame")
 IMAGE_COLUMN = "image"
 BODY_COLUMN = "body_params"      # optional: per-row body-model parameters (list<float32>), manifest "body_params"
@@ -500,10 +502,33 @@ class PoseDataset:
     def num_joints(self) -> int:
         return self.layout.num_joints
 
-    def verify(self) -> None:
+    def verify(self) -> int:
+        """Every shard against its manifest checksum. A shard whose size and modification time are those
+        recorded in VERIFIED (beside the manifest) when it last matched is not hashed again; a changed
+        shard (new size or mtime) is hashed and caught. Returns the number of shards hashed."""
+        cache_path = self.path / VERIFIED
+        try:
+            cache = json.loads(cache_path.read_text())
+            cache = cache if isinstance(cache, dict) else {}
+        except (OSError, ValueError):
+            cache = {}
+        fresh, hashed = {}, 0
         for shard, meta in self.manifest["shards"].items():
-            if sha256(self.path / shard) != meta["sha256"]:
-                raise DataError(f"{self.path / shard}: checksum mismatch (file changed or corrupt)")
+            st = (self.path / shard).stat()
+            seen = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": meta["sha256"]}
+            if cache.get(shard) != seen:
+                hashed += 1
+                if sha256(self.path / shard) != meta["sha256"]:
+                    raise DataError(f"{self.path / shard}: checksum mismatch (file changed or corrupt)")
+            fresh[shard] = seen
+        if fresh != cache:
+            try:                          # a read-only dataset is hashed on every run instead
+                tmp = cache_path.with_name(f"{VERIFIED}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(fresh, indent=1))
+                os.replace(tmp, cache_path)
+            except OSError:
+                pass
+        return hashed
 
     def shard_paths(self, split: str, subjects: list[str] | None = None) -> list[str]:
         if split not in self.manifest["splits"]:
