@@ -295,3 +295,119 @@ def test_real_fixture_builtin_intrinsics_are_approximate(tmp_path, fixtures_3dhp
         ds, _ = _load(prepare_3dhp(tmp_path / "out", fixtures_3dhp / "test_3dhp_test.npz"))
     res = ds.manifest["info"]["reprojection_px"]
     assert res["TS1"]["median_px"] < 1.0 and res["TS2"]["median_px"] > 3.0
+
+
+# ------------------------------------------------------------------------------- the training set (--train)
+
+def _train_cameras(tmp_path):
+    """An mmpose-style cameras_train.pkl: S<i>_Seq<j>_Cam<c> -> c, f, w, h (one focal length per camera)."""
+    cams = {}
+    for s in ("S1", "S2"):
+        for q in ("Seq1", "Seq2"):
+            for c, f in (("0", 1480.0), ("2", 1530.0)):
+                cams[f"{s}_{q}_Cam{c}"] = {"c": np.array([[1020.0], [1030.0]]), "f": np.array([[f], [f + 2]]),
+                                           "w": 2048, "h": 2048}
+    (tmp_path / "cameras_train.pkl").write_bytes(pickle.dumps(cams))
+    return tmp_path / "cameras_train.pkl", {k: np.array([*v["f"].ravel(), *v["c"].ravel(), 0, 0, 0, 0, 0]) for k, v in cams.items()}
+
+
+def _train_sequences(K, T=12):
+    """(subject, sequence, camera, camera-frame 3D (T, 17, 3) m, 2D (T, 17, 2) px) in the 3DHP order."""
+    out, seed = [], 20
+    for s in ("S1", "S2"):
+        for q in ("Seq1", "Seq2"):
+            for c in ("0", "2"):
+                rel, t = _poses(T, 17, 14, seed)
+                X = rel + t[:, None]
+                out.append((s, q, c, X, project(X, np.broadcast_to(K[f"{s}_{q}_Cam{c}"], (T, 9)))))
+                seed += 1
+    return out
+
+
+@pytest.mark.parametrize("form", ["pstmo", "mmpose"])
+def test_training_set_imports_as_split_train_with_subjects(tmp_path, form):
+    cams, K = _train_cameras(tmp_path)
+    seqs = _train_sequences(K)
+    if form == "pstmo":                       # P-STMO / MixSTE data_train_3dhp.npz, 3D in mm
+        data = {}
+        for s, q, c, X, uv in seqs:
+            data.setdefault(f"{s} {q}", [{}])[0][c] = {"data_3d": X * 1000, "data_2d": uv}
+        np.savez(tmp_path / "data_train_3dhp.npz", data=_obj(data))
+        train = tmp_path / "data_train_3dhp.npz"
+    else:                                     # mmpose: one row per image, S in metres with a flag column
+        names = [f"S{s[1:]}_{q}_Cam{c}_{i + 1:06d}.jpg" for s, q, c, X, _ in seqs for i in range(len(X))]
+        S = np.concatenate([np.concatenate([X, np.ones((*X.shape[:2], 1))], -1) for *_, X, _ in seqs])
+        part = np.concatenate([np.concatenate([uv, np.ones((*uv.shape[:2], 1))], -1) for *_, uv in seqs])
+        np.savez(tmp_path / "mpi_inf_3dhp_train.npz", imgname=np.array(names), S=S, part=part)
+        train = tmp_path / "mpi_inf_3dhp_train.npz"
+    np.savez(tmp_path / "test.npz", data=_obj(_good_pstmo()))
+    ds = PoseDataset(prepare_3dhp(tmp_path / "out", tmp_path / "test.npz", train=train, cameras=[cams]), verify=True)
+    assert ds.manifest["splits"]["train"]["subjects"] == ["S1", "S2"] and ds.manifest["info"]["train"]["form"] == form
+    a = ds.load("train")
+    assert len(a) == 8 * 12 and set(a.action) == {"Seq1", "Seq2"} and set(a.camera) == {"Cam0", "Cam2"}
+    assert len(set(a.sequence_ids.tolist())) == 8
+    for s, q, c, X, uv in seqs:
+        rows = np.flatnonzero((a.subject == s) & (a.action == q) & (a.camera == f"Cam{c}"))
+        rows = rows[np.argsort(a.frame[rows])]
+        np.testing.assert_allclose(a.joints_3d[rows], convert(X, "3dhp17", "h36m17"), atol=1e-5)
+        np.testing.assert_allclose(a.intrinsics[rows[0]], K[f"{s}_{q}_Cam{c}"], atol=1e-4)
+    err = np.linalg.norm(project(a.joints_3d.astype(np.float64), a.intrinsics.astype(np.float64)) - a.keypoints_2d, axis=-1)
+    assert err.max() < 0.01                                   # pixels: the cameras file's intrinsics
+    assert ds.manifest["splits"]["test"]["rows"] == 10
+
+
+def test_training_set_bad_inputs_write_nothing(tmp_path):
+    cams, K = _train_cameras(tmp_path)
+    data = {}
+    for s, q, c, X, uv in _train_sequences(K, T=5):
+        data.setdefault(f"{s} {q}", [{}])[0][c] = {"data_3d": X, "data_2d": uv}
+    np.savez(tmp_path / "train.npz", data=_obj(data))
+    np.savez(tmp_path / "test.npz", data=_obj(_good_pstmo()))
+    with pytest.raises(DataError, match=r"sequence S1 Seq1 camera 0: no built-in intrinsics for 'S1_Seq1_Cam0'.*--cameras"):
+        prepare_3dhp(tmp_path / "out", tmp_path / "test.npz", train=tmp_path / "train.npz")
+    with pytest.raises(DataError, match="a test-set file .* --train takes the training set"):
+        prepare_3dhp(tmp_path / "out", tmp_path / "test.npz", train=tmp_path / "test.npz", cameras=cams)
+    np.savez(tmp_path / "pa.npz", pose3d=np.zeros((3, 16, 3)), pose2d=np.zeros((3, 16, 2)))
+    with pytest.raises(DataError, match="PoseAug/DH-AUG form holds the test set only"):
+        prepare_3dhp(tmp_path / "out", tmp_path / "test.npz", train=tmp_path / "pa.npz", cameras=cams)
+    with pytest.raises(DataError, match="training-file layout .* --train"):
+        prepare_3dhp(tmp_path / "out", tmp_path / "train.npz", cameras=cams)
+    bad = {k: [{c: {**v, "data_3d": np.full_like(v["data_3d"], np.nan)} for c, v in e[0].items()}] for k, e in data.items()}
+    np.savez(tmp_path / "nan.npz", data=_obj(bad))
+    with pytest.raises(DataError, match="NaN"):
+        prepare_3dhp(tmp_path / "out", tmp_path / "test.npz", train=tmp_path / "nan.npz", cameras=cams)
+    _untouched(tmp_path, ["cameras_train.pkl", "train.npz", "test.npz", "pa.npz", "nan.npz"])
+
+
+def test_gpa_adapts_to_the_3dhp_training_split(tmp_path, small_dataset):
+    """The GPA / PoSynDA papers' setting: the 3DHP training split's 2D as the unlabelled target, its test split
+    evaluated (`posectl train gpa target.path=DIR target.split=train target.test_split=test`), here on
+    constructed files through the same run builder as `posectl train`."""
+    from posectl.orchestrator.reporters import MemoryReporter
+    from posectl.orchestrator.spec import RunSpec, run_local
+    cams, K = _train_cameras(tmp_path)
+    data = {}
+    for s, q, c, X, uv in _train_sequences(K, T=30):
+        data.setdefault(f"{s} {q}", [{}])[0][c] = {"data_3d": X * 1000, "data_2d": uv}
+    np.savez(tmp_path / "train.npz", data=_obj(data))
+    np.savez(tmp_path / "test.npz", data=_obj(_good_pstmo(T=40)))
+    target = prepare_3dhp(tmp_path / "3dhp", tmp_path / "test.npz", train=tmp_path / "train.npz", cameras=[cams])
+    spec = RunSpec.build("gpa", [{"data.path": str(small_dataset), "target.path": str(target), "target.split": "train",
+                                  "target.test_split": "test", "epochs": 1, "backbone.width": 64, "batch_size": 64}])
+    rep = MemoryReporter()
+    results, method, _ = run_local(spec, rep, test=True)
+    assert rep.rows[0]["aligned_share"] == 1.0
+    assert len(method.ctx.inputs["target"]) == 8 * 30                      # the training split's 2D drove it
+    assert results["test"]["per_action"].keys() == {"TS1"} and np.isfinite(results["test"]["mpjpe"])
+
+
+@pytest.mark.real_data
+def test_real_mmpose_fixtures_as_test_and_train_splits(tmp_path, fixtures_3dhp):
+    out = prepare_3dhp(tmp_path / "out", fixtures_3dhp / "test_3dhp_test.npz", train=fixtures_3dhp / "test_3dhp_train.npz",
+                       cameras=[fixtures_3dhp / "cameras_test.pkl", fixtures_3dhp / "cameras_train.pkl"])
+    ds = PoseDataset(out, verify=True)
+    a = ds.load("train")
+    assert list(a.subject) == ["S4", "S8"] and list(a.action) == ["Seq2", "Seq1"] and list(a.camera) == ["Cam0", "Cam8"]
+    err = np.linalg.norm(project(a.joints_3d.astype(np.float64), a.intrinsics.astype(np.float64)) - a.keypoints_2d,
+                         axis=-1)
+    assert np.median(err) < 1.0 and ds.manifest["splits"]["test"]["rows"] == 2

@@ -75,14 +75,16 @@ def prepare_humaneva_cmd(
 def prepare_3dhp_cmd(
     path: Path = typer.Argument(..., help="test_3dhp.npz (PoseAug/DH-AUG), data_test_3dhp.npz (P-STMO/MixSTE/PoSynDA) or an mmpose-style npz."),
     out: Path = typer.Option(..., "--out", help="Output directory (must not exist)."),
-    form: str = typer.Option("auto", "--form", help="auto | poseaug | pstmo | mmpose."),
-    cameras: Optional[Path] = typer.Option(None, "--cameras", help="mmpose-style cameras pkl (intrinsics per sequence)."),
+    form: str = typer.Option("auto", "--form", help="auto | poseaug | pstmo | mmpose (of PATH)."),
+    cameras: Optional[list[Path]] = typer.Option(None, "--cameras", help="mmpose-style cameras pkl (intrinsics per sequence); repeat for cameras_test.pkl and cameras_train.pkl."),
     image_size: Optional[tuple[int, int]] = typer.Option(None, "--image-size", help="W H of the PoseAug file's frames (2048 2048 or 1920 1080)."),
+    train: Optional[Path] = typer.Option(None, "--train", help="The training set too, as split 'train' (subjects S1-S8): data_train_3dhp.npz (P-STMO/MixSTE) or mmpose's training npz; needs --cameras cameras_train.pkl."),
 ):
-    """Import the MPI-INF-3DHP test set into the h36m17 layout (joint mapping and intrinsics recorded)."""
+    """Import the MPI-INF-3DHP test set (split 'test') and optionally its training set (split 'train') into
+    the h36m17 layout (joint mapping and intrinsics recorded)."""
     from posectl.datasets.mpi3dhp import prepare_3dhp
-    _print_info(_warning_lines(lambda: prepare_3dhp(out, path, form=form, cameras=cameras, image_size=image_size,
-                                                    progress=_progress)))
+    _print_info(_warning_lines(lambda: prepare_3dhp(out, path, form=form, cameras=cameras or None, image_size=image_size,
+                                                    train=train, progress=_progress)))
 
 
 @app.command("attach-images")

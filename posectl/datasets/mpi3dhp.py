@@ -20,6 +20,7 @@ no activity labels), extrinsics are null.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from pathlib import Path
@@ -247,13 +248,13 @@ def load_cameras(path: str | Path) -> tuple[dict[str, tuple[tuple[int, int], np.
 
 
 def _camera_for(seq: str, cams: dict | None, where: str, cam_file: Path | None):
-    if cams is not None:
-        if seq not in cams:
-            raise DataError(f"{where}: no camera '{seq}' in {cam_file} (has: {', '.join(sorted(cams)[:8])}"
-                            f"{', ...' if len(cams) > 8 else ''})")
+    if cams is not None and seq in cams:
         return cams[seq], f"{cam_file.name}"
     if seq in TEST_CAMERAS:
         return TEST_CAMERAS[seq], "built-in TS1-TS6 intrinsics (PoSynDA sensor model, docs/data.md)"
+    if cams is not None:
+        raise DataError(f"{where}: no camera '{seq}' in {cam_file} (has: {', '.join(sorted(cams)[:8])}"
+                        f"{', ...' if len(cams) > 8 else ''})")
     raise DataError(f"{where}: no built-in intrinsics for '{seq}': pass the cameras file (--cameras)")
 
 
@@ -325,8 +326,8 @@ def _read_pstmo(d: dict, path: Path, cams, cam_file, cam_notes) -> tuple[list[Po
         entry = data[seq]
         where = f"{path}: sequence {seq}"
         if isinstance(entry, (list, tuple)):
-            raise DataError(f"{where}: looks like the training-file layout (sequence -> list of cameras); "
-                            f"only the test file (data_test_3dhp.npz) is supported")
+            raise DataError(f"{where}: looks like the training-file layout (sequence -> list of cameras): "
+                            f"import it with --train, beside a test file")
         if not isinstance(entry, dict):
             raise DataError(f"{where}: expected a dict with data_3d, data_2d, valid")
         missing = [k for k in ("data_3d", "data_2d", "valid") if k not in entry]
@@ -375,6 +376,72 @@ def _read_pstmo(d: dict, path: Path, cams, cam_file, cam_notes) -> tuple[list[Po
     if cam_notes:
         info["camera_notes"] = cam_notes
     return arrays, info
+
+
+def _read_pstmo_train(d: dict, path: Path, cams, cam_file, cam_notes) -> tuple[list[PoseArrays], dict]:
+    """P-STMO / MixSTE `data_train_3dhp.npz`: data = {"S<i> Seq<j>": [{camera: {data_3d (T, 17, 3),
+    data_2d (T, 17, 2)}}]} (official 17-joint order); every frame is kept. Cameras `S<i>_Seq<j>_Cam<c>` of the
+    cameras file (mmpose's cameras_train.pkl)."""
+    data = d["data"]
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: 'data' must be a non-empty dict 'S<i> Seq<j>' -> [{{camera: {{data_3d, data_2d}}}}]")
+    idx = list(conversion_indices("3dhp17", "h36m17"))
+    arrays, seqs, residuals, units = [], {}, {}, set()
+    for key in sorted(data, key=str):
+        m = re.fullmatch(r"(S\d+)[ _](Seq\d+)", str(key))
+        entry = data[key]
+        where = f"{path}: sequence {key}"
+        if m is None:
+            raise DataError(f"{where}: a training sequence is named 'S<i> Seq<j>'")
+        if isinstance(entry, (list, tuple)) and len(entry) == 1:
+            entry = entry[0]
+        if not isinstance(entry, dict) or not entry:
+            raise DataError(f"{where}: expected [{{camera: {{data_3d, data_2d}}}}]")
+        subject, seq = m.groups()
+        for cam in sorted(entry, key=str):
+            c = entry[cam]
+            w2 = f"{where} camera {cam}"
+            if not isinstance(c, dict) or any(k not in c for k in ("data_3d", "data_2d")):
+                raise DataError(f"{w2}: expected a dict with data_3d and data_2d")
+            X = _array(c["data_3d"], w2, "data_3d", (17, 3))
+            uv = _array(c["data_2d"], w2, "data_2d", (17, -1))
+            _check_tail(uv, w2, "data_2d", (2, 3))
+            if len(uv) != len(X) or len(X) == 0:
+                raise DataError(f"{w2}: {len(uv)} 2D frames and {len(X)} 3D frames")
+            uv = uv[:, :, :2]
+            cam_name = str(cam) if str(cam).startswith("Cam") else f"Cam{cam}"
+            name = f"{subject}_{seq}_{cam_name}"
+            (size, K), src = _camera_for(name, cams, w2, cam_file)
+            Xc, note = _to_camera_frame(X, uv, K, ROOT_3DHP, w2)
+            units.add(note["units_in"])
+            seqs[name] = {"frames": int(len(X)), **note, "intrinsics_source": src, "image_size": list(size)}
+            residuals[name] = _residual_stats(Xc, uv, K)
+            _warn_if_inconsistent(residuals[name], note, w2)
+            arrays.append(_seq_arrays(subject, seq, cam_name, uv[:, idx], Xc[:, idx], K, size, np.arange(len(X))))
+    info = {
+        "joint_order_in": "3dhp17 (official order, root = pelvis index 14)",
+        "joint_names_in": list(MPI3DHP17.joints), "mapping_to_h36m17": idx, "filled": [],
+        "scale_source": "univ_annot3 (P-STMO/MixSTE convention; assumed, not checkable)",
+        "units_in": sorted(units),
+        "root_placement": "kept where 3D is camera-frame; where root-relative, estimated per frame as the root "
+                          "translation best reprojecting the 3D onto the 2D with the camera's intrinsics",
+        "frames": int(sum(len(a) for a in arrays)), "sequences": seqs, "reprojection_px": residuals,
+    }
+    if cam_notes:
+        info["camera_notes"] = cam_notes
+    return arrays, info
+
+
+def _as_training(arrays: list[PoseArrays], path: Path) -> list[PoseArrays]:
+    """Training rows of the mmpose form: subject S<i>, action Seq<j>, camera Cam<c> (test names refused)."""
+    out = []
+    for a in arrays:
+        m = re.fullmatch(r"(S\d+)_(Seq\d+)", str(a.subject[0]))
+        if m is None:
+            raise DataError(f"{path}: '{a.subject[0]}' frames are test frames; --train takes the training set "
+                            f"(S<i>_Seq<j>_Cam<c>_<frame>.jpg)")
+        out.append(dataclasses.replace(a, subject=np.full(len(a), m.group(1)), action=np.full(len(a), m.group(2))))
+    return out
 
 
 def _read_mmpose(d: dict, path: Path, cams, cam_file, cam_notes) -> tuple[list[PoseArrays], dict]:
@@ -434,12 +501,17 @@ def _read_mmpose(d: dict, path: Path, cams, cam_file, cam_notes) -> tuple[list[P
 
 # -------------------------------------------------------------------------------------------- entry point
 
-def prepare_3dhp(out: str | Path, path: str | Path, form: str = "auto", cameras: str | Path | None = None,
-                 overwrite: bool = False, progress: Callable[[str], None] | None = None,
-                 image_size: tuple[int, int] | None = None) -> Path:
-    """Import an MPI-INF-3DHP test file (form 'poseaug', 'pstmo', 'mmpose' or 'auto') into `out`.
+def prepare_3dhp(out: str | Path, path: str | Path, form: str = "auto",
+                 cameras: str | Path | list[str | Path] | None = None, overwrite: bool = False,
+                 progress: Callable[[str], None] | None = None, image_size: tuple[int, int] | None = None,
+                 train: str | Path | None = None) -> Path:
+    """Import an MPI-INF-3DHP test file (form 'poseaug', 'pstmo', 'mmpose' or 'auto') into `out`, split `test`;
+    with `train`, also a training-set file (P-STMO/MixSTE `data_train_3dhp.npz` or mmpose's training npz)
+    into split `train` (subjects S1-S8, action = sequence, camera = Cam<c>), as the GPA and PoSynDA papers'
+    unlabelled target.
 
-    `cameras`: mmpose-style cameras pkl (pstmo / mmpose forms; without it TS1-TS6 use built-in intrinsics).
+    `cameras`: mmpose-style cameras pkl(s), merged (cameras_test.pkl: TS1-TS6, which otherwise use built-in
+    intrinsics; cameras_train.pkl: S<i>_Seq<j>_Cam<c>, needed for `train`).
     `image_size`: (w, h) assumed for every frame of the poseaug form (default 2048x2048).
     """
     path = Path(path)
@@ -458,12 +530,18 @@ def prepare_3dhp(out: str | Path, path: str | Path, form: str = "auto", cameras:
     if image_size is not None and form != "poseaug":
         raise DataError(f"{path}: --image-size applies to the poseaug form only (form {form} has per-sequence sizes)")
     cams = cam_notes = None
-    cam_file = Path(cameras) if cameras else None
-    if cam_file is not None:
-        if form == "poseaug":
+    cam_files = [Path(c) for c in ([] if cameras is None else cameras if isinstance(cameras, list) else [cameras])]
+    cam_file = cam_files[0] if len(cam_files) == 1 else (Path(" + ".join(c.name for c in cam_files)) if cam_files else None)
+    if cam_files:
+        if form == "poseaug" and train is None:
             raise DataError(f"{path}: the poseaug form has no sequence ids to match cameras with; use --image-size")
-        say(f"reading {cam_file}")
-        cams, cam_notes = load_cameras(cam_file)
+        cams, cam_notes = {}, []
+        for c in cam_files:
+            say(f"reading {c}")
+            got, notes = load_cameras(c)
+            cams.update(got)
+            cam_notes += notes or []
+        cam_notes = cam_notes or None
     say(f"converting ({form} form)")
     if form == "poseaug":
         arrays, info = _read_poseaug(d, path, image_size)
@@ -476,8 +554,30 @@ def prepare_3dhp(out: str | Path, path: str | Path, form: str = "auto", cameras:
             "split": "test (all rows)", "action_note": "the input has no activity labels: action = sequence",
             "extrinsics": "null (3D is camera-frame; the world frame is not needed)",
             "joint_sets": JOINT_SETS, "protocols": PROTOCOLS[form]}
-    table = pa.concat_tables([table_from_arrays(a, DATASET, "3dhp") for a in arrays])
+    splits = {"test": pa.concat_tables([table_from_arrays(a, DATASET, "3dhp") for a in arrays])}
+    if train is not None:
+        train = Path(train)
+        say(f"reading {train}")
+        dt = load_npz(train)
+        tform = _detect_form(dt, train)
+        if tform == "poseaug":
+            raise DataError(f"{train}: the PoseAug/DH-AUG form holds the test set only; --train takes "
+                            f"data_train_3dhp.npz (P-STMO/MixSTE) or mmpose's training npz")
+        if tform == "pstmo":
+            first = next(iter(dt["data"].values()), None) if isinstance(dt["data"], dict) else None
+            if isinstance(first, dict):
+                raise DataError(f"{train}: a test-set file (sequence -> data_3d, data_2d, valid); --train takes "
+                                f"the training set (sequence -> [{{camera: {{data_3d, data_2d}}}}])")
+            tarrays, tinfo = _read_pstmo_train(dt, train, cams, cam_file, cam_notes)
+        else:
+            tarrays, tinfo = _read_mmpose(dt, train, cams, cam_file, cam_notes)
+            tarrays = _as_training(tarrays, train)
+        info["split"] = "test (all rows of the test file), train (all rows of the training file)"
+        info["train"] = {"form": tform, "file": train.name, "subjects": sorted({str(a.subject[0]) for a in tarrays}),
+                         "action_note": "action = sequence (Seq1, Seq2), camera = Cam<c>", **tinfo}
+        splits["train"] = pa.concat_tables([table_from_arrays(a, DATASET, "3dhp") for a in tarrays])
     say("writing shards")
     with DatasetWriter(out, DATASET, "h36m17", info=info, overwrite=overwrite) as w:
-        w.add_split("test", table)
+        for name, table in splits.items():
+            w.add_split(name, table)
         return w.commit()
