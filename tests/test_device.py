@@ -133,3 +133,26 @@ def test_batches_held_on_the_device_or_copied_from_the_host_train_as_on_the_cpu(
         dev = run(DEVICE)
     assert dev[2] == placement and cpu[2] == "cpu"
     assert dev[:2] == cpu[:2]
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_validation_in_shares_merges_to_the_whole_split(name):
+    """With several workers each rank evaluates its block of whole validation sequences and the results are
+    merged (orchestrator/loop.py: validate): for every method the merged metrics equal one evaluation of
+    the whole split, or the method falls back to evaluating the whole split on every rank."""
+    from posectl.orchestrator.loop import merge_results
+    from posectl.orchestrator.spec import val_shares
+    spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2})
+    method, data = build_worker(spec.describe(), spec.local_sources(test=False), Context())
+    method.train_epoch(0)
+    whole = method.evaluate(data["val"], detailed=True)
+    shares = val_shares(data["val"], 3)
+    assert shares is not None and sum(len(s) for s in shares) == len(data["val"])
+    merged = merge_results([method.evaluate(s, detailed=True) for s in shares])
+    if not method.shared_validation:
+        return
+    assert merged is not None, name
+    for k, v in whole.items():
+        if isinstance(v, float):
+            assert merged[k] == pytest.approx(v, rel=1e-4, abs=1e-6), (name, k)     # float32 batches differ
+    assert merged["per_action"].keys() == whole["per_action"].keys()

@@ -36,6 +36,10 @@ def test_two_worker_ddp_run_beats_the_mean_pose_on_held_out_subjects(ray_session
     res = json.loads((exp.root / "results.json").read_text())
     assert np.isfinite(res["test"]["mpjpe"]) and res["test"]["per_action"]
     assert res["best_epoch"] in (1, 2, 3, 4)
+    # each worker validated its share of the sequences (merged): the best epoch's figure is the whole split's
+    best_row = hist[res["best_epoch"] - 1]
+    assert best_row["val_mpjpe"] == pytest.approx(res["val"]["mpjpe"], rel=1e-4)
+    assert best_row["val_mpjpe_action_avg"] == pytest.approx(res["val"]["mpjpe_action_avg"], rel=1e-4)
     train_y = LiftingData(ds.load("train"), ds.layout).targets.numpy()
     test = LiftingData(ds.load("test"), ds.layout)
     mean_pose = np.broadcast_to(train_y.mean(0), test.targets.shape)

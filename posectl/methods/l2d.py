@@ -204,6 +204,7 @@ class L2D(Method):
                               "mpjpe_gt2d_l<N>")
     description = "L2D: a 2D detector on photographs or rendered figures, trained through frozen 3D lifters (ACCV'24)"
     Config = L2DConfig
+    shared_validation = False    # merged shares differed from the whole split by 0.3 % in pdj (tests/test_device.py)
     smoke_overrides = {"epochs": 1, "detector.width": 8, "detector.stages": 2, "detector.blocks": 1,
                        "detector.image_size": 32, "batch_size": 32, "data.train_stride": 4, "data.eval_stride": 8}
 

@@ -171,6 +171,7 @@ def _paper_loss(w2d: float, err_px: torch.Tensor, w3d: float, err_m: torch.Tenso
 class PoSynDA(Method):
     name = "posynda"
     metrics = POSE_METRICS + ("p_best", "p_agg")
+    shared_validation = False    # hypotheses are sampled per evaluation: shares draw other noise than the whole
     description = "PoSynDA: diffusion multi-hypothesis pose synthesis for domain adaptation (MM'23)"
     Config = PoSyndaConfig
     smoke_overrides = {"epochs": 1}

@@ -78,6 +78,54 @@ def _gather(obj, ctx) -> list:
     return [obj]
 
 
+def merge_results(parts: list[dict]) -> dict | None:
+    """One `evaluate` result (detailed) from those of disjoint shares of a split: per-sample means
+    weighted by each share's samples, per-action tables merged, action-wise means recomputed from them.
+    None when a share has no per-action table (its sample count is unknown)."""
+    if not parts or any(not isinstance(p.get("per_action"), dict) or not p["per_action"] for p in parts):
+        return None
+    ns = [sum(a["n"] for a in p["per_action"].values()) for p in parts]
+    total = sum(ns)
+    actions: dict[str, dict] = {}
+    for p in parts:
+        for a, row in p["per_action"].items():
+            acc = actions.setdefault(a, {"n": 0})
+            for k, v in row.items():
+                if k != "n":
+                    acc[k] = acc.get(k, 0.0) + v * row["n"]
+            acc["n"] += row["n"]
+    for acc in actions.values():
+        for k in acc:
+            if k != "n":
+                acc[k] /= acc["n"]
+    out: dict = {}
+    for k, v in parts[0].items():
+        if k == "per_action":
+            out[k] = dict(sorted(actions.items()))
+        elif k.endswith("_action_avg") and all(k[:-len("_action_avg")] in a for a in actions.values()):
+            base = k[:-len("_action_avg")]
+            out[k] = sum(a[base] for a in actions.values()) / len(actions)
+        elif isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)):
+            out[k] = sum(p[k] * n for p, n in zip(parts, ns)) / total
+        elif isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+            out[k] = [sum(p[k][i] * n for p, n in zip(parts, ns)) / total for i in range(len(v))]
+        else:
+            out[k] = v
+    return out
+
+
+def validate(method, data: dict, ctx, stride: int) -> dict:
+    """This epoch's validation metrics, the same on every rank. With several workers each rank evaluates
+    its block of whole sequences (data["val_share"], orchestrator/spec.py: build_worker) and the results
+    are gathered and merged; a method whose result cannot be merged evaluates the whole split on every rank."""
+    from posectl.methods.base import summary
+    if ctx.world_size > 1 and "val_share" in data and method.shared_validation:
+        merged = merge_results(_gather(method.evaluate(data["val_share"], stride=stride, detailed=True), ctx))
+        if merged is not None:
+            return summary(merged, False)
+    return method.evaluate(data["val"], stride=stride)
+
+
 def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: "Reporter",
                metric: str = "val_mpjpe", mode: str = "min") -> dict | None:
     """Train `cfg.epochs` epochs (continuing `state`); an epoch is `improved` when its `metric`
@@ -100,7 +148,7 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: "Repo
             train_m = method.train_epoch(epoch)
         train_time = time.perf_counter() - t0
         with method.autocast():
-            val_m = method.evaluate(data["val"], stride=eval_stride)
+            val_m = validate(method, data, ctx, eval_stride)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in train_m.items()},
                **{f"val_{k}": float(v) for k, v in val_m.items() if isinstance(v, (int, float))},
                "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0}

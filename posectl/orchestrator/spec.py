@@ -189,7 +189,8 @@ def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) ->
     Arrow table, each holding the role's rows in the same order on every worker). Every rank takes its
     block of the training rows (spec["blocks"]: whole sequences, the same on every run and after a
     resume) and draws batches from as many rows as the smallest block has, so every rank takes the same
-    number of steps; the other roles are whole on every rank."""
+    number of steps; the other roles are whole on every rank, and with several workers each rank also
+    holds its share of the validation split ("val_share": whole sequences, see val_shares)."""
     layout = get_layout(spec["layout"])
     kp, extra = spec["cfg"].data.keypoints, spec["inputs"]
     blocks = spec["blocks"]
@@ -206,6 +207,10 @@ def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) ->
         if inp is None or role == "test":
             sample = min(hi - lo for lo, hi in blocks) if role == "train" and blocks else None
             data[role] = LiftingData(arrays, layout, keypoints=keypoints, sample_rows=sample)
+            if role == "val" and ctx.world_size > 1:
+                shares = val_shares(data[role], ctx.world_size)
+                if shares is not None:
+                    data["val_share"] = shares[ctx.rank]
         else:
             inputs[role] = arrays
     ctx.inputs = inputs
@@ -247,6 +252,16 @@ def read_arrays(src, keypoints: str, num_joints: int, where: str, with_3d: bool 
 
 def _sequence_ids(t: pa.Table) -> np.ndarray:
     return sequence_ids(*(t.column(c).to_numpy(zero_copy_only=False) for c in ("subject", "action", "camera")))
+
+
+def val_shares(val: LiftingData, world: int) -> list[LiftingData] | None:
+    """The validation split cut into `world` blocks of whole sequences (shard_blocks), one per rank, for
+    a validation evaluated in shares (orchestrator/loop.py: validate); None when it has fewer sequences."""
+    seq = val.arrays.sequence_ids                   # LiftingData keeps its rows in sequence order
+    if len(np.unique(seq)) < world:
+        return None
+    return [LiftingData(val.arrays.take(slice(lo, hi)), val.layout, keypoints=val.keypoints)
+            for lo, hi in shard_blocks(seq, world)]
 
 
 def shard_blocks(seq: np.ndarray, world: int) -> list[tuple[int, int]]:
