@@ -7,7 +7,7 @@ subjects S1 and S2 (split `train`, without 3D); everything is evaluated on subje
 only place target 3D is read), all frames of cameras C1-C3, GT 2D, no flip, root-relative; MPJPE and
 P-MPJPE (mm, per sample) and PCK@150 (%) on 17 joints (DH-AUG predicts 16: its 16) and on 14 joints.
 
-Rows: baseline (source only); dhaug mode none / gan; gpa source_only / gpa / gpa_local; posynda stage
+Rows: baseline (source only); dhaug mode none / gan; gpa source_only / gpa / gpa_local / gpa at gpa_prob 0.5; posynda stage
 pretrain (source only) / adapt (from that pretrain, HumanEva 2D). Mean +- std over `--seeds`. Each run
 is the plugin's own epoch loop in this process (benchmarks/_common.py: train_local). The first seed's
 source validation curve of every row is printed, to show the budget is where it has levelled off.
@@ -16,7 +16,7 @@ source validation curve of every row is printed, to show the budget is where it 
     python benchmarks/cross_dataset.py --rows 2000 --epochs 2 --seeds 0 --methods baseline gpa   # a smoke run
 
 At the issue's budget (8 epochs of ~66k rows) a SimpleBaseline run takes minutes on 2 CPU cores; the whole
-grid (8 rows x 3 seeds, PoSynDA's diffusion and DH-AUG's GAN the slowest) is hours of CPU: a GPU benchmark.
+grid (9 rows x 3 seeds, PoSynDA's diffusion and DH-AUG's GAN the slowest) is hours of CPU: a GPU benchmark.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ ROWS = {  # row name -> (method, config values)
     "gpa source_only": ("gpa", {"mode": "source_only"}),
     "gpa gpa": ("gpa", {"mode": "gpa"}),
     "gpa gpa_local": ("gpa", {"mode": "gpa_local"}),
+    "gpa gpa, gpa_prob 0.5": ("gpa", {"mode": "gpa", "gpa_prob": 0.5}),
     "posynda source only": ("posynda", {"stage": "pretrain"}),
     "posynda adapted": ("posynda", {"stage": "adapt"}),
 }
