@@ -19,7 +19,7 @@ from posectl.orchestrator.reporters import MemoryReporter
 from posectl.orchestrator.spaces import reported_metric
 from posectl.orchestrator.spec import RunSpec, build_worker, run_local
 
-TIMES = ("train_time_s", "epoch_time_s", "train_samples_per_s")
+TIMES = ("train_time_s", "epoch_time_s", "train_samples_per_s", "peak_rss_mb")
 
 
 @pytest.mark.parametrize("name", sorted(available()))

@@ -12,15 +12,18 @@ import torch
 
 from posectl.core.camera import normalize_screen
 from posectl.core.skeleton import Layout
-from posectl.datasets.store import PoseArrays
+from posectl.datasets.store import PoseArrays, arrays_from_batch
 
 
 class LiftingData:
     def __init__(self, arrays: PoseArrays, layout: Layout, keypoints: str | None = None,
-                 sample_rows: int | None = None):
+                 sample_rows: int | None = None, first_row: int = 0, ordered: bool = False, read_stride: int = 1):
         self.keypoints = keypoints          # the 2D source loaded (gt, cpn, ...), for protocol strings
         self.sample_rows = sample_rows      # batches() draws from the first rows only (equal steps per worker)
-        a = arrays.take(arrays.sequence_order())           # group rows by sequence, in time
+        self.first_row = first_row          # ... starting at this row (rows before it are context, see StreamedSplit)
+        self.read_stride = read_stride      # the rows are already every n-th frame (train_stride pushed into the read)
+        # group rows by sequence, in time (`ordered`: they already are, each sequence's rows together)
+        a = arrays if ordered else arrays.take(arrays.sequence_order())
         self.arrays = a
         self.layout = layout
         wh = a.image_size.astype(np.float32)
@@ -94,13 +97,72 @@ class LiftingData:
             x, y = x.to(device), y.to(device)
         return x, y
 
+    def parts(self, generator: torch.Generator | None = None, multiple_of: int = 1) -> Iterator["LiftingData"]:
+        """The split as the pieces an epoch trains on: in memory, the split itself (see StreamedSplit)."""
+        yield self
+
     def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
                 stride: int = 1) -> Iterator[torch.Tensor]:
-        idx = torch.arange(0, len(self) if self.sample_rows is None else min(self.sample_rows, len(self)), stride)
+        end = len(self) if self.sample_rows is None else min(self.first_row + self.sample_rows, len(self))
+        idx = torch.arange(self.first_row, end, max(1, stride // self.read_stride))
         if shuffle:
             idx = idx[torch.randperm(len(idx), generator=generator)]
         for start, end in batch_bounds(len(idx), batch_size):
             yield idx[start:end]
+
+
+class StreamedSplit:
+    """A worker's training split read piece by piece from a stream of Arrow batches (a Ray Data dataset or
+    iterator: anything with `iter_batches`), for a split larger than memory (orchestrator/spec.py decides).
+    Each piece is a LiftingData of `chunk` training rows, which a method draws in shuffled batches (a
+    windowed shuffle that the method's generator fixes), with `context` rows of the stream on each side so
+    that a temporal window at a piece's edge sees its real neighbours. An epoch stops after `rows` rows, the
+    same on every rank (equal steps). The stream's rows are in sequence order (shards are written so)."""
+
+    def __init__(self, source, layout: Layout, keypoints: str, rows: int, chunk: int, context: int = 0,
+                 read_stride: int = 1, where: str = "train split", read_batch: int = 16384):
+        self.source, self.layout, self.keypoints = source, layout, keypoints
+        self.rows, self.chunk, self.context, self.read_stride = rows, chunk, context, read_stride
+        self.where, self.read_batch = where, read_batch
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def num_joints(self) -> int:
+        return self.layout.num_joints
+
+    def parts(self, generator: torch.Generator | None = None, multiple_of: int = 1) -> Iterator[LiftingData]:
+        """One pass over the stream in pieces of `chunk` rows rounded down to a multiple of `multiple_of`
+        (a worker's batch: then every piece but the last yields whole batches, on every rank alike)."""
+        chunk = max(multiple_of, self.chunk // multiple_of * multiple_of)
+        ctx, served, left = self.context, 0, None
+        pending: list[PoseArrays] = []
+        held = 0
+
+        def piece(body: PoseArrays, n: int) -> LiftingData:
+            lo = len(left) if left is not None else 0
+            rows = PoseArrays.concat([left, body]) if left is not None else body
+            return LiftingData(rows, self.layout, keypoints=self.keypoints, sample_rows=n, first_row=lo,
+                               ordered=True, read_stride=self.read_stride)
+
+        for batch in self.source.iter_batches(batch_size=self.read_batch, batch_format="pyarrow"):
+            pending.append(arrays_from_batch({c: batch.column(c) for c in batch.column_names}, self.keypoints,
+                                             self.layout.num_joints, where=self.where))
+            held += len(pending[-1])
+            while served < self.rows and held >= min(chunk, self.rows - served) + ctx:
+                rows = PoseArrays.concat(pending)
+                n = min(chunk, self.rows - served)
+                yield piece(rows.take(slice(0, n + ctx)), n)
+                served += n
+                left = rows.take(slice(max(0, n - ctx), n)) if ctx else None
+                pending = [rows.take(slice(n, None))]
+                held = len(pending[0])
+            if served >= self.rows:
+                return
+        if held and served < self.rows:          # the stream ended early: the rest, without right context
+            rows = PoseArrays.concat(pending)
+            yield piece(rows, min(len(rows), self.rows - served))
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:

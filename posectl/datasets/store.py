@@ -369,6 +369,11 @@ def write_splits(out: str | Path, name: str, joint_layout: str, per_split: dict[
         return w.commit()
 
 
+def every_nth_frame(table: pa.Table, stride: int) -> pa.Table:
+    """The rows whose frame number is a multiple of `stride` (a streamed read's train_stride)."""
+    return table.filter(pa.array(table.column("frame").to_numpy() % stride == 0))
+
+
 def read_shard(path: str, columns: list[str] | None = None) -> pa.Table:
     """One Parquet shard (optionally only `columns`), with a one-line error for an unreadable file."""
     try:

@@ -40,6 +40,12 @@ class DataConfig:
     device_fraction: float = field(0.25, "keep a worker's split on its GPU when it fits in this fraction of the GPU's "
                                          "memory (0: never; batches are then gathered into pinned host memory and "
                                          "copied without blocking)", le=1)
+    stream: Literal["auto", "always", "never"] = field(
+        "auto", "read the training split piece by piece through Ray Data instead of into each worker's memory: "
+                "auto = when it is larger than memory_fraction of this node's memory (methods that can: baseline)")
+    memory_fraction: float = field(0.25, "the memory budget of data.stream=auto, as a fraction of the node's memory",
+                                   gt=0, le=1)
+    stream_chunk: int = field(200_000, "rows a streaming worker holds at once (the window its shuffle mixes)", ge=1)
 
 
 @dataclass
@@ -144,6 +150,13 @@ class Method:
     def reads_images(cls, cfg: Any) -> bool:
         """Whether the workers need the dataset's image column."""
         return False
+
+    @classmethod
+    def stream_context(cls, cfg: Any) -> int | None:
+        """Whether the method trains from a streamed split (datasets/lifting.py: StreamedSplit, iterated
+        with `data.parts()`), and then how many neighbouring frames each side a training row needs (0:
+        single frames; `train_stride` is then applied in the read). None: it needs the split in memory."""
+        return None
 
     @classmethod
     def smoke_prerequisites(cls, cfg: Any) -> dict[str, tuple[str, dict[str, Any]]]:

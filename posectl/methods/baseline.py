@@ -42,11 +42,15 @@ class Baseline(LiftingMethod):
     def _frame_input(self) -> bool:      # (B, J, 2) input for single-frame nets: no window copy
         return self.cfg.backbone.receptive_field == 1 and self.cfg.backbone.name in ("simple", "semgcn")
 
-    def _pair(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training batch (2D input, root-relative 3D) on the worker's device, with the random
-        horizontal flip drawn there (datasets/lifting.py: LiftingData.fetch keeps the split on the GPU
-        when it fits)."""
-        data, cfg = self.data, self.cfg
+    @classmethod
+    def stream_context(cls, cfg: BaselineConfig) -> int:
+        return cfg.backbone.receptive_field // 2
+
+    def _pair(self, idx: torch.Tensor, data: LiftingData | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch (2D input, root-relative 3D) of `data` (default: the split; a piece of a
+        streamed split) on the worker's device, with the random horizontal flip drawn there
+        (datasets/lifting.py: LiftingData.fetch keeps the split on the GPU when it fits)."""
+        data, cfg = data or self.data, self.cfg
         x, y = data.fetch(idx, self.ctx.device, None if self._frame_input() else cfg.backbone.receptive_field,
                           cfg.data.device_fraction)
         if cfg.train_flip:
@@ -59,19 +63,21 @@ class Baseline(LiftingMethod):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
-        batches = list(data.batches(self.per_worker(), shuffle=True, generator=self.gen,
-                                    stride=cfg.data.train_stride))
-        total, n = torch.zeros((), device=device), 0      # summed on the device: one sync per epoch
+        bs, stride = self.per_worker(), cfg.data.train_stride
+        total, n, step = torch.zeros((), device=device), 0, 0      # summed on the device: one sync per epoch
+        steps = -(-len(range(0, len(data), stride)) // bs)
         frame_input = self._frame_input()
-        for step, idx in enumerate(batches):
-            x, y = self._pair(idx)
-            pred = self.model(x)
-            loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
-            self.optimize(loss, self.opt)
-            total += loss.detach() * len(idx)  # no per-step sync
-            n += len(idx)
-            self.ctx.progress(step + 1, len(batches))
-        nbn = self.refresh_batch_norm(lambda i: self._pair(i)[0], self.gen)
+        for part in data.parts(self.gen, multiple_of=bs):     # the split, or pieces of a streamed one
+            for idx in list(part.batches(bs, shuffle=True, generator=self.gen, stride=stride)):
+                x, y = self._pair(idx, part)
+                pred = self.model(x)
+                loss = mpjpe_loss(pred if frame_input else pred[:, 0], y)
+                self.optimize(loss, self.opt)
+                total += loss.detach() * len(idx)  # no per-step sync
+                n += len(idx)
+                step += 1
+                self.ctx.progress(step, max(step, steps))
+        nbn = self.refresh_batch_norm(lambda i: self._pair(i, part)[0], self.gen, part)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,

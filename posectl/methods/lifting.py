@@ -78,15 +78,17 @@ class LiftingMethod(Method):
     model: torch.nn.Module
     cfg: LiftingConfig
 
-    def refresh_batch_norm(self, inputs: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator) -> int:
+    def refresh_batch_norm(self, inputs: Callable[[torch.Tensor], torch.Tensor], generator: torch.Generator,
+                           data: LiftingData | None = None) -> int:
         """PreciseBN at the end of a training epoch: `inputs(idx)` makes the network input of a training
         batch exactly as the training step does (augmentations included); the statistics are averaged
-        over `precise_bn` such batches of this worker's shard, then over the workers."""
+        over `precise_bn` such batches of this worker's shard (or of `data`: a streamed split's last
+        piece), then over the workers."""
         n = self.cfg.precise_bn_batches()
         if n == 0:
             return 0
         device = self.ctx.device
-        idxs = itertools.islice(self.data.batches(self.per_worker(), shuffle=True, generator=generator,
+        idxs = itertools.islice((data or self.data).batches(self.per_worker(), shuffle=True, generator=generator,
                                                   stride=self.cfg.data.train_stride), n)
         return precise_bn(unwrap(self.model), (inputs(i).to(device) for i in idxs))
 

@@ -320,6 +320,16 @@ def fit_default_worker(res: Resources) -> Resources:
     return res
 
 
+def leave_cpu_for_data(res: Resources) -> Resources:
+    """CPU workers whose CPUs were not given, shrunk to leave one CPU of the cluster to Ray Data's read
+    tasks (a streamed split): workers holding every CPU would wait forever for their data (ray-notes)."""
+    have = cluster_summary()
+    if res.gpus or res.workers * res.cpus + 1 <= have["cpus"] or have["cpus"] < 1.5:
+        return res
+    cpus = (have["cpus"] - 1) / res.workers
+    return Resources(workers=res.workers, cpus=float(int(cpus)) if cpus >= 1 else cpus, gpus=0.0)
+
+
 def check_resources(res: Resources, concurrent: int = 1, reserve_cpus: float = 0.0) -> dict:
     """Fail fast, with the numbers, when the cluster cannot ever run the plan (Ray would wait forever)."""
     have = cluster_summary()
@@ -331,7 +341,8 @@ def check_resources(res: Resources, concurrent: int = 1, reserve_cpus: float = 0
                             f"{f' x {concurrent} trials' if concurrent > 1 else ''}) but {where}")
     if need_cpus > have["cpus"]:
         raise ResourceError(f"asked for {need_cpus:g} CPUs ({res.describe()}"
-                            f"{f' x {concurrent} trials' if concurrent > 1 else ''}) but {where}")
+                            f"{f' x {concurrent} trials' if concurrent > 1 else ''}"
+                            f"{f' + {reserve_cpus:g} for Ray Data reads' if reserve_cpus else ''}) but {where}")
     if res.cpus > have["max_node_cpus"] or res.gpus > have["max_node_gpus"]:
         raise ResourceError(f"one worker needs {res.cpus:g} CPUs and {res.gpus:g} GPUs on a single node, "
                             f"but the largest node has {have['max_node_cpus']:g} CPUs and "

@@ -7,6 +7,7 @@ The test split is evaluated once, at the end, with the best-validation weights.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from typing import TYPE_CHECKING
 
@@ -151,7 +152,8 @@ def run_epochs(method, cfg, data: dict, ctx, state: dict | None, reporter: "Repo
             val_m = validate(method, data, ctx, eval_stride)
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in train_m.items()},
                **{f"val_{k}": float(v) for k, v in val_m.items() if isinstance(v, (int, float))},
-               "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0}
+               "train_time_s": train_time, "epoch_time_s": time.perf_counter() - t0,
+               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}   # this worker's, so far
         if "train_samples" in train_m:
             row["train_samples_per_s"] = train_m["train_samples"] * ctx.world_size / max(train_time, 1e-9)
         improved = _better(row.get(metric), best, mode)

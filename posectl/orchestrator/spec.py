@@ -5,6 +5,8 @@ Data take one path everywhere: `tables()` reads each role's rows once on the dri
 subset of `data.max_train_samples` picked here, with the run's seed), `ray_datasets()` hands them to
 Ray Data for train and tune, and `build_worker()` turns this worker's share into the method's inputs,
 in a Ray Train worker, a Tune trial, or in-process (`run_local`, used by benchmarks and tests).
+A training split larger than the memory budget is streamed instead (`streaming()`): each worker reads
+its own shards through Ray Data, piece by piece (datasets/lifting.py: StreamedSplit).
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from posectl.config import build, to_dict
 from posectl.core.skeleton import get_layout
-from posectl.datasets.lifting import LiftingData
+from posectl.datasets.lifting import LiftingData, StreamedSplit
 from posectl.datasets.store import (BODY_COLUMN, IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch,
-                                    read_shard, sequence_ids)
+                                    every_nth_frame, read_shard, sequence_ids)
 from posectl.errors import ConfigError, DataError
 from posectl.methods.base import Context, DataInput, Method, get_method
 from posectl.orchestrator.cluster import Resources
@@ -41,12 +44,24 @@ DRIVER_READ_BYTES = 256 * 2**20
 
 
 @dataclass
+class StreamPlan:
+    """How a streamed training split is read (RunSpec.streaming)."""
+    files: list[list[str]]      # each rank's shards, in order (whole shards, cut where a sequence ends if it can)
+    rows: int                   # training rows per rank and epoch, the same on every rank (equal steps)
+    chunk: int                  # rows a worker holds at once
+    context: int                # neighbouring frames a training row needs each side
+    read_stride: int            # train_stride applied in the read (single-frame methods), else 1
+    line: str                   # the choice, as printed
+
+
+@dataclass
 class RunSpec:
     method: type[Method]
     cfg: Any                                    # the method's typed Config, resolved
     dataset: PoseDataset | None = None          # cfg.data.path, validated (None: not opened)
     inputs: dict[str, tuple[PoseDataset, DataInput]] = dataclasses.field(default_factory=dict)
     resources: Resources | None = None
+    _streams: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- building --------------------------------------------------------------------------------
     @classmethod
@@ -112,6 +127,39 @@ class RunSpec:
                              input_columns(inp.keypoints, inp.with_3d))
         return out
 
+    def streaming(self, world: int = 1) -> StreamPlan | None:
+        """Whether the training split is streamed (data.stream: always, or auto and its size, estimated from
+        the Parquet footers, is over data.memory_fraction of this node's memory), and how."""
+        if world not in self._streams:
+            self._streams[world] = self._plan_stream(world)
+        return self._streams[world]
+
+    def _plan_stream(self, world: int) -> StreamPlan | None:
+        d = self.cfg.data
+        if d.stream == "never" or "train" in self.inputs:
+            return None
+        paths, columns = self.roles(test=False)["train"]
+        size, budget = parquet_bytes(paths, columns), d.memory_fraction * node_memory()
+        if d.stream == "auto" and size <= budget:
+            return None
+        context = self.method.stream_context(self.cfg)
+        if context is None:
+            if d.stream == "always":
+                raise ConfigError(f"data.stream=always: method {self.method.name} keeps its training split in memory "
+                                  f"(methods that stream: {', '.join(streaming_methods())})")
+            return None
+        read_stride = d.train_stride if context == 0 else 1
+        counts = [_rows_read(p, read_stride) for p in paths]
+        files = [paths[lo:hi] for lo, hi in _file_blocks(paths, counts, world)]
+        per_rank = [sum(counts[paths.index(f)] for f in fs) for fs in files]
+        rows = min(per_rank) if not d.max_train_samples else min(min(per_rank), max(1, d.max_train_samples // world))
+        why = "data.stream=always" if d.stream == "always" else \
+            f"over data.memory_fraction={d.memory_fraction:g} of this node's {node_memory() / 2**30:.1f} GiB"
+        line = (f"streaming the training split through Ray Data ({size / 2**30:.2f} GiB in memory, {why}): "
+                f"{world} worker(s) x {rows:,} rows per epoch, {d.stream_chunk:,} rows held at once"
+                + (f", frames that are multiples of {read_stride} read" if read_stride > 1 else ""))
+        return StreamPlan(files, rows, d.stream_chunk, context, read_stride, line)
+
     def small(self, roles: dict) -> bool:
         return sum(Path(p).stat().st_size for paths, _ in roles.values() for p in paths) <= DRIVER_READ_BYTES
 
@@ -131,14 +179,27 @@ class RunSpec:
     def ray_datasets(self, test: bool = True, world: int = 1) -> tuple[dict, list[tuple[int, int]]]:
         """Materialised Ray datasets per role (read before training starts, so reads never compete with
         training workers for CPUs: a trainer holding every CPU would otherwise deadlock them), and each
-        of `world` workers' block of the training rows (train_blocks)."""
+        of `world` workers' block of the training rows (train_blocks). A streamed training split (see
+        `streaming`) is instead one lazy dataset per rank ("train@<rank>"), returned with its StreamPlan in
+        place of the blocks; the run must leave a CPU free for its read tasks."""
         import logging
         from concurrent.futures import ThreadPoolExecutor
 
         import ray.data
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
+        ray.data.DataContext.get_current().execution_options.preserve_order = True   # the same rows on every run
         roles = self.roles(test)
+        stream = self.streaming(world)
+        streamed = {}
+        if stream is not None:      # each rank's own shards, read lazily by the worker (no copy here)
+            columns = roles.pop("train")[1]
+            for rank, files in enumerate(stream.files):
+                d = ray.data.read_parquet(files).select_columns(columns)
+                if stream.read_stride > 1:
+                    d = d.map_batches(every_nth_frame, fn_kwargs={"stride": stream.read_stride},
+                                      batch_format="pyarrow", batch_size=None)
+                streamed[f"train@{rank}"] = d
         small = self.small(roles)
 
         blocks: list[tuple[int, int]] = []
@@ -160,7 +221,7 @@ class RunSpec:
 
         with ThreadPoolExecutor(max_workers=len(roles)) as pool:
             datasets = dict(zip(roles, pool.map(one, roles)))
-        return datasets, blocks
+        return {**streamed, **datasets}, (stream if stream is not None else blocks)
 
     @staticmethod
     def train_blocks(train, world: int) -> list[tuple[int, int]]:
@@ -173,13 +234,27 @@ class RunSpec:
         return [(r * size, (r + 1) * size) for r in range(world)]
 
     def local_sources(self, test: bool = True) -> dict[str, pa.Table]:
-        """The same rows as `ray_datasets`, read in this process (no Ray)."""
+        """Every role's rows read in this process (no Ray), the training split in memory."""
         return {role: self.table(role, paths, cols) for role, (paths, cols) in self.roles(test).items()}
 
-    def describe(self, blocks: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    def local_inputs(self, test: bool = True, world: int = 1) -> tuple[dict[str, Any], list | StreamPlan]:
+        """The same rows as `ray_datasets`, read in this process (no Ray), and the training rows' blocks
+        (or the StreamPlan: then "train@<rank>" read the rank's shards with pyarrow, piece by piece)."""
+        roles, stream = self.roles(test), self.streaming(world)
+        if stream is not None:
+            columns = roles.pop("train")[1]
+            sources = {role: self.table(role, paths, cols) for role, (paths, cols) in roles.items()}
+            return {**sources, **{f"train@{r}": ShardStream(files, columns, stream.read_stride)
+                                  for r, files in enumerate(stream.files)}}, stream
+        sources = {role: self.table(role, paths, cols) for role, (paths, cols) in roles.items()}
+        return sources, self.train_blocks(sources["train"], world)
+
+    def describe(self, blocks: list[tuple[int, int]] | StreamPlan | None = None) -> dict[str, Any]:
         """What a worker needs besides its data sources (picklable): `blocks`, each rank's [start, end)
-        of the training rows (train_blocks; default: one worker, every row)."""
-        return {"method": self.method, "cfg": self.cfg, "layout": self.layout, "blocks": blocks,
+        of the training rows (train_blocks; default: one worker, every row), or a streamed split's plan."""
+        stream = blocks if isinstance(blocks, StreamPlan) else None
+        return {"method": self.method, "cfg": self.cfg, "layout": self.layout,
+                "blocks": None if stream else blocks, "stream": stream,
                 "inputs": {role: inp for role, (_, inp) in self.inputs.items()},
                 "image_root": str(self.dataset.path) if self.images else None}
 
@@ -194,10 +269,17 @@ def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) ->
     layout = get_layout(spec["layout"])
     kp, extra = spec["cfg"].data.keypoints, spec["inputs"]
     blocks = spec["blocks"]
-    if blocks is not None and len(blocks) != ctx.world_size:
-        raise DataError(f"training data cut for {len(blocks)} workers, not {ctx.world_size}")
+    stream = spec.get("stream")
+    cut = len(blocks) if blocks is not None else len(stream.files) if stream is not None else ctx.world_size
+    if cut != ctx.world_size:
+        raise DataError(f"training data cut for {cut} workers, not {ctx.world_size}")
     data, inputs = {}, {}
+    if stream is not None:
+        data["train"] = StreamedSplit(sources[f"train@{ctx.rank}"], layout, kp, stream.rows, stream.chunk,
+                                      stream.context, stream.read_stride)
     for role, src in sources.items():
+        if role.startswith("train@"):
+            continue
         inp = extra.get(role)
         keypoints, with_3d = (inp.keypoints, inp.with_3d) if inp else (kp, True)
         where = f"input '{role}' ({inp.path}:{inp.split})" if inp else f"{role} split"
@@ -215,6 +297,73 @@ def build_worker(spec: dict[str, Any], sources: dict[str, Any], ctx: Context) ->
             inputs[role] = arrays
     ctx.inputs = inputs
     return spec["method"](spec["cfg"], data["train"], ctx), data
+
+
+class ShardStream:
+    """A streamed split read in this process (run_local): its shards' record batches, in order, as Ray
+    Data's `iter_batches` would hand them (`batch_size` is the read's, not exact)."""
+
+    def __init__(self, files: list[str], columns: list[str], stride: int = 1):
+        self.files, self.columns, self.stride = files, columns, stride
+
+    def iter_batches(self, batch_size: int, batch_format: str = "pyarrow"):
+        for f in self.files:
+            for b in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=self.columns):
+                t = pa.Table.from_batches([b])
+                yield every_nth_frame(t, self.stride) if self.stride > 1 else t
+
+
+def streaming_methods() -> list[str]:
+    from posectl.methods.base import available
+    return [name for name, m in available().items() if m.stream_context(m.Config()) is not None]
+
+
+def node_memory() -> int:
+    """Bytes of memory of this machine."""
+    import os
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parquet_bytes(paths: list[str], columns: list[str]) -> int:
+    """Uncompressed bytes of `columns` in Parquet shards, from their footers (nothing else is read)."""
+    total = 0
+    for p in paths:
+        md = pq.ParquetFile(p).metadata
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            total += sum(rg.column(c).total_uncompressed_size for c in range(rg.num_columns)
+                         if rg.column(c).path_in_schema.split(".")[0] in columns)
+    return total
+
+
+def _rows_read(path: str, stride: int) -> int:
+    """Rows of a shard a streamed read delivers: all, or those whose frame is a multiple of `stride`."""
+    if stride == 1:
+        return pq.ParquetFile(path).metadata.num_rows
+    return int((pq.read_table(path, columns=["frame"]).column("frame").to_numpy() % stride == 0).sum())
+
+
+def _file_blocks(paths: list[str], counts: list[int], world: int) -> list[tuple[int, int]]:
+    """[start, end) of the shards of each of `world` ranks: consecutive shards, balanced by rows, cut between
+    two shards where a sequence ends (shard_blocks) when enough such places exist, else between any two."""
+    if len(paths) < world:
+        raise DataError(f"the streamed training split has {len(paths)} shard(s), fewer than the {world} workers")
+    if world == 1:
+        return [(0, len(paths))]
+    keys = ["subject", "action", "camera"]
+    first, last = [], []
+    for p in paths:                 # each shard's first and last row's sequence (one shard in memory at a time)
+        t = pq.read_table(p, columns=keys)
+        first.append(tuple(t.column(k)[0].as_py() for k in keys))
+        last.append(tuple(t.column(k)[-1].as_py() for k in keys))
+    # one "sequence" per run of shards that continue each other's sequence; cut between them if possible
+    seq = np.cumsum([0] + [int(last[i] != first[i + 1]) for i in range(len(paths) - 1)])
+    if seq[-1] + 1 < world:
+        seq = np.arange(len(paths))
+    rows = np.repeat(seq, counts)
+    cuts = [lo for lo, _ in shard_blocks(rows, world)] + [len(rows)]
+    starts = np.r_[0, np.cumsum(counts)]
+    return [(int(np.searchsorted(starts, a)), int(np.searchsorted(starts, b))) for a, b in zip(cuts[:-1], cuts[1:])]
 
 
 def ddp_prepare(cfg, world_size: int, device):
@@ -284,8 +433,8 @@ def run_local(spec: RunSpec, reporter, ctx: Context | None = None, state: dict |
     """Train `spec` in this process (no Ray): the same data, method and epoch loop as a Ray Train job."""
     from posectl.orchestrator.loop import run_epochs
     ctx = ctx or Context()
-    sources = spec.local_sources(test)
-    method, data = build_worker(spec.describe(spec.train_blocks(sources["train"], ctx.world_size)), sources, ctx)
+    sources, blocks = spec.local_inputs(test, ctx.world_size)
+    method, data = build_worker(spec.describe(blocks), sources, ctx)
     return run_epochs(method, spec.cfg, data, ctx, state, reporter, metric=metric, mode=mode), method, data
 
 

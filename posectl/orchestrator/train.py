@@ -100,7 +100,12 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         if cpus_per_worker is None and workers is None and gpus is None and gpus_per_worker is None:
             # the default worker takes this machine's cores, or a whole node of a cluster with smaller ones
             spec.resources = res = cluster.fit_default_worker(res)
-        have = cluster.check_resources(res)
+        stream = spec.streaming(res.workers)
+        if stream is not None:
+            (say or print)(stream.line)
+            if cpus_per_worker is None:
+                spec.resources = res = cluster.leave_cpu_for_data(res)
+        have = cluster.check_resources(res, reserve_cpus=1.0 if stream is not None else 0.0)
         cluster.check_shared_storage(runs_dir, shared, "--storage-path")
         exp.create(method, spec.config)
         if started:

@@ -125,7 +125,13 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
         cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
-        plan.cluster = check_search_resources(plan)
+        stream = spec.streaming(plan.resources.workers)
+        if stream is not None:        # trials read their shards as they train: one CPU stays for the reads
+            (say or print)(stream.line)
+            if concurrent is None:
+                fit = int((cluster.cluster_summary()["cpus"] - 1) // (plan.resources.workers * plan.resources.cpus))
+                plan.concurrent = max(1, min(plan.concurrent, fit))
+        plan.cluster = check_search_resources(plan, reserve_cpus=1.0 if stream is not None else 0.0)
         cluster.check_shared_storage(plan.path.parent, storage_path is not None, "--storage-path")
         if on_plan:
             on_plan(plan)
@@ -148,19 +154,20 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
             ray.shutdown()
 
 
-def check_search_resources(plan: Plan) -> dict:
+def check_search_resources(plan: Plan, reserve_cpus: float = 0.0) -> dict:
     """cluster.check_resources for a search. A multi-worker (or GPU) trial holds a sliver of CPU for its
     Tune trial function besides its Train worker group, and Ray Train checks a group only against the
     cluster's total: a plan whose groups exactly fill the CPUs would wait for a placement forever."""
-    have = cluster.check_resources(plan.resources, concurrent=plan.concurrent)
+    have = cluster.check_resources(plan.resources, concurrent=plan.concurrent, reserve_cpus=reserve_cpus)
     if not runs_train_jobs(plan.resources):
         return have
     r, n = plan.resources, plan.concurrent
     groups, drivers = r.workers * r.cpus * n, DRIVER_CPU * n
-    if groups + drivers > have["cpus"] + 1e-9:
+    if groups + drivers + reserve_cpus > have["cpus"] + 1e-9:
         raise ResourceError(
-            f"asked for {groups + drivers:g} CPUs ({r.describe()} x {n} trial{'s' if n != 1 else ''} = {groups:g}, "
-            f"plus {DRIVER_CPU:g} per trial for its Tune trial function) but the cluster has {have['cpus']:g} CPUs; "
+            f"asked for {groups + drivers + reserve_cpus:g} CPUs ({r.describe()} x {n} trial{'s' if n != 1 else ''} = {groups:g}, "
+            f"plus {DRIVER_CPU:g} per trial for its Tune trial function"
+            f"{f', plus {reserve_cpus:g} for Ray Data reads' if reserve_cpus else ''}) but the cluster has {have['cpus']:g} CPUs; "
             f"lower the CPUs per worker or --concurrent")
     return have
 
