@@ -15,7 +15,7 @@ from posectl.core.heatmap import gaussian_heatmaps, joints_mse, soft_argmax
 from posectl.core.camera import image_coordinates
 from posectl.core.render import CropTransform, _bone_colours, crop_around, crop_frames, render
 from posectl.core.skeleton import H36M16, H36M17
-from posectl.datasets.images import attach_images, decode
+from posectl.datasets.images import attach_images, crop_columns, crop_photos, decode
 from posectl.datasets.lifting import LiftingData
 from posectl.datasets.store import DatasetWriter, PoseDataset, table_from_arrays
 from posectl.errors import ConfigError, DataError
@@ -349,3 +349,26 @@ def test_l2d_trains_through_ray_train_with_two_workers(ray_session, photo_datase
     epochs = [r["epoch"] for r in out.experiment.history()]
     assert epochs == [1, 2] and np.isfinite(out.results["test"]["mpjpe"])
     assert "crops of the dataset's images" in out.results["test"]["protocol"]
+
+
+def test_photo_crops_decoded_by_ray_data_equal_those_decoded_here(ray_session, photo_dataset, lifters):
+    """Context.map_batches in Ray jobs (Ray Data tasks decode and crop the frames ahead of the steps) gives
+    the training step the very pixels the in-process path gives: an epoch's losses are identical."""
+    from posectl.methods.base import local_map_batches
+    from posectl.orchestrator.spec import ray_map_batches
+    ds = PoseDataset(photo_dataset[0])
+    train = LiftingData(ds.load("train", images=True).take(np.arange(0, 240)), ds.layout)
+    idx = torch.arange(0, 70)
+    crop = crop_around(train.inputs[idx], 32, generator=torch.Generator().manual_seed(0), scale_jitter=0.25,
+                       shift_jitter=0.05, max_rotation_deg=30)
+    cols = crop_columns(train.arrays.image[idx.numpy()], train.arrays.image_size[idx.numpy()], crop)
+    here = list(local_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}))
+    there = list(ray_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}, blocks_of=1))
+    assert [len(b["pixels"]) for b in there] == [32, 32, 6]
+    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there))
+    cls = get_method("l2d")
+    cfg = build(cls.Config, {**TINY, "mode": "single", "images": "dataset", "lifters": lifters})
+    losses = []
+    for ctx in (Context(), Context(map_batches=ray_map_batches)):
+        losses.append(cls(cfg, train, ctx).train_epoch(0)["loss"])
+    assert losses[0] == losses[1] and np.isfinite(losses[0])

@@ -100,7 +100,7 @@ def test_streamed_training_through_ray_train_and_a_search(ray_session, small_dat
         "baseline", [_stream_cfg(small_dataset)]).streaming(2).rows] * 2
     assert hist[-1]["train_loss_mm"] < hist[0]["train_loss_mm"]
     assert "streaming the training split through Ray Data" in capsys.readouterr().out
-    with pytest.raises(ResourceError, match=r"asked for 3 CPUs \(1 worker x \(2 CPU\) \+ 1 for Ray Data reads\)"):
+    with pytest.raises(ResourceError, match=r"asked for 3 CPUs \(1 worker x \(2 CPU\) \+ 1 for Ray Data tasks\)"):
         train("baseline", [_stream_cfg(small_dataset)], cpus_per_worker=2, runs_dir=tmp_path, name="all")
     import yaml
     space = tmp_path / "space.yaml"

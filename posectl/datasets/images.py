@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from posectl.datasets.store import IMAGE_COLUMN, DatasetWriter, PoseDataset
 from posectl.errors import DataError
@@ -32,6 +33,29 @@ def decode(value) -> np.ndarray:
         raise DataError(f"{what}: file not found") from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{what}: cannot be decoded ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def crop_photos(batch: dict, res: int) -> dict:
+    """Decode a batch of frames and resample each into its crop (core/render.py: crop_frames), as L2D's
+    training step needs them; columns: image (bytes or path), w, h (frame size), cu, cv, size and r00..r11
+    (the CropTransform). Runs wherever Context.map_batches sends it (Ray Data tasks in a Ray job)."""
+    from posectl.core.render import CropTransform, crop_frames
+    f32 = lambda k: torch.from_numpy(np.asarray(batch[k], dtype=np.float32))      # noqa: E731
+    crop = CropTransform(torch.stack([f32("cu"), f32("cv")], -1), f32("size"),
+                         torch.stack([f32("r00"), f32("r01"), f32("r10"), f32("r11")], -1).view(-1, 2, 2), res)
+    frames = [torch.from_numpy(decode(v)).permute(2, 0, 1).float() / 255 for v in batch["image"]]
+    try:
+        images = crop_frames(frames, torch.stack([f32("w"), f32("h")], -1), crop)
+    except ValueError as e:
+        raise DataError(f"image column: {e}") from None
+    return {"pixels": images.numpy()}
+
+
+def crop_columns(images: np.ndarray, image_size: np.ndarray, crop) -> dict[str, np.ndarray]:
+    """The columns crop_photos reads, for frames `images` (bytes or paths) and their CropTransform."""
+    c, r = crop.centre.numpy(), crop.rot.reshape(-1, 4).numpy()
+    return {"image": images, "w": image_size[:, 0], "h": image_size[:, 1], "cu": c[:, 0], "cv": c[:, 1],
+            "size": crop.size.numpy(), **{k: r[:, i] for i, k in enumerate(("r00", "r01", "r10", "r11"))}}
 
 
 EXAMPLE_PATTERN = "'{subject}/{action}.{camera}/{frame:06d}.jpg'"

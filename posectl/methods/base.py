@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 import contextlib
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 import torch
@@ -104,10 +104,22 @@ class Context:
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m
     progress: Callable[[int, int], None] = lambda done, total: None   # steps done / total this epoch
     inputs: dict[str, Any] = dataclasses.field(default_factory=dict)   # role -> PoseArrays (see DataInput)
+    # (columns, fn, sizes, fn_kwargs) -> fn(batch, **fn_kwargs) over consecutive batches of `sizes` rows, in
+    # order: here in this process; in Ray workers as Ray Data map_batches on the cluster's other CPUs
+    map_batches: Callable[..., Iterator[dict]] = dataclasses.field(default_factory=lambda: local_map_batches)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def local_map_batches(columns: dict[str, np.ndarray], fn: Callable[..., dict], sizes: list[int],
+                      fn_kwargs: dict | None = None) -> Iterator[dict]:
+    """Context.map_batches in this process: fn over consecutive slices of `columns` of the given sizes."""
+    start = 0
+    for n in sizes:
+        yield fn({k: v[start:start + n] for k, v in columns.items()}, **(fn_kwargs or {}))
+        start += n
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -45,8 +45,8 @@ from posectl.checkpoint import load_checkpoint
 from posectl.config import build, field
 from posectl.core import metrics
 from posectl.core.heatmap import gaussian_heatmaps, joints_mse, pdj, soft_argmax
-from posectl.core.render import crop_around, crop_frames, render
-from posectl.datasets.images import decode
+from posectl.core.render import CropTransform, crop_around, crop_frames, render
+from posectl.datasets.images import crop_columns, crop_photos, decode
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, DataError, PosectlError
 from posectl.methods.base import POSE_METRICS, Context, Method, TrainConfig, protocol_tail, get_method, register
@@ -274,6 +274,23 @@ class L2D(Method):
                             f"/{data.arrays.camera[rows[0]]}...)") from None
         return images, crop.to_crop(uv), crop, uv, y
 
+    def _photo_crops(self, batches: list[torch.Tensor], data: LiftingData) -> dict:
+        """An epoch's augmented crops, drawn up front (the same draws as `_images`, step by step), and the
+        frames decoded and resampled into them by Context.map_batches: in a Ray job, Ray Data tasks on the
+        cluster's CPUs, running ahead of the training steps."""
+        a, crops = self.cfg.augment, []
+        for idx in batches:
+            uv, y = data.inputs[idx], data.targets[idx]
+            crops.append((crop_around(uv, self.cfg.detector.image_size, generator=self.gen, scale_jitter=a.scale,
+                                      shift_jitter=a.shift, max_rotation_deg=a.rotation_deg), uv, y))
+        rows = torch.cat(batches).numpy()
+        whole = CropTransform(*(torch.cat([getattr(c, f) for c, _, _ in crops]) for f in ("centre", "size", "rot")),
+                              self.cfg.detector.image_size)
+        columns = crop_columns(data.arrays.image[rows], data.arrays.image_size[rows], whole)
+        pixels = self.ctx.map_batches(columns, crop_photos, [len(b) for b in batches],
+                                      {"res": self.cfg.detector.image_size})
+        return {"crops": crops, "pixels": pixels}
+
     def _lr(self, epoch: int) -> float:
         """As the paper: x lr_gamma at epochs lr_step_every, 2 lr_step_every, ... up to lr_step_last (its
         MultiStepLR), x lr_restart_factor from lr_restart_epoch on (its manual x5)."""
@@ -295,8 +312,13 @@ class L2D(Method):
         n = 0
         res = cfg.detector.image_size
         M = len(self.train_lifters)
+        photos = self._photo_crops(batches, data) if self._uses_photos(data) else None
         for step, idx in enumerate(batches):
-            images, px, crop, uv, y = self._images(idx, data, self.gen, augment=True)
+            if photos is not None:          # decoded and cropped ahead, off this thread (Context.map_batches)
+                crop, uv, y = photos["crops"][step]
+                images, px = torch.from_numpy(next(photos["pixels"])["pixels"]), crop.to_crop(uv)
+            else:
+                images, px, crop, uv, y = self._images(idx, data, self.gen, augment=True)
             images, y = images.to(device), y.to(device)
             hm = self.detector(images)
             H = hm.shape[-1]

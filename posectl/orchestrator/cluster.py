@@ -342,7 +342,7 @@ def check_resources(res: Resources, concurrent: int = 1, reserve_cpus: float = 0
     if need_cpus > have["cpus"]:
         raise ResourceError(f"asked for {need_cpus:g} CPUs ({res.describe()}"
                             f"{f' x {concurrent} trials' if concurrent > 1 else ''}"
-                            f"{f' + {reserve_cpus:g} for Ray Data reads' if reserve_cpus else ''}) but {where}")
+                            f"{f' + {reserve_cpus:g} for Ray Data tasks' if reserve_cpus else ''}) but {where}")
     if res.cpus > have["max_node_cpus"] or res.gpus > have["max_node_gpus"]:
         raise ResourceError(f"one worker needs {res.cpus:g} CPUs and {res.gpus:g} GPUs on a single node, "
                             f"but the largest node has {have['max_node_cpus']:g} CPUs and "

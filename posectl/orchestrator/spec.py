@@ -313,6 +313,31 @@ class ShardStream:
                 yield every_nth_frame(t, self.stride) if self.stride > 1 else t
 
 
+def ray_map_batches(columns: dict[str, np.ndarray], fn, sizes: list[int], fn_kwargs: dict | None = None,
+                    blocks_of: int = 4):
+    """Context.map_batches in a Ray job: Ray Data map_batches over the rows (blocks of `blocks_of` batches,
+    so that several tasks run at once where there are CPUs), in order, cut back into batches of `sizes`
+    rows as the consumer takes them (prefetched ahead)."""
+    import ray.data
+    table = pa.table({k: pa.array(list(v)) if v.dtype == object else v for k, v in columns.items()})
+    step = max(1, max(sizes, default=1) * blocks_of)
+    ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, len(table), step)] or [table])
+    ds.context.execution_options.preserve_order = True
+    out = ds.map_batches(fn, fn_kwargs=fn_kwargs or {}, batch_format="numpy", batch_size=max(sizes, default=1))
+    held: dict[str, list[np.ndarray]] = {}
+    have = 0
+    stream = iter(out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=4))
+    for n in sizes:
+        while have < n:
+            b = next(stream)
+            for k, v in b.items():
+                held.setdefault(k, []).append(v)
+            have += len(next(iter(b.values())))
+        whole = {k: np.concatenate(v) for k, v in held.items()}
+        yield {k: v[:n] for k, v in whole.items()}
+        held, have = {k: [v[n:]] for k, v in whole.items()}, have - n
+
+
 def streaming_methods() -> list[str]:
     from posectl.methods.base import available
     return [name for name, m in available().items() if m.stream_context(m.Config()) is not None]

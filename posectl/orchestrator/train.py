@@ -17,7 +17,7 @@ from posectl.orchestrator import cluster
 from posectl.orchestrator.experiment import Experiment, latest_valid_checkpoint, load_checkpoint
 from posectl.orchestrator.loop import run_epochs
 from posectl.orchestrator.reporters import Events, TrainReporter
-from posectl.orchestrator.spec import RunSpec, build_worker, ddp_prepare
+from posectl.orchestrator.spec import RunSpec, build_worker, ddp_prepare, ray_map_batches
 
 
 @dataclass
@@ -44,7 +44,7 @@ def _train_worker(loop_cfg: dict) -> None:
     events = Events(loop_cfg["queue"], rank)
     device = ray.train.torch.get_device()
     ctx = Context(rank=rank, world_size=world, device=device, progress=events.step,
-                  prepare_model=ddp_prepare(spec["cfg"], world, device))
+                  prepare_model=ddp_prepare(spec["cfg"], world, device), map_batches=ray_map_batches)
     method, data = build_worker(spec, {role: ray.train.get_dataset_shard(role) for role in loop_cfg["roles"]}, ctx)
     exp = Experiment(loop_cfg["exp_dir"])
     state = None
@@ -103,9 +103,10 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         stream = spec.streaming(res.workers)
         if stream is not None:
             (say or print)(stream.line)
-            if cpus_per_worker is None:
-                spec.resources = res = cluster.leave_cpu_for_data(res)
-        have = cluster.check_resources(res, reserve_cpus=1.0 if stream is not None else 0.0)
+        data_cpu = stream is not None or spec.images      # Ray Data reads shards or decodes frames as it trains
+        if data_cpu and cpus_per_worker is None:
+            spec.resources = res = cluster.leave_cpu_for_data(res)
+        have = cluster.check_resources(res, reserve_cpus=1.0 if data_cpu else 0.0)
         cluster.check_shared_storage(runs_dir, shared, "--storage-path")
         exp.create(method, spec.config)
         if started:

@@ -29,7 +29,7 @@ from posectl.methods.base import Context
 from posectl.orchestrator.experiment import load_checkpoint
 from posectl.orchestrator.loop import run_epochs
 from posectl.orchestrator.reporters import SearchReporter
-from posectl.orchestrator.spec import RunSpec, build_worker, ddp_prepare
+from posectl.orchestrator.spec import RunSpec, build_worker, ddp_prepare, ray_map_batches
 
 DRIVER_CPU = 0.01              # what each multi-worker trial function holds, beside its worker group
 CONTROLLER_FAILURE_LIMIT = 2   # worker-group start timeouts (60 s each) before a trial fails
@@ -56,7 +56,8 @@ def single_worker_trial(params: dict, spec: RunSpec, datasets: dict, blocks: lis
     """A single-worker trial: the method's epoch loop, in this Tune trial's process."""
     from ray import tune
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    _trial(params, spec, datasets, blocks, Context(), tune.report, tune.get_checkpoint(), metric, mode)
+    _trial(params, spec, datasets, blocks, Context(map_batches=ray_map_batches), tune.report, tune.get_checkpoint(),
+           metric, mode)
 
 
 def _train_job_worker(cfg: dict) -> None:
@@ -67,7 +68,7 @@ def _train_job_worker(cfg: dict) -> None:
     world, device = tctx.get_world_size(), ray.train.torch.get_device()
     trial = cfg["spec"].with_params(cfg["params"])
     ctx = Context(rank=tctx.get_world_rank(), world_size=world, device=device,
-                  prepare_model=ddp_prepare(trial.cfg, world, device))
+                  prepare_model=ddp_prepare(trial.cfg, world, device), map_batches=ray_map_batches)
     _trial(cfg["params"], cfg["spec"], cfg["datasets"], cfg["blocks"], ctx, ray.train.report,
            ray.train.get_checkpoint() or cfg["resume_checkpoint"], cfg["metric"], cfg["mode"])
 

@@ -126,12 +126,14 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         stream = spec.streaming(plan.resources.workers)
-        if stream is not None:        # trials read their shards as they train: one CPU stays for the reads
+        if stream is not None:
             (say or print)(stream.line)
+        data_cpu = stream is not None or spec.images     # trials read shards or decode frames through Ray Data
+        if data_cpu:                                     # as they train: one CPU stays for its tasks
             if concurrent is None:
                 fit = int((cluster.cluster_summary()["cpus"] - 1) // (plan.resources.workers * plan.resources.cpus))
                 plan.concurrent = max(1, min(plan.concurrent, fit))
-        plan.cluster = check_search_resources(plan, reserve_cpus=1.0 if stream is not None else 0.0)
+        plan.cluster = check_search_resources(plan, reserve_cpus=1.0 if data_cpu else 0.0)
         cluster.check_shared_storage(plan.path.parent, storage_path is not None, "--storage-path")
         if on_plan:
             on_plan(plan)
@@ -167,7 +169,7 @@ def check_search_resources(plan: Plan, reserve_cpus: float = 0.0) -> dict:
         raise ResourceError(
             f"asked for {groups + drivers + reserve_cpus:g} CPUs ({r.describe()} x {n} trial{'s' if n != 1 else ''} = {groups:g}, "
             f"plus {DRIVER_CPU:g} per trial for its Tune trial function"
-            f"{f', plus {reserve_cpus:g} for Ray Data reads' if reserve_cpus else ''}) but the cluster has {have['cpus']:g} CPUs; "
+            f"{f', plus {reserve_cpus:g} for Ray Data tasks' if reserve_cpus else ''}) but the cluster has {have['cpus']:g} CPUs; "
             f"lower the CPUs per worker or --concurrent")
     return have
 
