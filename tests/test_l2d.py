@@ -351,9 +351,10 @@ def test_l2d_trains_through_ray_train_with_two_workers(ray_session, photo_datase
     assert "crops of the dataset's images" in out.results["test"]["protocol"]
 
 
-def test_photo_crops_decoded_by_ray_data_equal_those_decoded_here(ray_session, photo_dataset, lifters):
+def test_photo_crops_decoded_by_ray_data_equal_those_decoded_here(ray_session, photo_dataset, lifters, tmp_path):
     """Context.map_batches in Ray jobs (Ray Data tasks decode and crop the frames ahead of the steps) gives
-    the training step the very pixels the in-process path gives: an epoch's losses are identical."""
+    the training step the very pixels the in-process path gives, from paths or embedded frames: an epoch's
+    losses are identical."""
     from posectl.methods.base import local_map_batches
     from posectl.orchestrator.spec import ray_map_batches
     ds = PoseDataset(photo_dataset[0])
@@ -365,6 +366,12 @@ def test_photo_crops_decoded_by_ray_data_equal_those_decoded_here(ray_session, p
     here = list(local_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}))
     there = list(ray_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}, blocks_of=1))
     assert [len(b["pixels"]) for b in there] == [32, 32, 6]
+    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there))
+    emb = PoseDataset(attach_images(photo_dataset[1], tmp_path / "emb", PATTERN, root=photo_dataset[2], embed=True))
+    emb_rows = LiftingData(emb.load("train", images=True).take(np.arange(0, 240)), emb.layout).arrays
+    assert isinstance(emb_rows.image[0], bytes)                  # embedded frames decode the same there
+    cols = crop_columns(emb_rows.image[idx.numpy()], emb_rows.image_size[idx.numpy()], crop)
+    there = list(ray_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}))
     assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there))
     cls = get_method("l2d")
     cfg = build(cls.Config, {**TINY, "mode": "single", "images": "dataset", "lifters": lifters})
