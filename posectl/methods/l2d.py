@@ -256,12 +256,17 @@ class L2D(Method):
                               "attach-images`, or use images=auto to render figures)")
         return data.arrays.image is not None
 
-    def _images(self, idx: torch.Tensor, data: LiftingData, generator: torch.Generator, augment: bool):
+    def _crop(self, idx: torch.Tensor, data: LiftingData, generator: torch.Generator, augment: bool):
+        """(crop around each row's 2D, randomly scaled/shifted/rotated when `augment`, 2D, 3D) of rows `idx`."""
         uv, y = data.inputs[idx], data.targets[idx]
         a = self.cfg.augment
         crop = crop_around(uv, self.cfg.detector.image_size, generator=generator,
                            scale_jitter=a.scale if augment else 0.0, shift_jitter=a.shift if augment else 0.0,
                            max_rotation_deg=a.rotation_deg if augment else 0.0)
+        return crop, uv, y
+
+    def _images(self, idx: torch.Tensor, data: LiftingData, generator: torch.Generator, augment: bool):
+        crop, uv, y = self._crop(idx, data, generator, augment)
         if not self._uses_photos(data):
             images, px, _ = render(uv, y[..., 2], data.layout, crop, generator=generator)
             return images, px, crop, uv, y
@@ -278,11 +283,7 @@ class L2D(Method):
         """An epoch's augmented crops, drawn up front (the same draws as `_images`, step by step), and the
         frames decoded and resampled into them by Context.map_batches: in a Ray job, Ray Data tasks on the
         cluster's CPUs, running ahead of the training steps."""
-        a, crops = self.cfg.augment, []
-        for idx in batches:
-            uv, y = data.inputs[idx], data.targets[idx]
-            crops.append((crop_around(uv, self.cfg.detector.image_size, generator=self.gen, scale_jitter=a.scale,
-                                      shift_jitter=a.shift, max_rotation_deg=a.rotation_deg), uv, y))
+        crops = [self._crop(idx, data, self.gen, augment=True) for idx in batches]
         rows = torch.cat(batches).numpy()
         whole = CropTransform(*(torch.cat([getattr(c, f) for c, _, _ in crops]) for f in ("centre", "size", "rot")),
                               self.cfg.detector.image_size)

@@ -150,8 +150,9 @@ class RunSpec:
             return None
         read_stride = d.train_stride if context == 0 else 1
         counts = [_rows_read(p, read_stride) for p in paths]
-        files = [paths[lo:hi] for lo, hi in _file_blocks(paths, counts, world)]
-        per_rank = [sum(counts[paths.index(f)] for f in fs) for fs in files]
+        blocks = _file_blocks(paths, counts, world)
+        files = [paths[lo:hi] for lo, hi in blocks]
+        per_rank = [sum(counts[lo:hi]) for lo, hi in blocks]
         rows = min(per_rank) if not d.max_train_samples else min(min(per_rank), max(1, d.max_train_samples // world))
         why = "data.stream=always" if d.stream == "always" else \
             f"over data.memory_fraction={d.memory_fraction:g} of this node's {node_memory() / 2**30:.1f} GiB"
@@ -159,6 +160,14 @@ class RunSpec:
                 f"{world} worker(s) x {rows:,} rows per epoch, {d.stream_chunk:,} rows held at once"
                 + (f", frames that are multiples of {read_stride} read" if read_stride > 1 else ""))
         return StreamPlan(files, rows, d.stream_chunk, context, read_stride, line)
+
+    def needs_data_cpu(self, world: int, say=None) -> bool:
+        """Whether Ray Data works while this run trains (it streams the training split, printing the choice,
+        or decodes the frames of a method that reads images): then a CPU must stay free for its tasks."""
+        stream = self.streaming(world)
+        if stream is not None:
+            (say or print)(stream.line)
+        return stream is not None or self.images
 
     def small(self, roles: dict) -> bool:
         return sum(Path(p).stat().st_size for paths, _ in roles.values() for p in paths) <= DRIVER_READ_BYTES
@@ -241,13 +250,12 @@ class RunSpec:
         """The same rows as `ray_datasets`, read in this process (no Ray), and the training rows' blocks
         (or the StreamPlan: then "train@<rank>" read the rank's shards with pyarrow, piece by piece)."""
         roles, stream = self.roles(test), self.streaming(world)
-        if stream is not None:
-            columns = roles.pop("train")[1]
-            sources = {role: self.table(role, paths, cols) for role, (paths, cols) in roles.items()}
-            return {**sources, **{f"train@{r}": ShardStream(files, columns, stream.read_stride)
-                                  for r, files in enumerate(stream.files)}}, stream
+        columns = roles.pop("train")[1] if stream is not None else None
         sources = {role: self.table(role, paths, cols) for role, (paths, cols) in roles.items()}
-        return sources, self.train_blocks(sources["train"], world)
+        if stream is None:
+            return sources, self.train_blocks(sources["train"], world)
+        return {**sources, **{f"train@{r}": ShardStream(files, columns, stream.read_stride)
+                              for r, files in enumerate(stream.files)}}, stream
 
     def describe(self, blocks: list[tuple[int, int]] | StreamPlan | None = None) -> dict[str, Any]:
         """What a worker needs besides its data sources (picklable): `blocks`, each rank's [start, end)

@@ -100,10 +100,7 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         if cpus_per_worker is None and workers is None and gpus is None and gpus_per_worker is None:
             # the default worker takes this machine's cores, or a whole node of a cluster with smaller ones
             spec.resources = res = cluster.fit_default_worker(res)
-        stream = spec.streaming(res.workers)
-        if stream is not None:
-            (say or print)(stream.line)
-        data_cpu = stream is not None or spec.images      # Ray Data reads shards or decodes frames as it trains
+        data_cpu = spec.needs_data_cpu(res.workers, say)
         if data_cpu and cpus_per_worker is None:
             spec.resources = res = cluster.leave_cpu_for_data(res)
         have = cluster.check_resources(res, reserve_cpus=1.0 if data_cpu else 0.0)

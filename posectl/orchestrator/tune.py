@@ -125,14 +125,10 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
         cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
-        stream = spec.streaming(plan.resources.workers)
-        if stream is not None:
-            (say or print)(stream.line)
-        data_cpu = stream is not None or spec.images     # trials read shards or decode frames through Ray Data
-        if data_cpu:                                     # as they train: one CPU stays for its tasks
-            if concurrent is None:
-                fit = int((cluster.cluster_summary()["cpus"] - 1) // (plan.resources.workers * plan.resources.cpus))
-                plan.concurrent = max(1, min(plan.concurrent, fit))
+        data_cpu = spec.needs_data_cpu(plan.resources.workers, say)
+        if data_cpu and concurrent is None:             # trials leave one CPU to Ray Data's tasks
+            fit = int((cluster.cluster_summary()["cpus"] - 1) // (plan.resources.workers * plan.resources.cpus))
+            plan.concurrent = max(1, min(plan.concurrent, fit))
         plan.cluster = check_search_resources(plan, reserve_cpus=1.0 if data_cpu else 0.0)
         cluster.check_shared_storage(plan.path.parent, storage_path is not None, "--storage-path")
         if on_plan:
