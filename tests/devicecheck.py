@@ -9,10 +9,12 @@ op computes real values and `.item()` works. `DeviceCheck`, a dispatch mode, mov
   tensors of an indexing op;
 - an in-place or `out=` op writing into a CPU tensor from a device tensor (`cpu_total += loss`: the
   case plain `meta` tensors do not catch);
-- a random op on the device drawing from a CPU generator.
+- a random op on the device drawing from a CPU generator, or on the CPU from the device's generator
+  (`device_generator` makes the stand-in's: CPU generators marked as the device's).
 
 `.item()` / `.tolist()`, device-to-CPU copies and ops whose output size depends on device values
-(boolean masks, nonzero) are host syncs; they are counted in `syncs`.
+(boolean masks, nonzero) are host syncs; they are counted in `syncs`. Copies of floating-point CPU
+tensors to the device (batches gathered on the host, random numbers drawn there) are counted in `uploads`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,21 @@ def _bool_index(func, tensors) -> bool:
 
 class DeviceError(RuntimeError):
     pass
+
+
+_MARK = 1 << 48          # CPU generators seeded above this stand in for the device's own (a generator
+                        # reaches the dispatcher as a new Python object: its seed is what identifies it)
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator | None:
+    """The stand-in for posectl.methods.base.device_generator: a seeded generator that draws on `DEVICE`."""
+    if torch.device(device).type != DEVICE.type:
+        return None
+    return torch.Generator().manual_seed(_MARK + seed)
+
+
+def _device_gen(gen) -> bool:
+    return gen.device.type == "cpu" and gen.initial_seed() >= _MARK
 
 
 _SYNCS = [0]          # host syncs made through Python-level calls (tolist) while a check is active
@@ -107,8 +124,17 @@ def _run(func, args, kwargs, mode: "DeviceCheck | None"):
     for t in tensors:
         if _plain(t) and t.device.type == DEVICE.type:
             raise DeviceError(f"{name}: a data-less meta tensor (made outside the check)")
+    gen = kwargs.get("generator")
+    if gen is not None and _device_gen(gen) and not to_dev and not on_dev:
+        raise DeviceError(f"{name}: draws CPU random numbers from the device's generator")
     if on_dev or to_dev:
         _check(func, args, kwargs, tensors, name, to_dev)
+    if mode is not None and to_dev and func is aten._to_copy.default and any(
+            _plain(t) and t.is_floating_point() for t in tensors):
+        mode._uploads += 1
+    if mode is not None and func is aten.copy_.default and _is_dev(args[0]) and _plain(args[1]) \
+            and args[1].is_floating_point():
+        mode._uploads += 1
     if mode is not None and on_dev and (func in _SYNC_OPS or func in _SHAPE_OPS or _bool_index(func, tensors)
                                         or (func is aten._to_copy.default and target is not None and not to_dev)):
         mode._syncs += 1
@@ -146,7 +172,7 @@ def _check(func, args, kwargs, tensors, name, to_dev) -> None:
     if func in (aten._to_copy.default, aten.copy_.default, aten.detach.default, aten.alias.default):
         return                                                # explicit transfers and views
     gen = kwargs.get("generator")
-    if gen is not None and to_dev and gen.device.type == "cpu":
+    if gen is not None and to_dev and gen.device.type == "cpu" and not _device_gen(gen):
         raise DeviceError(f"{name}: draws device random numbers from a CPU generator")
     mutated = _mutated_args(func, args, kwargs)
     for m in mutated:
@@ -181,6 +207,11 @@ class DeviceCheck(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self._syncs = 0
+        self._uploads = 0
+
+    @property
+    def uploads(self) -> int:
+        return self._uploads
 
     @property
     def syncs(self) -> int:

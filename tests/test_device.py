@@ -75,6 +75,36 @@ def test_fp16_needs_a_gpu():
 
 
 @pytest.mark.parametrize("name", sorted(available()))
+def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
+    """With the split on the device, an epoch of twice the steps copies no more floating-point tensors from
+    the host (batches indexed on the device, augmentation drawn from the device generator), unless the
+    method says why its batches are built on the host (Method.host_batches)."""
+    import posectl.datasets.lifting as lifting
+    import posectl.methods.base as base
+    from devicecheck import device_generator
+    monkeypatch.setattr(lifting, "device_memory", lambda device: 1 << 40)
+    monkeypatch.setattr(base, "device_generator", device_generator)
+    cls = available()[name]
+    counts = []
+    for rows in (512, 1024):
+        spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
+        sources = spec.local_sources(test=False)
+        with DeviceCheck() as mode:
+            ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
+            method, _ = build_worker(spec.describe(), sources, ctx)
+            per_epoch = []
+            for epoch in range(2):
+                before = mode.uploads
+                method.train_epoch(epoch)
+                per_epoch.append(mode.uploads - before)
+        counts.append(per_epoch)
+    if cls.host_batches:
+        assert isinstance(cls.host_batches, str) and len(cls.host_batches) > 20
+        return
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("name", sorted(available()))
 def test_host_syncs_per_epoch_do_not_grow_with_the_steps(name):
     """Metrics are summed on the device and read once per epoch: an epoch of twice the steps makes the
     same number of host syncs (.item(), copies to the CPU, boolean masks)."""

@@ -49,7 +49,7 @@ def test_target_3d_never_reaches_the_loss(small_dataset, target_dataset):
     assert np.isfinite(out["train_loss_mm"]) and out["aligned_share"] == 1.0 and 0.3 < out["local_share"] < 0.7
     assert all(torch.isfinite(p).all() for p in m.model.parameters())
     # the aligned batch takes the target's 2D scale: median box size close to the target's
-    x, y, _ = m._batch(torch.arange(min(len(m.data), 2000)))
+    x, y = m._batch(m._plan([torch.arange(min(len(m.data), 2000))])[0])
     tgt_x = LiftingData(target, tgt.layout).inputs
     box = lambda k: (k.amax(1) - k.amin(1)).mean(1).median().item()    # noqa: E731
     src_box = box(m.data.inputs[:2000])

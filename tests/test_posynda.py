@@ -251,9 +251,9 @@ def test_workers_take_disjoint_equal_shares_of_the_target(small_dataset, target_
     for rank in (0, 1):
         m = cls(cfg, train, Context(rank=rank, world_size=2, inputs={"target": target}))
         ms.append(m)
-        mine, windows = [], m._target_arrays()["data"].windows
-        m.target["data"].windows = lambda idx, T, inputs=None: (inputs is None and mine.append(idx)) or windows(
-            idx, T, inputs)
+        on = m._target_arrays()["on"]          # the target rows on the device: spy on the 2D windows taken
+        mine, windows = [], on.windows
+        on.windows = lambda name, idx, T: (name == "inputs" and mine.append(idx)) or windows(name, idx, T)
         m.train_epoch(0)
         rows.append(torch.cat(mine).tolist())
         steps.append(len(mine))

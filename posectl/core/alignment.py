@@ -102,18 +102,39 @@ def local_augment(poses: torch.Tensor, layout: Layout, generator: torch.Generato
     Bone length: one factor 1 + U(-length, length) per symmetric group (left and right together).
     Rotation: about the root, U(-rotation_deg, rotation_deg) about the camera's vertical (y) axis and
       U(-tilt_deg, tilt_deg) about the x and z axes.
+    The random numbers come from `generator` (local_draws), the perturbation is local_apply.
     """
+    limits = {"angle_deg": angle_deg, "length": length, "rotation_deg": rotation_deg, "tilt_deg": tilt_deg}
+    draws = local_draws(len(poses), layout, generator, **limits)
+    return local_apply(poses, {k: v.to(poses.device) for k, v in draws.items()}, layout, **limits,
+                       keep_torso=keep_torso)
+
+
+def local_draws(n: int, layout: Layout, generator: torch.Generator, *, angle_deg: float, length: float,
+                rotation_deg: float, tilt_deg: float) -> dict[str, torch.Tensor]:
+    """The random numbers local_apply uses for n poses, drawn from `generator` in a fixed order (so
+    that they can be drawn ahead, for many batches, and applied later on another device)."""
+    J, out = layout.num_joints, {}
+    if angle_deg > 0:
+        out["axis"] = torch.randn(n, J, 3, generator=generator)
+        out["angle"] = torch.rand(n, J, generator=generator)
+    if length > 0:
+        out["length"] = torch.cat([torch.rand(n, 1, generator=generator) for _ in symmetric_groups(layout)], 1)
+    if rotation_deg > 0 or tilt_deg > 0:
+        out["rotation"] = torch.stack([torch.rand(n, generator=generator) for _ in range(3)], 1)
+    return out
+
+
+def local_apply(poses: torch.Tensor, draws: dict[str, torch.Tensor], layout: Layout, *, angle_deg: float,
+                length: float, rotation_deg: float, tilt_deg: float, keep_torso: bool = True) -> torch.Tensor:
+    """local_augment of (N, J, 3) poses with the random numbers `draws` (local_draws, on the poses' device)."""
     N, J, _ = poses.shape
     dev, dt = poses.device, poses.dtype
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=generator).to(dev, dt)
-
     bones = bone_vectors(poses, layout)
     if angle_deg > 0:
-        axis = torch.randn(N, J, 3, generator=generator).to(dev, dt)
+        axis = draws["axis"].to(dt)
         axis = axis / axis.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-        ang = rand(N, J) * math.radians(angle_deg)
+        ang = draws["angle"].to(dt) * math.radians(angle_deg)
         if keep_torso:
             spine = [j for j, p in enumerate(layout.parents) if p == layout.root and j not in layout.left + layout.right]
             torso = set(spine) | {j for j, p in enumerate(layout.parents) if p in spine and
@@ -122,17 +143,18 @@ def local_augment(poses: torch.Tensor, layout: Layout, generator: torch.Generato
         bones = (_rodrigues(axis, ang) @ bones[..., None])[..., 0]
     if length > 0:
         scale = torch.ones(N, J, dtype=dt, device=dev)
-        for g in symmetric_groups(layout):
-            scale[:, g] = 1 + (rand(N, 1) * 2 - 1) * length
+        u = draws["length"].to(dt)
+        for k, g in enumerate(symmetric_groups(layout)):
+            scale[:, g] = 1 + (u[:, k:k + 1] * 2 - 1) * length
         bones = bones * scale[..., None]
     out = from_bones(torch.zeros(N, 3, dtype=dt, device=dev), bones, layout)
     if rotation_deg > 0 or tilt_deg > 0:
-        yaw = (rand(N) * 2 - 1) * math.radians(rotation_deg)
-        pitch = (rand(N) * 2 - 1) * math.radians(tilt_deg)
-        roll = (rand(N) * 2 - 1) * math.radians(tilt_deg)
-        ex = torch.tensor([1.0, 0, 0], dtype=dt, device=dev).expand(N, 3)
-        ey = torch.tensor([0, 1.0, 0], dtype=dt, device=dev).expand(N, 3)
-        ez = torch.tensor([0, 0, 1.0], dtype=dt, device=dev).expand(N, 3)
+        u = draws["rotation"].to(dt)
+        yaw = (u[:, 0] * 2 - 1) * math.radians(rotation_deg)
+        pitch = (u[:, 1] * 2 - 1) * math.radians(tilt_deg)
+        roll = (u[:, 2] * 2 - 1) * math.radians(tilt_deg)
+        ex, ey, ez = (torch.zeros(N, 3, dtype=dt, device=dev) for _ in range(3))   # unit axes, made on the device
+        ex[:, 0], ey[:, 1], ez[:, 2] = 1.0, 1.0, 1.0
         R = _rodrigues(ey, yaw) @ _rodrigues(ex, pitch) @ _rodrigues(ez, roll)
         out = out @ R.transpose(1, 2)
     return out

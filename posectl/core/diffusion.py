@@ -30,9 +30,13 @@ class Diffusion:
     def __init__(self, T: int = 1000, scale: float = 1.0, s: float = 0.008):
         self.T, self.scale = T, scale
         self.abar = cosine_alphas_cumprod(T, s)          # float64 on CPU; cast at use
+        self._on: dict[str, torch.Tensor] = {}           # abar copied once per device
 
     def _a(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        a = self.abar.to(like.device)[t.to(like.device)].to(like.dtype)
+        key = str(like.device)
+        if key not in self._on:
+            self._on[key] = self.abar.to(like.device)
+        a = self._on[key][t.to(like.device)].to(like.dtype)
         return a.view(-1, *([1] * (like.dim() - 1)))
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -201,8 +201,8 @@ class DHSkeleton(torch.nn.Module):
         z = torch.zeros(B, dtype=angles.dtype, device=angles.device)
 
         def frames(name, sl, a_cols, d_cols, nf):
-            a = torch.stack(a_cols, 1) if a_cols else torch.zeros(B, nf).to(angles)
-            d = torch.stack(d_cols, 1) if d_cols else torch.zeros(B, nf).to(angles)
+            a = torch.stack(a_cols, 1) if a_cols else angles.new_zeros(B, nf)
+            d = torch.stack(d_cols, 1) if d_cols else angles.new_zeros(B, nf)
             theta = getattr(self, f"{name}_off") + ang[:, sl]
             return dh_transforms(getattr(self, f"{name}_alpha"), a, theta, d)
 

@@ -94,6 +94,17 @@ class TubeBody:
     def num_vertices(self) -> int:
         return len(self.bones) * (self.rings * self.ring + 2)
 
+    def __getstate__(self) -> dict:                      # the per-device copies are not pickled
+        return {k: v for k, v in self.__dict__.items() if k != "_on"}
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """Radii, ring cos/sin and ring positions in `dtype` on `device`, copied there once."""
+        cache = self.__dict__.setdefault("_on", {})
+        key = (dtype, str(device))
+        if key not in cache:
+            cache[key] = tuple(v.to(dtype=dtype, device=device) for v in (self.radius, self._cos, self._sin, self._t))
+        return cache[key]
+
     def pose(self, joints: torch.Tensor) -> torch.Tensor:
         """(B, J, 3) joints -> (B, V, 3) vertices (differentiable)."""
         dt = {"dtype": joints.dtype, "device": joints.device}     # the body's constants follow the joints
@@ -116,14 +127,15 @@ class TubeBody:
         u = perp(fwd) + 0.25 * perp(right)               # the second term decides only near-parallel cases
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-9)
         w = torch.cross(d, u, dim=-1)
-        rad = self.radius.to(**dt)[None, :, None, None]                            # (1, nb, 1, 1)
-        circle = (self._cos.to(**dt)[None, None, :, None] * u[:, :, None]
-                  + self._sin.to(**dt)[None, None, :, None] * w[:, :, None])       # (B, nb, R, 3)
-        t = self._t.to(**dt)[None, None, :, None, None]                            # (1, 1, S, 1, 1)
+        radius, cos, sin, t = self._constants(**dt)
+        rad = radius[None, :, None, None]                                        # (1, nb, 1, 1)
+        circle = (cos[None, None, :, None] * u[:, :, None]
+                  + sin[None, None, :, None] * w[:, :, None])                    # (B, nb, R, 3)
+        t = t[None, None, :, None, None]                                         # (1, 1, S, 1, 1)
         centres = pa[:, :, None, None] + t * axis[:, :, None, None]              # (B, nb, S, 1, 3)
         rings = centres + rad[..., None] * circle[:, :, None]                    # (B, nb, S, R, 3)
         B, nb = P.shape[0], len(self.bones)
-        cap_off = 0.5 * self.radius.to(**dt)[None, :, None]
+        cap_off = 0.5 * radius[None, :, None]
         caps = torch.stack([pa - cap_off * d, ch + cap_off * d], dim=2)          # (B, nb, 2, 3)
         verts = torch.cat([rings.reshape(B, nb, -1, 3), caps], dim=2)
         return verts.reshape(B, -1, 3)

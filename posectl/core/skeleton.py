@@ -139,11 +139,11 @@ def flip_poses(poses, layout: Layout):
     Works for root-relative 3D and for screen-normalised 2D (centred on 0); numpy or torch.
     """
     out = poses[..., layout.flip_permutation, :]
+    if not isinstance(poses, np.ndarray):  # torch: no constant made (and copied to the device) per call
+        import torch
+        return torch.cat([-out[..., :1], out[..., 1:]], -1)
     sign = np.ones(poses.shape[-1], dtype=np.float32)
     sign[0] = -1.0
-    if not isinstance(poses, np.ndarray):  # torch
-        import torch
-        return out * torch.as_tensor(sign, dtype=poses.dtype, device=poses.device)
     return out * sign
 
 

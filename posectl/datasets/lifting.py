@@ -78,24 +78,32 @@ class LiftingData:
         return self._placed[key][0]
 
     def fetch(self, idx: torch.Tensor, device: torch.device, receptive_field: int | None = None,
-              fraction: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+              fraction: float = 0.25, target_windows: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(2D input, root-relative 3D target) of rows `idx` (a CPU index tensor) on `device`: inputs
-        (B, J, 2) for `receptive_field=None`, else (B, receptive_field, J, 2) windows. See `place`."""
+        (B, J, 2) for `receptive_field=None`, else (B, receptive_field, J, 2) windows, and the targets of
+        the same windows with `target_windows`. See `place`."""
         kind = self.place(device, fraction)
         held = self._placed[str(torch.device(device))][1]
         if kind == "device":
             inputs, targets, start, end = held
             i = idx.to(device, non_blocking=True)
-            x = inputs[i] if receptive_field is None else inputs[window_rows(i, receptive_field, start, end)]
-            return x, targets[i]
+            if receptive_field is None:
+                return inputs[i], targets[i]
+            rows = window_rows(i, receptive_field, start, end)
+            return inputs[rows], targets[rows if target_windows else i]
+        rows = idx if receptive_field is None else window_rows(idx, receptive_field, self.seq_start, self.seq_end)
+        trows = rows if target_windows else idx
         if kind == "pinned":
-            rows = idx if receptive_field is None else window_rows(idx, receptive_field, self.seq_start, self.seq_end)
-            return held.copy([(self.inputs, rows), (self.targets, idx)], device)
-        x = self.inputs[idx] if receptive_field is None else self.windows(idx, receptive_field)
-        y = self.targets[idx]
+            return held.copy([(self.inputs, rows), (self.targets, trows)], device)
+        x, y = self.inputs[rows], self.targets[trows]
         if kind == "host":
             x, y = x.to(device), y.to(device)
         return x, y
+
+    def on_device(self, device: torch.device, tables: dict[str, torch.Tensor] | None = None) -> "DeviceRows":
+        """The split's inputs, targets and sequence bounds (and per-row `tables` of the caller's) copied to
+        `device` once: for methods that gather and augment their batches there."""
+        return DeviceRows(self, device, tables or {})
 
     def parts(self, generator: torch.Generator | None = None, multiple_of: int = 1) -> Iterator["LiftingData"]:
         """The split as the pieces an epoch trains on: in memory, the split itself (see StreamedSplit)."""
@@ -180,6 +188,27 @@ def window_rows(idx: torch.Tensor, receptive_field: int, seq_start: torch.Tensor
     half = receptive_field // 2
     rows = idx[:, None] + torch.arange(-half, half + 1, device=idx.device)[None, :]
     return torch.maximum(torch.minimum(rows, seq_end[idx, None]), seq_start[idx, None])
+
+
+class DeviceRows:
+    """Per-row tables of a split on one device, with windows taken there (LiftingData.on_device)."""
+
+    def __init__(self, data: LiftingData, device: torch.device, tables: dict[str, torch.Tensor]):
+        self.device = torch.device(device)
+        t = {"inputs": data.inputs, "targets": data.targets, **tables}
+        self.tables = {k: v.to(self.device) for k, v in t.items()}
+        self.start, self.end = data.seq_start.to(self.device), data.seq_end.to(self.device)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tables[name]
+
+    def windows(self, name: str, idx: torch.Tensor, receptive_field: int) -> torch.Tensor:
+        """(B, receptive_field, ...) windows of table `name` centred on rows `idx` (on the device),
+        edge-padded within each sequence, as LiftingData.windows."""
+        src = self.tables[name]
+        if receptive_field == 1:
+            return src[idx].unsqueeze(1)
+        return src[window_rows(idx, receptive_field, self.start, self.end)]
 
 
 def device_memory(device: torch.device) -> int:

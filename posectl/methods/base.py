@@ -147,6 +147,9 @@ class Method:
     shared_validation: ClassVar[bool] = True     # evaluate() of disjoint shares of a split merges into that of
                                                  # the whole (per-sample means with a per-action table): with
                                                  # several workers, each validates a share (orchestrator/loop.py)
+    host_batches: ClassVar[str | None] = None    # why training batches are built on the host, if they are
+                                                 # (else they are indexed and augmented on the device:
+                                                 # tests/test_device.py checks that no step copies floats to it)
 
     @classmethod
     def inputs(cls, cfg: Any) -> dict[str, DataInput]:
@@ -198,21 +201,33 @@ class Method:
         self.cfg, self.data, self.ctx = cfg, data, ctx
         self.gen = seed_everything(cfg.seed + ctx.rank)
         # draws made on the device: its own generator on CUDA; on the CPU the same stream as `gen`
-        self.dgen = self.gen if ctx.device.type == "cpu" else None
-        if ctx.device.type == "cuda":
-            self.dgen = torch.Generator(device=ctx.device)
-            self.dgen.manual_seed(cfg.seed + ctx.rank)
+        self.dgen = self.gen if ctx.device.type == "cpu" else device_generator(ctx.device, cfg.seed + ctx.rank)
         if ctx.device.type == "cuda" and cfg.precision == "fp32":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.scaler = torch.amp.GradScaler("cuda" if ctx.device.type == "cuda" else "cpu",
                                            enabled=cfg.precision == "fp16")
 
-    def uniform(self, n: int) -> torch.Tensor:
-        """n uniform [0, 1) draws on this worker's device, from its seeded device stream (`dgen`); on a
-        device without a generator of its own, drawn from `gen` and copied."""
+    # Random numbers on this worker's device, from its seeded device stream `dgen` (on the CPU that is
+    # `gen` itself, so a CPU run draws exactly what it would from `gen`); on a device without a generator
+    # of its own, drawn from `gen` and copied.
+    def rand(self, *shape: int) -> torch.Tensor:
+        return self._draw(torch.rand, shape)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return self._draw(torch.randn, shape)
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        return self._draw(torch.randint, (high, shape))
+
+    def randperm(self, n: int) -> torch.Tensor:
+        return self._draw(torch.randperm, (n,))
+
+    def _draw(self, fn: Callable, args: tuple) -> torch.Tensor:
+        if fn is not torch.randint and fn is not torch.randperm:
+            args = (args,)
         if self.dgen is not None:
-            return torch.rand(n, generator=self.dgen, device=self.ctx.device)
-        return torch.rand(n, generator=self.gen).to(self.ctx.device)
+            return fn(*args, generator=self.dgen, device=self.ctx.device)
+        return fn(*args, generator=self.gen).to(self.ctx.device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The run's precision: bf16/fp16 autocast on this worker's device, or nothing for fp32. The
@@ -371,6 +386,15 @@ def get_method(name: str) -> type:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown method '{name}'{hint}; available: {', '.join(methods)}")
     return methods[name]
+
+
+def device_generator(device: torch.device, seed: int) -> torch.Generator | None:
+    """A seeded generator of the accelerator's own (CUDA), or None where it has none."""
+    if device.type != "cuda":
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -54,7 +54,7 @@ class Baseline(LiftingMethod):
         x, y = data.fetch(idx, self.ctx.device, None if self._frame_input() else cfg.backbone.receptive_field,
                           cfg.data.device_fraction)
         if cfg.train_flip:
-            flip = self.uniform(len(idx)) < 0.5
+            flip = self.rand(len(idx)) < 0.5
             mask = flip.view(-1, *([1] * (x.dim() - 1)))
             x = torch.where(mask, flip_poses(x, data.layout), x)
             y = torch.where(flip[:, None, None], flip_poses(y, data.layout), y)

@@ -42,7 +42,7 @@ from posectl.core.kinematics import (
     subject_templates, swap_bone_lengths, upright_alignment, yaw_matrix,
 )
 from posectl.core.skeleton import H36M16, flip_poses
-from posectl.datasets.lifting import LiftingData, batch_bounds
+from posectl.datasets.lifting import DeviceRows, LiftingData, batch_bounds, window_rows
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, StateGroup, register, unwrap
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
@@ -157,10 +157,23 @@ class DHAug(LiftingMethod):
         # real data in the 16-joint layout
         self.inputs16 = data.inputs[:, list(KEEP16)]
         self.targets16 = data.targets[:, list(KEEP16)]
+        self._on: DeviceRows | None = None   # the real 16-joint rows on the device (`_rows`)
         self.nets: dict[str, torch.nn.Module] = {}
         self.opts: dict[str, torch.optim.Optimizer] = {}
         self._ready = False     # generator, critics and camera tensors are built on first use, so that
                                 # evaluating a checkpoint needs no cameras and no GAN
+
+    def _rows(self) -> DeviceRows:
+        """The training rows (16-joint 2D and 3D, sequence bounds) on the device: batches, windows and
+        augmentation are made there, from the device's generator (Method.rand/randn/randint)."""
+        if self._on is None:
+            self._on = self.data.on_device(self.ctx.device, {"inputs16": self.inputs16, "targets16": self.targets16})
+        return self._on
+
+    def _clips(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) windows of a per-row device table centred on rows `idx` (device indices)."""
+        on = self._rows()
+        return table[window_rows(idx, self.frames, on.start, on.end)]
 
     def _setup_augmentation(self) -> None:
         cfg, ctx, data = self.cfg, self.ctx, self.data
@@ -172,12 +185,14 @@ class DHAug(LiftingMethod):
         if a.extrinsics is None:
             raise ConfigError(f"dhaug mode={cfg.mode}: the training data has no camera extrinsics (world frame); "
                               "use a dataset with cameras (Human3.6M, synthetic) or mode=none")
-        self.cam3d = torch.from_numpy(a.joints_3d[:, list(KEEP16)].astype(np.float32))
-        self.intr = torch.from_numpy(a.intrinsics.astype(np.float32))
-        self.wh = torch.from_numpy(a.image_size.astype(np.float32))
-        ext = torch.from_numpy(a.extrinsics.astype(np.float32))
+        # per-row camera tables, on the device
+        cam3d = torch.from_numpy(a.joints_3d[:, list(KEEP16)].astype(np.float32))
+        self.templates = subject_templates(cam3d, a.subject).to(dev)
+        self.cam3d = cam3d.to(dev)
+        self.intr = torch.from_numpy(a.intrinsics.astype(np.float32)).to(dev)
+        self.wh = torch.from_numpy(a.image_size.astype(np.float32)).to(dev)
+        ext = torch.from_numpy(a.extrinsics.astype(np.float32)).to(dev)
         self.R, self.t = ext[:, :9].reshape(-1, 3, 3), ext[:, 9:]
-        self.templates = subject_templates(self.cam3d, a.subject)
         # world-frame root positions (for `normal` mode)
         self.world_root = torch.einsum("nji,nj->ni", self.R, self.cam3d[:, 0] - self.t)
         self.fk = DHSkeleton().to(dev)
@@ -200,8 +215,7 @@ class DHAug(LiftingMethod):
         """Bone-length template swap of every training pose, re-projected with its own camera.
         Returns world-frame root-centred 3D, normalised 2D and the bone lengths used."""
         if self.cfg.bone_swap:
-            pick = torch.randint(len(self.templates), (len(self.cam3d),), generator=self.gen)
-            lengths = self.templates[pick]
+            lengths = self.templates[self.randint(len(self.templates), len(self.cam3d))]
             cam = swap_bone_lengths(self.cam3d, lengths)
         else:
             cam, lengths = self.cam3d, bone_lengths16(self.cam3d)
@@ -215,10 +229,10 @@ class DHAug(LiftingMethod):
         if g.bone_scaling == "none" or g.bone_scale == 0:
             return lengths
         B = lengths.shape[0]
-        shared = (torch.rand(B, generator=self.gen) * 2 - 1) * g.bone_scale if g.bone_scaling == "same" else None
-        scale = torch.ones(B, len(BONE_NAMES))   # the thorax link stays unscaled in both modes (§4.3)
+        shared = (self.rand(B) * 2 - 1) * g.bone_scale if g.bone_scaling == "same" else None
+        scale = lengths.new_ones(B, len(BONE_NAMES))   # the thorax link stays unscaled in both modes (§4.3)
         for bones in SCALE_GROUPS.values():
-            eps = shared if shared is not None else (torch.rand(B, generator=self.gen) * 2 - 1) * g.bone_scale
+            eps = shared if shared is not None else (self.rand(B) * 2 - 1) * g.bone_scale
             for b in bones:
                 scale[:, BONE_NAMES.index(b)] = 1 + eps
         return lengths * scale
@@ -229,7 +243,7 @@ class DHAug(LiftingMethod):
         g, B, T = self.cfg.gan, lengths.shape[0], self.frames
         dev = self.ctx.device
         if self.cfg.mode == "gan":
-            z = torch.randn(B, g.noise_dim, generator=self.gen).to(dev)
+            z = self.randn(B, g.noise_dim)
             with torch.set_grad_enabled(grad):
                 raw, trans = self.nets["G"](z)                       # (B, T, 31), (B, T, 3)
                 raw = raw.reshape(B * T, -1)
@@ -240,23 +254,22 @@ class DHAug(LiftingMethod):
                         1, torch.tensor(FREE_ANGLES, device=dev), torch.tanh(raw) * 180)
                 if not g.rotation:
                     angles = angles.index_fill(1, torch.tensor(ROTATION, device=dev), 0.0)
-                L = lengths.to(dev).repeat_interleave(T, 0)
+                L = lengths.repeat_interleave(T, 0)
                 rc = self.fk(angles, L).view(B, T, 16, 3)
                 return rc + trans[:, :, None, :], rc
         # `normal`: clipped Gaussian angles around each range's middle (sd 60 deg as released), upright with
         # a random heading, root at a random real root position. The released generator's narrower ranges
         # are not documented; the trunk and neck DOFs (range +-180 for the GAN) get sd 15 deg here, or
         # the trunk would fold over as often as not.
-        # Draws come from the CPU generator (same stream on every device), then everything runs on `dev`.
         lo, hi = self.fk.lo, self.fk.hi
         sd = torch.full((37,), 60.0, device=dev)
         sd[10:22] = 15.0
-        angles = ((lo + hi) / 2 + sd * torch.randn(B * T, 37, generator=self.gen).to(dev)).clamp(lo, hi)
-        pose = self.fk(angles, lengths.to(dev).repeat_interleave(T, 0), rotate=False)
-        yaw = ((torch.rand(B, generator=self.gen) * 2 - 1) * torch.pi).to(dev)
+        angles = ((lo + hi) / 2 + sd * self.randn(B * T, 37)).clamp(lo, hi)
+        pose = self.fk(angles, lengths.repeat_interleave(T, 0), rotate=False)
+        yaw = (self.rand(B) * 2 - 1) * torch.pi
         rot = yaw_matrix(yaw) @ self.align
         rc = torch.einsum("bij,btkj->btki", rot, pose.view(B, T, 16, 3))
-        root = self.world_root[torch.randint(len(self.world_root), (B,), generator=self.gen)].to(dev)
+        root = self.world_root[self.randint(len(self.world_root), B)]
         return rc + root[:, None, None, :], rc
 
     def _view(self, world: torch.Tensor, cams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -278,7 +291,7 @@ class DHAug(LiftingMethod):
             real = torch.cat([real, flip_poses(real, layout)])
             fake = torch.cat([fake, flip_poses(fake, layout)])
         B = real.shape[0]
-        eps = torch.rand(B, *([1] * (real.dim() - 1)), generator=self.gen).to(real)
+        eps = self.rand(B, *([1] * (real.dim() - 1))).to(real)
         interp = (eps * real + (1 - eps) * fake).requires_grad_(True)
         out = self.nets[name](torch.cat([real, fake, interp]))
         d_real, d_fake, d_int = out.split(B)
@@ -315,8 +328,8 @@ class DHAug(LiftingMethod):
         cfg, T = self.cfg, self.frames
         world_rc, real2d, lengths = self._swap_and_project()
         per_worker = self.per_worker(cfg.gan.batch_size)
-        order = torch.arange(0, len(world_rc), cfg.data.train_stride)
-        order = order[torch.randperm(len(order), generator=self.gen)]
+        order = torch.arange(0, len(world_rc), cfg.data.train_stride, device=self.ctx.device)
+        order = order[self.randperm(len(order))]
         steps = _agree_min(len(order) // per_worker)          # incomplete batches are skipped, as released
         motion = T > 1 and epoch >= cfg.gan.motion_warmup
         kp_out, y_out, valid_out = [], [], []          # kept on the device, filtered once at the end
@@ -325,20 +338,16 @@ class DHAug(LiftingMethod):
         for step in range(steps):
             idx = order[step * per_worker: (step + 1) * per_worker]
             L = self._jitter(lengths[idx])
-            cams = torch.randint(len(self.R), (len(idx),), generator=self.gen)   # a random training camera
+            cams = self.randint(len(self.R), len(idx))   # a random training camera
             with torch.no_grad():
                 world, rc = self._generate(L, grad=False)
                 cam, kp, valid = self._view(world, cams)
             if cfg.mode == "gan":
-                dev = self.ctx.device
                 c = T // 2
-                r3 = world_rc[idx].to(dev)
-                r2 = real2d[idx].to(dev)
-                stats["w_dist_3d"] += self._critic_step("D3", r3, rc[:, c])
-                stats["w_dist_2d"] += self._critic_step("D2", r2, kp[:, c])
+                stats["w_dist_3d"] += self._critic_step("D3", world_rc[idx], rc[:, c])
+                stats["w_dist_2d"] += self._critic_step("D2", real2d[idx], kp[:, c])
                 if motion:   # real clips: windows of the swapped poses within their sequences
-                    clip3 = self.data.windows(idx, T, inputs=world_rc).to(dev)
-                    clip2 = self.data.windows(idx, T, inputs=real2d).to(dev)
+                    clip3, clip2 = self._clips(world_rc, idx), self._clips(real2d, idx)
                     stats["w_dist_motion"] += self._critic_step("M3", clip3, rc)
                     stats["w_dist_motion"] += self._critic_step("M2", clip2, kp)
                 if step % cfg.gan.critic_steps == cfg.gan.critic_steps - 1:
@@ -353,7 +362,7 @@ class DHAug(LiftingMethod):
             keep = torch.cat(valid_out)                  # one sync per epoch: how many poses are kept
             kp_all, y_all = torch.cat(kp_out)[keep], torch.cat(y_out)[keep]
         else:
-            kp_all, y_all = torch.zeros(0, T, 16, 2), torch.zeros(0, 16, 3)
+            kp_all, y_all = world_rc.new_zeros(0, T, 16, 2), world_rc.new_zeros(0, 16, 3)
         n = _agree_min(len(kp_all))
         out = {k: float(v) / max(steps, 1) for k, v in stats.items() if k != "g_loss"}
         out["g_loss"] = float(stats["g_loss"]) / max(n_g, 1)
@@ -376,10 +385,11 @@ class DHAug(LiftingMethod):
         return (pred.detach() - y).norm(dim=-1).mean()
 
     def _pose_pass(self, windows_of, targets: torch.Tensor, n: int) -> tuple[float, int]:
-        """One pass over n pairs; `windows_of(idx)` gives (B, T, 16, 2) inputs. Returns MPJPE (mm)."""
+        """One pass over n pairs; `windows_of(idx)` gives (B, T, 16, 2) inputs of device rows `idx`.
+        Returns MPJPE (mm)."""
         cfg, dev = self.cfg, self.ctx.device
         per_worker = self.per_worker()
-        perm = torch.randperm(n, generator=self.gen)
+        perm = self.randperm(n)
         # the generated buffer's size varies (per worker, too): never a batch of one; every worker
         # takes the same number of steps, zero when one of them holds a single pair
         bounds = batch_bounds(n, per_worker) if n > 1 else []
@@ -387,7 +397,7 @@ class DHAug(LiftingMethod):
         total, count = torch.zeros((), device=dev), 0       # summed on the device: one sync per pass
         for start, end in bounds[:steps]:
             idx = perm[start:end]
-            x, y = windows_of(idx).to(dev), targets[idx].to(dev)
+            x, y = windows_of(idx), targets[idx]
             err = self._pose_step(x, y)
             if cfg.train_flip:
                 self._pose_step(flip_poses(x, H36M16), flip_poses(y, H36M16))
@@ -410,13 +420,13 @@ class DHAug(LiftingMethod):
                     out["train_fake_mpjpe_mm"] = err
                 out["train_samples"] = n
         if lifting:
-            rows = torch.arange(0, len(self.data), cfg.data.train_stride)
-            err, n = self._pose_pass(lambda idx: self.data.windows(rows[idx], T, inputs=self.inputs16),
-                                     self.targets16[rows], len(rows))
+            on = self._rows()
+            rows = torch.arange(0, len(self.data), cfg.data.train_stride, device=self.ctx.device)
+            err, n = self._pose_pass(lambda idx: on.windows("inputs16", rows[idx], T), on["targets16"][rows], len(rows))
             out["train_loss_mm"] = err          # MPJPE on real training pairs (the objective is cfg.pose_loss)
             out["train_samples"] = out.get("train_samples", 0) + n
             out["precise_bn_batches"] = self.refresh_batch_norm(   # statistics of real inputs: what is evaluated
-                lambda idx: self.data.windows(idx, T, inputs=self.inputs16), self.gen)
+                lambda idx: on.windows("inputs16", idx.to(self.ctx.device), T), self.gen)
         out["lr"] = self.opt.param_groups[0]["lr"]
         with warnings.catch_warnings():   # warm-up epochs step the schedule (at 1 in video mode) without lifting
             warnings.simplefilter("ignore", UserWarning)
@@ -440,9 +450,9 @@ class DHAug(LiftingMethod):
             raise ConfigError("dhaug mode=none generates no poses")
         self._setup_augmentation()
         if self.cfg.bone_swap:   # the lengths a training batch would lend: a random subject's template
-            lengths = self.templates[torch.randint(len(self.templates), (n,), generator=self.gen)]
+            lengths = self.templates[self.randint(len(self.templates), n)]
         else:
-            lengths = bone_lengths16(self.cam3d[torch.randint(len(self.cam3d), (n,), generator=self.gen)])
+            lengths = bone_lengths16(self.cam3d[self.randint(len(self.cam3d), n)])
         L = self._jitter(lengths)
         with torch.no_grad():
             _, rc = self._generate(L, grad=False)

@@ -4,7 +4,7 @@
 docs/methods/gpa.md). Labelled source data (2D, 3D, cameras) and *unlabelled* target 2D poses with their
 cameras' intrinsics. Per training batch:
   1. local augmentation (modes `local`, `gpa_local`): a share `local_prob` of the source poses get
-     PoseAug-style bone-angle, bone-length and rotation perturbations (core.alignment.local_augment;
+     PoseAug-style bone-angle, bone-length and rotation perturbations (core.alignment.local_apply;
      the paper's learned local augmentation was not released, this is its non-adversarial form);
   2. global position alignment (modes `gpa`, `gpa_local`): a share `gpa_prob` of the batch is paired
      with randomly drawn target 2D poses; each source pose moves rigidly to the depth and image position
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from posectl.config import field
-from posectl.core.alignment import global_position_alignment, local_augment
+from posectl.core.alignment import global_position_alignment, local_apply, local_draws
 from posectl.core.camera import normalize_screen, project
 from posectl.core.metrics import mpjpe_loss
 from posectl.core.skeleton import flip_poses
-from posectl.datasets.lifting import LiftingData
+from posectl.datasets.lifting import DeviceRows, LiftingData
 from posectl.datasets.store import dataset_id
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, DataInput, register
@@ -106,8 +106,10 @@ class GPA(LiftingMethod):
         self.wh = torch.from_numpy(a.image_size.astype(np.float32))
         self.target: dict[str, torch.Tensor] | None = None    # taken from ctx.inputs on first use (so that
                                                               # evaluating a checkpoint needs no target input)
+        self._on: DeviceRows | None = None
 
     def _target(self) -> dict[str, torch.Tensor]:
+        """The target's 2D, intrinsics and image sizes, on the device."""
         if self.target is None:
             t = self.ctx.inputs.get("target")
             if t is None:
@@ -115,69 +117,103 @@ class GPA(LiftingMethod):
             self.target = {"kp": torch.from_numpy(t.keypoints_2d.astype(np.float32)),
                            "intr": torch.from_numpy(t.intrinsics.astype(np.float32)),
                            "wh": torch.from_numpy(t.image_size.astype(np.float32))}
+            self.target = {k: v.to(self.ctx.device) for k, v in self.target.items()}
         return self.target
 
-    # -- one batch of (2D, root-relative 3D) pairs -------------------------------------------------
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-        cfg, data, layout = self.cfg, self.data, self.data.layout
-        x, y = data.inputs[idx].clone(), data.targets[idx].clone()
-        B = len(idx)
-        counts = {"aligned": 0, "local": 0}
-        if cfg.mode == "source_only":
-            return x, y, counts
-        local = torch.zeros(B, dtype=torch.bool)
-        if cfg.mode in ("local", "gpa_local"):
-            local = torch.rand(B, generator=self.gen) < cfg.local_prob
-            if local.any():
-                lc = cfg.local
-                y[local] = local_augment(y[local], layout, self.gen, angle_deg=lc.angle_deg, length=lc.length,
-                                         rotation_deg=lc.rotation_deg, tilt_deg=lc.tilt_deg)
-        aligned = torch.zeros(B, dtype=torch.bool)
-        if cfg.mode in ("gpa", "gpa_local"):
-            aligned = torch.rand(B, generator=self.gen) < cfg.gpa_prob
-        src = ~aligned & local                      # locally changed, seen through their own camera
-        if src.any():
-            P = y[src] + self.root[idx[src]][:, None]
-            i = idx[src]
-            x[src] = normalize_screen(project(P, self.intr[i]), self.wh[i, 0], self.wh[i, 1])
-        if aligned.any():
-            t, n = self._target(), int(aligned.sum())
-            pick = torch.randint(len(t["kp"]), (n,), generator=self.gen)
-            P = y[aligned] + self.root[idx[aligned]][:, None]
+    def _rows(self) -> DeviceRows:
+        """The source rows (2D, 3D, root, camera) on the device, where batches are gathered and moved."""
+        if self._on is None:
+            self._on = self.data.on_device(self.ctx.device, {"root": self.root, "intr": self.intr, "wh": self.wh})
+        return self._on
+
+    # -- an epoch's draws, then one batch of (2D, root-relative 3D) pairs per step -----------------------
+    def _plan(self, batches: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """The random draws of every step over `batches`, made up front on the host from the seeded stream
+        `gen`, in the order the steps apply them (a run draws the same numbers on every device), with the
+        batch rows each one touches; copied to the device in one transfer per kind (no copy, no sync in
+        the steps). How many rows a draw moves is random: here it is known without a device sync."""
+        cfg, layout = self.cfg, self.data.layout
+        lc = cfg.local
+        limits = {"angle_deg": lc.angle_deg, "length": lc.length, "rotation_deg": lc.rotation_deg,
+                  "tilt_deg": lc.tilt_deg}
+        steps = []
+        for idx in batches:
+            B = len(idx)
+            s: dict[str, Any] = {"idx": idx}
+            local = aligned = torch.zeros(B, dtype=torch.bool)
+            if cfg.mode in ("local", "gpa_local"):
+                local = torch.rand(B, generator=self.gen) < cfg.local_prob
+                if local.any():
+                    s.update({f"local.{k}": v for k, v in
+                              local_draws(int(local.sum()), layout, self.gen, **limits).items()})
+            if cfg.mode in ("gpa", "gpa_local"):
+                aligned = torch.rand(B, generator=self.gen) < cfg.gpa_prob
+                if aligned.any():
+                    n = int(aligned.sum())
+                    s["pick"] = torch.randint(len(self._target()["kp"]), (n,), generator=self.gen)
+                    if cfg.depth_jitter > 0:
+                        s["jitter"] = torch.randn(n, 1, 1, generator=self.gen)
+            s["local_rows"], s["aligned_rows"] = local.nonzero()[:, 0], aligned.nonzero()[:, 0]
+            s["src_rows"] = (~aligned & local).nonzero()[:, 0]   # locally changed, seen through their own camera
+            if cfg.train_flip:
+                s["flip"] = torch.rand(B, generator=self.gen) < 0.5
+            steps.append(s)
+        dev = self.ctx.device
+        for key in sorted({k for s in steps for k in s}):     # one transfer per kind, then split per step
+            have = [s for s in steps if key in s]
+            parts = torch.cat([s[key] for s in have]).to(dev).split([len(s[key]) for s in have])
+            for s, part in zip(have, parts):
+                s[key] = part
+        for s in steps:
+            s["limits"], s["counts"] = limits, {"aligned": len(s["aligned_rows"]), "local": len(s["local_rows"])}
+        return steps
+
+    def _batch(self, s: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step's (2D, root-relative 3D) pairs on the device, from its planned draws `s` (_plan)."""
+        cfg, layout, on = self.cfg, self.data.layout, self._rows()
+        idx = s["idx"]
+        x, y = on["inputs"][idx], on["targets"][idx]
+        if s["counts"]["local"]:
+            r = s["local_rows"]
+            draws = {k[6:]: v for k, v in s.items() if k.startswith("local.")}
+            y = y.index_put((r,), local_apply(y[r], draws, layout, **s["limits"]).to(y.dtype))
+        if len(s["src_rows"]):
+            r = s["src_rows"]
+            i = idx[r]
+            P = y[r] + on["root"][i][:, None]
+            kp = normalize_screen(project(P, on["intr"][i]), on["wh"][i, 0], on["wh"][i, 1])
+            x = x.index_put((r,), kp.to(x.dtype))
+        if s["counts"]["aligned"]:
+            t, r, pick = self._target(), s["aligned_rows"], s["pick"]
+            P = y[r] + on["root"][idx[r]][:, None]
             intr = t["intr"][pick]
             P = global_position_alignment(P, t["kp"][pick], intr[:, :2], intr[:, 2:4], layout.root)
-            if cfg.depth_jitter > 0:       # slide the root along its viewing ray; the pose keeps its size
-                r = P[:, layout.root:layout.root + 1]
-                P = P - r + r * torch.exp(torch.randn(n, 1, 1, generator=self.gen) * cfg.depth_jitter)
-            x[aligned] = normalize_screen(project(P, intr), t["wh"][pick, 0], t["wh"][pick, 1])
-        counts["aligned"], counts["local"] = int(aligned.sum()), int(local.sum())
-        return x, y, counts
-
-    def _flipped_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
-        x, y, counts = self._batch(idx)
-        if self.cfg.train_flip:
-            layout = self.data.layout
-            flip = torch.rand(len(idx), generator=self.gen) < 0.5
-            x = torch.where(flip[:, None, None], flip_poses(x, layout), x)
-            y = torch.where(flip[:, None, None], flip_poses(y, layout), y)
-        return x, y, counts
+            if "jitter" in s:       # slide the root along its viewing ray; the pose keeps its size
+                root = P[:, layout.root:layout.root + 1]
+                P = P - root + root * torch.exp(s["jitter"] * cfg.depth_jitter)
+            x = x.index_put((r,), normalize_screen(project(P, intr), t["wh"][pick, 0], t["wh"][pick, 1]).to(x.dtype))
+        if "flip" in s:
+            flip = s["flip"][:, None, None]
+            x = torch.where(flip, flip_poses(x, layout), x)
+            y = torch.where(flip, flip_poses(y, layout), y)
+        return x, y
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, data, device = self.cfg, self.data, self.ctx.device
         self.model.train()
         batches = list(data.batches(self.per_worker(), shuffle=True, generator=self.gen,
                                     stride=cfg.data.train_stride))
+        plan = self._plan(batches)
         total, n, aligned, local = torch.zeros((), device=device), 0, 0, 0     # summed on the device
-        for step, idx in enumerate(batches):
-            x, y, c = self._flipped_batch(idx)
-            aligned, local = aligned + c["aligned"], local + c["local"]
-            x, y = x.to(device), y.to(device)
+        for step, s in enumerate(plan):
+            x, y = self._batch(s)
+            aligned, local = aligned + s["counts"]["aligned"], local + s["counts"]["local"]
             loss = mpjpe_loss(self.model(x[:, None])[:, 0], y)     # every backbone takes 1-frame windows
             self.optimize(loss, self.opt, max_norm=1.0)
-            total += loss.detach() * len(idx)
-            n += len(idx)
-            self.ctx.progress(step + 1, len(batches))
-        nbn = self.refresh_batch_norm(lambda i: self._flipped_batch(i)[0][:, None], self.gen)
+            total += loss.detach() * len(y)
+            n += len(y)
+            self.ctx.progress(step + 1, len(plan))
+        nbn = self.refresh_batch_norm(lambda i: self._batch(self._plan([i])[0])[0][:, None], self.gen)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,

@@ -205,6 +205,8 @@ class L2D(Method):
     description = "L2D: a 2D detector on photographs or rendered figures, trained through frozen 3D lifters (ACCV'24)"
     Config = L2DConfig
     shared_validation = False    # merged shares differed from the whole split by 0.3 % in pdj (tests/test_device.py)
+    host_batches = ("its training images are rendered or decoded and cropped on the CPU (in Ray jobs by Ray Data "
+                    "tasks running ahead of the steps: Context.map_batches) and copied to the device each step")
     smoke_overrides = {"epochs": 1, "detector.width": 8, "detector.stages": 2, "detector.blocks": 1,
                        "detector.image_size": 32, "batch_size": 32, "data.train_stride": 4, "data.eval_stride": 8}
 
@@ -320,11 +322,11 @@ class L2D(Method):
                 images, px = torch.from_numpy(next(photos["pixels"])["pixels"]), crop.to_crop(uv)
             else:
                 images, px, crop, uv, y = self._images(idx, data, self.gen, augment=True)
-            images, y = images.to(device), y.to(device)
+            images, y, px = images.to(device), y.to(device), px.to(device)
             hm = self.detector(images)
             H = hm.shape[-1]
-            target = gaussian_heatmaps(self._to_heatmap(px).to(device), H, H, cfg.detector.sigma)
-            inside = ((px >= 0) & (px < res)).all(-1).float().to(device)          # (B, J)
+            target = gaussian_heatmaps(self._to_heatmap(px), H, H, cfg.detector.sigma)
+            inside = ((px >= 0) & (px < res)).all(-1).float()                      # (B, J)
             hm_loss = joints_mse(hm, target, inside)                               # (B, J)
             l2d = hm_loss.mean()
             parts = {"heatmap": l2d.detach()}

@@ -289,9 +289,9 @@ class MeshTargets:
 
     def get(self, rows: torch.Tensor, joints: torch.Tensor | None = None):
         """(vertices (B, V, 3) root-aligned, valid mask (B,) bool) of the rows."""
-        if not self.parametric:
+        if not self.parametric:       # on the device of `joints`
             y = self.data.targets[rows] if joints is None else joints
-            return self.body.pose(y), torch.ones(len(rows), dtype=torch.bool)
+            return self.body.pose(y), torch.ones(len(rows), dtype=torch.bool, device=y.device)
         if self.exact is not None:
             with torch.no_grad():
                 return self.body.vertices(self.exact[torch.as_tensor(rows)]), torch.ones(len(rows), dtype=torch.bool)
@@ -377,7 +377,7 @@ class Pose2Mesh(Method):
                 for k in ("loss", "pose_l1_mm", "vertex_l1_mm", "normal", "edge_mm", "mesh_joint_l1_mm")}
         n = 0
         for step, idx in enumerate(batches):
-            x, y = data.inputs[idx].to(device), data.targets[idx].to(device)
+            x, y = data.fetch(idx, device, None, cfg.data.device_fraction)   # indexed on the device if held there
             p3d, verts = self._forward(x, mesh_stage)
             pose_l1 = (p3d - y).abs().mean() * 1000                        # mm
             if not mesh_stage:

@@ -285,19 +285,21 @@ class PoSynDA(Method):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Hypotheses by K-step DDIM from noise (DDIM eta = 1, as released): (H, B, J, 3) for the centre frame
         of each clip, or (H, B, T, J, 3) for every frame with `all_frames`. The noise comes from `generator`
-        (default: this worker's training stream)."""
+        (a CPU generator, copied), by default this worker's training stream (drawn on the device)."""
         cfg, H = self.cfg, self.cfg.hypotheses
-        gen = generator or self.gen
         B, T = cond.shape[:2]
         c = cond.repeat(H, 1, 1, 1)
         shape = (H * B, *cond.shape[1:-1], 3)
+
+        def draw() -> torch.Tensor:
+            return (torch.randn(shape, generator=generator) if generator is not None else self.randn(*shape)).to(cond)
         with torch.set_grad_enabled(grad):
-            x = torch.randn(shape, generator=gen).to(cond)
+            x = draw()
             d = self.diffusion
             for t, t_next in d.ddim_times(cfg.sampling_steps):
                 tt = torch.full((H * B,), t, dtype=torch.long, device=cond.device)
                 x0 = (self._denoise(x, tt, c, flip) * d.scale).clamp(-1.1 * d.scale, 1.1 * d.scale)
-                noise = torch.randn(shape, generator=gen).to(cond)
+                noise = draw()
                 x = d.ddim_step(x, x0, t, t_next, 1.0, noise)
             x = x / d.scale
         out = x if all_frames else x[:, T // 2]
@@ -326,9 +328,12 @@ class PoSynDA(Method):
             if t is None:
                 raise ConfigError("posynda adapt: no target input (the orchestrator loads it from target.path)")
             tl = LiftingData(t, self.layout)          # sorted by sequence; 3D is NaN (never read from disk)
-            self.target = {"data": tl, "kp": torch.from_numpy(tl.arrays.keypoints_2d.astype(np.float32)),
-                           "intr": torch.from_numpy(tl.arrays.intrinsics.astype(np.float32)),
-                           "wh": torch.from_numpy(tl.arrays.image_size.astype(np.float32))}
+            # the target's rows and the source's 3D on the device: batches are gathered and moved there
+            self.target = {"rows": len(tl), "on": tl.on_device(self.ctx.device, {
+                "kp": torch.from_numpy(tl.arrays.keypoints_2d.astype(np.float32)),
+                "intr": torch.from_numpy(tl.arrays.intrinsics.astype(np.float32)),
+                "wh": torch.from_numpy(tl.arrays.image_size.astype(np.float32))}),
+                "source": self.data.on_device(self.ctx.device, {"root": self.root})}
         return self.target
 
     # -- training ----------------------------------------------------------------------------------
@@ -342,15 +347,14 @@ class PoSynDA(Method):
                                     stride=cfg.data.train_stride))
         total, n = torch.zeros((), device=dev), 0      # summed on the device: one sync per epoch
         for step, idx in enumerate(batches):
-            cond = data.windows(idx, T)
-            x0 = data.windows(idx, T, inputs=data.targets)
+            # (B, T, J, 2) and (B, T, J, 3) clips, indexed on the device when the split is held there
+            cond, x0 = data.fetch(idx, dev, T, cfg.data.device_fraction, target_windows=True)
             if cfg.train_flip:
-                flip = (torch.rand(len(idx), generator=self.gen) < 0.5)[:, None, None, None]
+                flip = (self.rand(len(idx)) < 0.5)[:, None, None, None]
                 cond = torch.where(flip, flip_poses(cond, self.layout), cond)
                 x0 = torch.where(flip, flip_poses(x0, self.layout), x0)
-            t = torch.randint(cfg.timesteps, (len(idx),), generator=self.gen)
-            noise = torch.randn(x0.shape, generator=self.gen)
-            cond, x0, t, noise = cond.to(dev), x0.to(dev), t.to(dev), noise.to(dev)
+            t = self.randint(cfg.timesteps, len(idx))
+            noise = self.randn(*x0.shape)
             x_t = self.diffusion.q_sample(x0, t, noise)
             pred = self.model(x_t, t, cond)
             loss = (pred - x0).norm(dim=-1).mean()
@@ -377,18 +381,19 @@ class PoSynDA(Method):
         cfg, data, dev, T = self.cfg, self.data, self.ctx.device, self.cfg.denoiser.frames
         self._load_source()
         tgt = self._target_arrays()
-        tdata: LiftingData = tgt["data"]
+        on, src = tgt["on"], tgt["source"]                 # target rows, source 3D: on the device
         self.model.train()
         self.refiner.train()
-        t_batches = self._target_batches(len(tdata), epoch)
-        stats = {"target_loss": 0.0, "source_loss": 0.0, "target_min2d_px": 0.0, "pseudo_vs_mean_mm": 0.0}
+        t_batches = [b.to(dev) for b in self._target_batches(tgt["rows"], epoch)]
+        stats = {k: torch.zeros((), dtype=torch.float64, device=dev)   # summed on the device: one sync an epoch
+                 for k in ("target_loss", "source_loss", "target_min2d_px", "pseudo_vs_mean_mm")}
         n = 0
         for step, tidx in enumerate(t_batches):
             # target step: teacher pseudo-labels by JPMA, student pulled towards them; with clips every frame
             # of the clip is supervised (each with its own root estimate), as the released code does
-            cond = tdata.windows(tidx, T).to(dev)
-            kp = tdata.windows(tidx, T, inputs=tgt["kp"]).flatten(0, 1).to(dev)      # (B*T, J, 2)
-            intr = tgt["intr"][tidx].repeat_interleave(T, 0).to(dev)                # a clip is one sequence
+            cond = on.windows("inputs", tidx, T)
+            kp = on.windows("kp", tidx, T).flatten(0, 1)                           # (B*T, J, 2)
+            intr = on["intr"][tidx].repeat_interleave(T, 0)                         # a clip is one sequence
             student = self._swap_in(self.teacher)
             with torch.no_grad():
                 hyp_t = self._hypotheses(cond, grad=False, flip=cfg.test_flip, all_frames=True).flatten(1, 2)
@@ -399,30 +404,30 @@ class PoSynDA(Method):
             loss_t = _paper_loss(cfg.w_t2d, err2d.mean(), cfg.w_t3d, _mpjpe_all(hyp, pseudo))
             # source step: source clips moved frame by frame into a target clip's 2D scale/position (as the
             # released code does on flattened clips), seen through that target sequence's camera
-            sidx = torch.randint(len(data), (len(tidx),), generator=self.gen)
-            pick = torch.randint(len(tgt["kp"]), (len(sidx),), generator=self.gen)
-            y = data.windows(sidx, T, inputs=data.targets)                         # (B, T, J, 3) root-relative
-            posed = (y + data.windows(sidx, T, inputs=self.root)[:, :, None]).flatten(0, 1)    # camera frame
-            t_kp = tdata.windows(pick, T, inputs=tgt["kp"]).flatten(0, 1)
-            t_intr = tgt["intr"][pick].repeat_interleave(T, 0)                     # one camera per clip
+            sidx = self.randint(len(data), len(tidx))
+            pick = self.randint(tgt["rows"], len(sidx))
+            y = src.windows("targets", sidx, T)                                   # (B, T, J, 3) root-relative
+            posed = (y + src.windows("root", sidx, T)[:, :, None]).flatten(0, 1)   # camera frame
+            t_kp = on.windows("kp", pick, T).flatten(0, 1)
+            t_intr = on["intr"][pick].repeat_interleave(T, 0)                      # one camera per clip
             moved = global_position_alignment(posed, t_kp, t_intr[:, :2], t_intr[:, 2:4], self.layout.root)
             s_px = project(moved, t_intr)
-            wh = tgt["wh"][pick].repeat_interleave(T, 0)
+            wh = on["wh"][pick].repeat_interleave(T, 0)
             s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
-            hyp_s = self._hypotheses(s_cond.to(dev), grad=True, flip=False, all_frames=True).flatten(1, 2)
-            _, err_s = self._reproject(hyp_s, s_px.to(dev), t_intr.to(dev), moved[:, self.layout.root].to(dev))
-            loss_s = _paper_loss(cfg.w_s2d, err_s.mean(), cfg.w_s3d, _mpjpe_all(hyp_s, y.flatten(0, 1).to(dev)))
+            hyp_s = self._hypotheses(s_cond, grad=True, flip=False, all_frames=True).flatten(1, 2)
+            _, err_s = self._reproject(hyp_s, s_px, t_intr, moved[:, self.layout.root])
+            loss_s = _paper_loss(cfg.w_s2d, err_s.mean(), cfg.w_s3d, _mpjpe_all(hyp_s, y.flatten(0, 1)))
             self._backward(loss_t + loss_s)
             self._ema_update()
-            stats["target_loss"] += loss_t.item()
-            stats["source_loss"] += loss_s.item()
-            stats["target_min2d_px"] += err2d.mean().item()
-            stats["pseudo_vs_mean_mm"] += 1000 * float((pseudo - hyp_t.mean(0)).norm(dim=-1).mean())
+            stats["target_loss"] += loss_t.detach().double()
+            stats["source_loss"] += loss_s.detach().double()
+            stats["target_min2d_px"] += err2d.detach().mean().double()
+            stats["pseudo_vs_mean_mm"] += 1000 * (pseudo - hyp_t.mean(0)).norm(dim=-1).mean().double()
             n += len(tidx)
             self.ctx.progress(step + 1, len(t_batches))
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
-        out = {k: v / max(len(t_batches), 1) for k, v in stats.items()}
+        out = {k: v / max(len(t_batches), 1) for k, v in zip(stats, torch.stack(list(stats.values())).tolist())}
         out.update({"lr": lr, "train_samples": n, "train_loss_mm": 1000 * out["source_loss"]})
         return out
 
