@@ -14,7 +14,8 @@ op computes real values and `.item()` works. `DeviceCheck`, a dispatch mode, mov
 
 `.item()` / `.tolist()`, device-to-CPU copies and ops whose output size depends on device values
 (boolean masks, nonzero) are host syncs; they are counted in `syncs`. Copies of floating-point CPU
-tensors to the device (batches gathered on the host, random numbers drawn there) are counted in `uploads`.
+tensors to the device (batches gathered on the host, random numbers drawn there) are counted in `uploads`,
+tensors made on the device from Python lists or numpy arrays (constants, list indices) in `constants`.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def _device_gen(gen) -> bool:
 
 
 _SYNCS = [0]          # host syncs made through Python-level calls (tolist) while a check is active
+_CONSTANTS = [0]      # tensors built on the device from Python or numpy data (torch.tensor(list, device=...),
+                      # list and numpy indices): one blocking host-to-device copy each on CUDA
 
 
 class OnDevice(torch.Tensor):
@@ -99,11 +102,17 @@ class OnDevice(torch.Tensor):
 
 
 def _list_indices(idx):
-    if isinstance(idx, list):
-        return torch.tensor(idx)
-    if isinstance(idx, tuple):
-        return tuple(torch.tensor(i) if isinstance(i, list) else i for i in idx)
-    return idx
+    """Python-list and numpy indices of a device tensor as CPU index tensors; each is a constant copied
+    to the device on CUDA (a blocking copy), counted in `constants`."""
+    import numpy as np
+    parts = idx if isinstance(idx, tuple) else (idx,)
+    out = []
+    for i in parts:
+        if isinstance(i, (list, np.ndarray)):
+            _CONSTANTS[0] += 1
+            i = torch.as_tensor(np.asarray(i))
+        out.append(i)
+    return tuple(out) if isinstance(idx, tuple) else out[0]
 
 
 def _is_dev(t) -> bool:
@@ -197,6 +206,7 @@ class _NewTensors(TorchFunctionMode):
         dev = kwargs.get("device")
         if (func in (torch.tensor, torch.as_tensor) and dev is not None and torch.device(dev).type == DEVICE.type
                 and not (args and isinstance(args[0], torch.Tensor))):
+            _CONSTANTS[0] += 1
             return func(*args, **{**kwargs, "device": "cpu"}).to(DEVICE)
         return func(*args, **kwargs)
 
@@ -214,11 +224,16 @@ class DeviceCheck(TorchDispatchMode):
         return self._uploads
 
     @property
+    def constants(self) -> int:
+        return _CONSTANTS[0] - self._start_constants
+
+    @property
     def syncs(self) -> int:
         return self._syncs + _SYNCS[0] - self._start
 
     def __enter__(self):
         self._start = _SYNCS[0]
+        self._start_constants = _CONSTANTS[0]
         self._new = _NewTensors()
         self._new.__enter__()
         return super().__enter__()

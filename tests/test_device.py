@@ -78,26 +78,32 @@ def test_fp16_needs_a_gpu():
 def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
     """With the split on the device, an epoch of twice the steps copies no more floating-point tensors from
     the host (batches indexed on the device, augmentation drawn from the device generator), unless the
-    method says why its batches are built on the host (Method.host_batches)."""
+    method says why its batches are built on the host (Method.host_batches), and makes no more constants
+    on the device from Python lists (index tensors are made once: core/skeleton.py index_tensor)."""
+    import posectl.core.skeleton as skeleton
     import posectl.datasets.lifting as lifting
     import posectl.methods.base as base
     from devicecheck import device_generator
     monkeypatch.setattr(lifting, "device_memory", lambda device: 1 << 40)
     monkeypatch.setattr(base, "device_generator", device_generator)
     cls = available()[name]
-    counts = []
+    counts, constants = [], []
     for rows in (512, 1024):
         spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
         sources = spec.local_sources(test=False)
+        skeleton._INDEX.clear()                       # the index tensors are made again in each run
         with DeviceCheck() as mode:
             ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
             method, _ = build_worker(spec.describe(), sources, ctx)
-            per_epoch = []
+            per_epoch, made = [], []
             for epoch in range(2):
-                before = mode.uploads
+                before, c = mode.uploads, mode.constants
                 method.train_epoch(epoch)
                 per_epoch.append(mode.uploads - before)
+                made.append(mode.constants - c)
         counts.append(per_epoch)
+        constants.append(made)
+    assert constants[0] == constants[1], constants
     if cls.host_batches:
         assert isinstance(cls.host_batches, str) and len(cls.host_batches) > 20
         return

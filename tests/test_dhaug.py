@@ -264,7 +264,17 @@ def test_left_and_right_limbs_mirror_each_other_within_their_ranges():
         assert (u[e] - u[s])[1] > 0.27 and lo[i] <= 90 <= hi[i]       # upper arm straight forward, reachable
 
 
-def test_generation_runs_on_the_models_device(small_lifting):
+@pytest.fixture
+def plain_meta():
+    """core/skeleton.py's per-device index tensors made afresh around a test on torch's data-less `meta`
+    device (tests/devicecheck.py's stand-in accelerator also calls itself `meta`)."""
+    from posectl.core import skeleton
+    skeleton._INDEX.clear()
+    yield torch.device("meta")
+    skeleton._INDEX.clear()
+
+
+def test_generation_runs_on_the_models_device(small_lifting, plain_meta):
     """On a GPU the DH model, its alignment and the `normal`/`gan` generation once mixed CPU and device
     tensors. No GPU here: torch's `meta` device has the same device checks. A whole `_augment_pass`
     cannot run on meta (boolean-mask indexing `kp[valid]` needs data), so this covers everything

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from posectl.core.skeleton import Layout
+from posectl.core.skeleton import Layout, index_tensor
 
 
 def gpa_root(src3d: torch.Tensor, tgt2d: torch.Tensor, f: torch.Tensor, c: torch.Tensor,
@@ -54,7 +54,7 @@ def _check_topological(layout: Layout) -> None:
 
 def bone_vectors(poses: torch.Tensor, layout: Layout) -> torch.Tensor:
     """(N, J, 3) -> (N, J, 3): joint minus its parent (zero at the root)."""
-    parents = torch.tensor([max(p, 0) for p in layout.parents], device=poses.device)
+    parents = index_tensor([max(p, 0) for p in layout.parents], poses.device)
     b = poses - poses[:, parents]
     b[:, layout.root] = 0
     return b
@@ -139,13 +139,13 @@ def local_apply(poses: torch.Tensor, draws: dict[str, torch.Tensor], layout: Lay
             spine = [j for j, p in enumerate(layout.parents) if p == layout.root and j not in layout.left + layout.right]
             torso = set(spine) | {j for j, p in enumerate(layout.parents) if p in spine and
                                   sum(1 for q in layout.parents if q == j) > 1}
-            ang[:, sorted(torso)] = 0
+            ang[:, index_tensor(sorted(torso), dev)] = 0
         bones = (_rodrigues(axis, ang) @ bones[..., None])[..., 0]
     if length > 0:
         scale = torch.ones(N, J, dtype=dt, device=dev)
         u = draws["length"].to(dt)
         for k, g in enumerate(symmetric_groups(layout)):
-            scale[:, g] = 1 + (u[:, k:k + 1] * 2 - 1) * length
+            scale[:, index_tensor(g, dev)] = 1 + (u[:, k:k + 1] * 2 - 1) * length
         bones = bones * scale[..., None]
     out = from_bones(torch.zeros(N, 3, dtype=dt, device=dev), bones, layout)
     if rotation_deg > 0 or tilt_deg > 0:

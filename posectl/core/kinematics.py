@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from posectl.core.skeleton import H36M16, bone_lengths
+from posectl.core.skeleton import H36M16, bone_lengths, index_tensor
 
 # -- bones of the 16-joint layout ------------------------------------------------------------------
 # H36M16.bones in joint order: (parent, child) for joints 1..15.
@@ -41,8 +41,8 @@ ADJACENT_PAIRS = tuple((_B[a], _B[b]) for a, b in (
 
 def bone_vectors(poses: torch.Tensor) -> torch.Tensor:
     """(..., 16, 3) -> (..., 15, 3) child minus parent, in `BONE_NAMES` order."""
-    parents = [p for p, _ in BONES16]
-    children = [c for _, c in BONES16]
+    parents = index_tensor([p for p, _ in BONES16], poses.device)
+    children = index_tensor([c for _, c in BONES16], poses.device)
     return poses[..., children, :] - poses[..., parents, :]
 
 
@@ -71,8 +71,8 @@ def kcs_features(poses: torch.Tensor) -> torch.Tensor:
     b = bone_vectors(poses)
     n = b.norm(dim=-1).clamp_min(1e-8)
     u = b / n[..., None]
-    i = [p for p, _ in ADJACENT_PAIRS]
-    j = [q for _, q in ADJACENT_PAIRS]
+    i = index_tensor([p for p, _ in ADJACENT_PAIRS], poses.device)
+    j = index_tensor([q for _, q in ADJACENT_PAIRS], poses.device)
     cos = (u[..., i, :] * u[..., j, :]).sum(-1)
     return torch.cat([cos, n], dim=-1)
 
@@ -223,7 +223,7 @@ class DHSkeleton(torch.nn.Module):
         joints = torch.stack([T[:, :3, 3] for T in pos], dim=1)               # (B, 16, 3)
         joints = joints - joints[:, :1]
         if rotate:
-            R = rotation_xyz(ang[:, list(ROTATION)])
+            R = rotation_xyz(ang[:, index_tensor(ROTATION, ang.device)])
             joints = joints @ R.transpose(-1, -2)
         if root is not None:
             joints = joints + root[:, None, :]
@@ -231,11 +231,11 @@ class DHSkeleton(torch.nn.Module):
 
     def ranged(self, raw: torch.Tensor) -> torch.Tensor:
         """Map unconstrained generator outputs (B, 31) into each free angle's range (poster's P_DH)."""
-        lo = self.lo[list(FREE_ANGLES)]
-        hi = self.hi[list(FREE_ANGLES)]
-        vals = (1 + torch.tanh(raw)) * (hi - lo) / 2 + lo
-        out = torch.zeros(raw.shape[0], NUM_ANGLES, dtype=raw.dtype, device=raw.device)
-        return out.index_copy(1, torch.tensor(FREE_ANGLES, device=raw.device), vals)
+        free = index_tensor(FREE_ANGLES, raw.device)
+        lo, hi = self.lo[free], self.hi[free]
+        vals = (1 + torch.tanh(raw)) * (hi - lo) / 2 + lo     # fp32 (the ranges) also under autocast
+        out = torch.zeros(raw.shape[0], NUM_ANGLES, dtype=vals.dtype, device=raw.device)
+        return out.index_copy(1, free, vals)
 
 
 def upright_alignment(fk: DHSkeleton) -> torch.Tensor:

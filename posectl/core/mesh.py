@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from posectl.core.skeleton import Layout
+from posectl.core.skeleton import Layout, index_tensor
 
 
 class BodyModel(Protocol):
@@ -109,7 +109,7 @@ class TubeBody:
         """(B, J, 3) joints -> (B, V, 3) vertices (differentiable)."""
         dt = {"dtype": joints.dtype, "device": joints.device}     # the body's constants follow the joints
         P = joints
-        pa, ch = P[:, self.bones[:, 0]], P[:, self.bones[:, 1]]                  # (B, nb, 3)
+        pa, ch = P[:, index_tensor(self.bones[:, 0], P.device)], P[:, index_tensor(self.bones[:, 1], P.device)]
         axis = ch - pa
         length = axis.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         d = axis / length

@@ -133,15 +133,29 @@ def bone_lengths(poses, layout: Layout):
     return (d ** 2).sum(-1) ** 0.5
 
 
+_INDEX: dict[tuple, object] = {}
+
+
+def index_tensor(values, device):
+    """A long tensor of the joint/bone numbers `values` on `device`, made once per process and device (a
+    Python list used as an index makes and copies a new one, a blocking copy on a GPU, at every call)."""
+    import torch
+    key = (tuple(int(v) for v in values), str(device))
+    if key not in _INDEX:
+        _INDEX[key] = torch.tensor(key[0], dtype=torch.long, device=device)
+    return _INDEX[key]
+
+
 def flip_poses(poses, layout: Layout):
     """Mirror poses horizontally (x -> -x) and swap left/right joints.
 
     Works for root-relative 3D and for screen-normalised 2D (centred on 0); numpy or torch.
     """
-    out = poses[..., layout.flip_permutation, :]
     if not isinstance(poses, np.ndarray):  # torch: no constant made (and copied to the device) per call
         import torch
+        out = poses[..., index_tensor(layout.flip_permutation, poses.device), :]
         return torch.cat([-out[..., :1], out[..., 1:]], -1)
+    out = poses[..., layout.flip_permutation, :]
     sign = np.ones(poses.shape[-1], dtype=np.float32)
     sign[0] = -1.0
     return out * sign

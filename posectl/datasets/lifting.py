@@ -100,10 +100,11 @@ class LiftingData:
             x, y = x.to(device), y.to(device)
         return x, y
 
-    def on_device(self, device: torch.device, tables: dict[str, torch.Tensor] | None = None) -> "DeviceRows":
-        """The split's inputs, targets and sequence bounds (and per-row `tables` of the caller's) copied to
-        `device` once: for methods that gather and augment their batches there."""
-        return DeviceRows(self, device, tables or {})
+    def on_device(self, device: torch.device, **tables: torch.Tensor) -> "DeviceRows":
+        """Per-row `tables` (e.g. inputs=self.inputs) and the sequence bounds copied to `device` once, for
+        methods that gather and augment their batches there. Unlike `fetch`, not limited by a fraction of
+        the device's memory: the tables are what every step reads."""
+        return DeviceRows(self, device, tables)
 
     def parts(self, generator: torch.Generator | None = None, multiple_of: int = 1) -> Iterator["LiftingData"]:
         """The split as the pieces an epoch trains on: in memory, the split itself (see StreamedSplit)."""
@@ -195,8 +196,7 @@ class DeviceRows:
 
     def __init__(self, data: LiftingData, device: torch.device, tables: dict[str, torch.Tensor]):
         self.device = torch.device(device)
-        t = {"inputs": data.inputs, "targets": data.targets, **tables}
-        self.tables = {k: v.to(self.device) for k, v in t.items()}
+        self.tables = {k: v.to(self.device) for k, v in tables.items()}
         self.start, self.end = data.seq_start.to(self.device), data.seq_end.to(self.device)
 
     def __getitem__(self, name: str) -> torch.Tensor:

@@ -239,6 +239,13 @@ class Method:
         # and would keep serving the first step's weights
         return torch.autocast(self.ctx.device.type, dtype=dtype, cache_enabled=False)
 
+    def fp32(self) -> contextlib.AbstractContextManager:
+        """Autocast off: geometry that builds a training batch (projection, alignment, augmentation) stays
+        in fp32 inside a bf16/fp16 run, as it would on the host."""
+        if self.cfg.precision == "fp32" or self.ctx.device.type not in ("cpu", "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, enabled=False)
+
     def optimize(self, loss: torch.Tensor, opt: torch.optim.Optimizer, max_norm: float = 0.0,
                  gradient: torch.Tensor | None = None) -> None:
         """One optimiser step on `loss`: zero the gradients, backward (loss-scaled under fp16), clip their

@@ -41,7 +41,7 @@ from posectl.core.kinematics import (
     BONE_NAMES, FREE_ANGLES, ROTATION, SCALE_GROUPS, DHSkeleton, bone_lengths16,
     subject_templates, swap_bone_lengths, upright_alignment, yaw_matrix,
 )
-from posectl.core.skeleton import H36M16, flip_poses
+from posectl.core.skeleton import H36M16, flip_poses, index_tensor
 from posectl.datasets.lifting import DeviceRows, LiftingData, batch_bounds, window_rows
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, StateGroup, register, unwrap
@@ -167,7 +167,7 @@ class DHAug(LiftingMethod):
         """The training rows (16-joint 2D and 3D, sequence bounds) on the device: batches, windows and
         augmentation are made there, from the device's generator (Method.rand/randn/randint)."""
         if self._on is None:
-            self._on = self.data.on_device(self.ctx.device, {"inputs16": self.inputs16, "targets16": self.targets16})
+            self._on = self.data.on_device(self.ctx.device, inputs16=self.inputs16, targets16=self.targets16)
         return self._on
 
     def _clips(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -251,9 +251,9 @@ class DHAug(LiftingMethod):
                     angles = self.fk.ranged(raw)
                 else:
                     angles = torch.zeros(B * T, 37, device=dev).index_copy(
-                        1, torch.tensor(FREE_ANGLES, device=dev), torch.tanh(raw) * 180)
+                        1, index_tensor(FREE_ANGLES, dev), (torch.tanh(raw) * 180).float())
                 if not g.rotation:
-                    angles = angles.index_fill(1, torch.tensor(ROTATION, device=dev), 0.0)
+                    angles = angles.index_fill(1, index_tensor(ROTATION, dev), 0.0)
                 L = lengths.repeat_interleave(T, 0)
                 rc = self.fk(angles, L).view(B, T, 16, 3)
                 return rc + trans[:, :, None, :], rc
@@ -300,7 +300,7 @@ class DHAug(LiftingMethod):
         w_dist = d_real.mean() - d_fake.mean()
         loss = -w_dist + g.gp * gp
         self.optimize(loss, self.opts[name])
-        return w_dist.detach()
+        return w_dist.detach().float()      # summed over the epoch: not in bf16
 
     def _generator_step(self, lengths: torch.Tensor, cams: torch.Tensor, motion: bool) -> torch.Tensor:
         g = self.cfg.gan
@@ -320,13 +320,14 @@ class DHAug(LiftingMethod):
         self.optimize(loss, self.opts["G"])
         for k in critics:
             self.nets[k].requires_grad_(True)
-        return loss.detach()
+        return loss.detach().float()
 
     def _augment_pass(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """GAN pass (or random sampling) over the training set; returns the generated 2D windows
         (N, T, 16, 2) and centre-frame root-relative camera 3D (N, 16, 3)."""
         cfg, T = self.cfg, self.frames
-        world_rc, real2d, lengths = self._swap_and_project()
+        with self.fp32():
+            world_rc, real2d, lengths = self._swap_and_project()
         per_worker = self.per_worker(cfg.gan.batch_size)
         order = torch.arange(0, len(world_rc), cfg.data.train_stride, device=self.ctx.device)
         order = order[self.randperm(len(order))]

@@ -123,7 +123,9 @@ class GPA(LiftingMethod):
     def _rows(self) -> DeviceRows:
         """The source rows (2D, 3D, root, camera) on the device, where batches are gathered and moved."""
         if self._on is None:
-            self._on = self.data.on_device(self.ctx.device, {"root": self.root, "intr": self.intr, "wh": self.wh})
+            d = self.data
+            self._on = d.on_device(self.ctx.device, inputs=d.inputs, targets=d.targets, root=self.root, intr=self.intr,
+                                   wh=self.wh)
         return self._on
 
     # -- an epoch's draws, then one batch of (2D, root-relative 3D) pairs per step -----------------------
@@ -206,14 +208,18 @@ class GPA(LiftingMethod):
         plan = self._plan(batches)
         total, n, aligned, local = torch.zeros((), device=device), 0, 0, 0     # summed on the device
         for step, s in enumerate(plan):
-            x, y = self._batch(s)
+            with self.fp32():
+                x, y = self._batch(s)
             aligned, local = aligned + s["counts"]["aligned"], local + s["counts"]["local"]
             loss = mpjpe_loss(self.model(x[:, None])[:, 0], y)     # every backbone takes 1-frame windows
             self.optimize(loss, self.opt, max_norm=1.0)
             total += loss.detach() * len(y)
             n += len(y)
             self.ctx.progress(step + 1, len(plan))
-        nbn = self.refresh_batch_norm(lambda i: self._batch(self._plan([i])[0])[0][:, None], self.gen)
+        def bn_inputs(i: torch.Tensor) -> torch.Tensor:
+            with self.fp32():
+                return self._batch(self._plan([i])[0])[0][:, None]
+        nbn = self.refresh_batch_norm(bn_inputs, self.gen)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
         return {"train_loss_mm": 1000 * total.item() / max(n, 1), "lr": lr, "train_samples": n,

@@ -329,11 +329,11 @@ class PoSynDA(Method):
                 raise ConfigError("posynda adapt: no target input (the orchestrator loads it from target.path)")
             tl = LiftingData(t, self.layout)          # sorted by sequence; 3D is NaN (never read from disk)
             # the target's rows and the source's 3D on the device: batches are gathered and moved there
-            self.target = {"rows": len(tl), "on": tl.on_device(self.ctx.device, {
-                "kp": torch.from_numpy(tl.arrays.keypoints_2d.astype(np.float32)),
-                "intr": torch.from_numpy(tl.arrays.intrinsics.astype(np.float32)),
-                "wh": torch.from_numpy(tl.arrays.image_size.astype(np.float32))}),
-                "source": self.data.on_device(self.ctx.device, {"root": self.root})}
+            self.target = {"rows": len(tl), "on": tl.on_device(
+                self.ctx.device, inputs=tl.inputs, kp=torch.from_numpy(tl.arrays.keypoints_2d.astype(np.float32)),
+                intr=torch.from_numpy(tl.arrays.intrinsics.astype(np.float32)),
+                wh=torch.from_numpy(tl.arrays.image_size.astype(np.float32))),
+                "source": self.data.on_device(self.ctx.device, targets=self.data.targets, root=self.root)}
         return self.target
 
     # -- training ----------------------------------------------------------------------------------
@@ -410,10 +410,11 @@ class PoSynDA(Method):
             posed = (y + src.windows("root", sidx, T)[:, :, None]).flatten(0, 1)   # camera frame
             t_kp = on.windows("kp", pick, T).flatten(0, 1)
             t_intr = on["intr"][pick].repeat_interleave(T, 0)                      # one camera per clip
-            moved = global_position_alignment(posed, t_kp, t_intr[:, :2], t_intr[:, 2:4], self.layout.root)
-            s_px = project(moved, t_intr)
-            wh = on["wh"][pick].repeat_interleave(T, 0)
-            s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
+            with self.fp32():
+                moved = global_position_alignment(posed, t_kp, t_intr[:, :2], t_intr[:, 2:4], self.layout.root)
+                s_px = project(moved, t_intr)
+                wh = on["wh"][pick].repeat_interleave(T, 0)
+                s_cond = normalize_screen(s_px, wh[:, 0], wh[:, 1]).view(len(sidx), T, *s_px.shape[1:])
             hyp_s = self._hypotheses(s_cond, grad=True, flip=False, all_frames=True).flatten(1, 2)
             _, err_s = self._reproject(hyp_s, s_px, t_intr, moved[:, self.layout.root])
             loss_s = _paper_loss(cfg.w_s2d, err_s.mean(), cfg.w_s3d, _mpjpe_all(hyp_s, y.flatten(0, 1)))
