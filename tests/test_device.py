@@ -74,20 +74,12 @@ def test_fp16_needs_a_gpu():
     assert RunSpec.build("baseline", [{"precision": "fp16"}], training=False, open_data=False).cfg.precision == "fp16"
 
 
-@pytest.mark.parametrize("name", sorted(available()))
-def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
-    """With the split on the device, an epoch of twice the steps copies no more floating-point tensors from
-    the host (batches indexed on the device, augmentation drawn from the device generator), unless the
-    method says why its batches are built on the host (Method.host_batches), and makes no more constants
-    on the device from Python lists (index tensors are made once: core/skeleton.py index_tensor)."""
+def _per_epoch(name: str, *counters: str) -> dict[str, list[list[int]]]:
+    """How many of each DeviceCheck counter (syncs, uploads, constants) each of two smoke epochs of `name`
+    makes on the stand-in device, with 512 and with 1024 training rows (twice the steps):
+    {counter: [[epoch 1, epoch 2] at 512, [...] at 1024]}."""
     import posectl.core.skeleton as skeleton
-    import posectl.datasets.lifting as lifting
-    import posectl.methods.base as base
-    from devicecheck import device_generator
-    monkeypatch.setattr(lifting, "device_memory", lambda device: 1 << 40)
-    monkeypatch.setattr(base, "device_generator", device_generator)
-    cls = available()[name]
-    counts, constants = [], []
+    out = {c: [] for c in counters}
     for rows in (512, 1024):
         spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
         sources = spec.local_sources(test=False)
@@ -95,14 +87,31 @@ def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
         with DeviceCheck() as mode:
             ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
             method, _ = build_worker(spec.describe(), sources, ctx)
-            per_epoch, made = [], []
+            per_epoch = {c: [] for c in counters}
             for epoch in range(2):
-                before, c = mode.uploads, mode.constants
+                before = {c: getattr(mode, c) for c in counters}
                 method.train_epoch(epoch)
-                per_epoch.append(mode.uploads - before)
-                made.append(mode.constants - c)
-        counts.append(per_epoch)
-        constants.append(made)
+                for c in counters:
+                    per_epoch[c].append(getattr(mode, c) - before[c])
+        for c in counters:
+            out[c].append(per_epoch[c])
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(available()))
+def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
+    """With the split on the device, an epoch of twice the steps copies no more floating-point tensors from
+    the host (batches indexed on the device, augmentation drawn from the device generator), unless the
+    method says why its batches are built on the host (Method.host_batches), and makes no more constants
+    on the device from Python lists (index tensors are made once: core/skeleton.py index_tensor)."""
+    import posectl.datasets.lifting as lifting
+    import posectl.methods.base as base
+    from devicecheck import device_generator
+    monkeypatch.setattr(lifting, "device_memory", lambda device: 1 << 40)
+    monkeypatch.setattr(base, "device_generator", device_generator)
+    cls = available()[name]
+    made = _per_epoch(name, "uploads", "constants")
+    counts, constants = made["uploads"], made["constants"]
     assert constants[0] == constants[1], constants
     if cls.host_batches:
         assert isinstance(cls.host_batches, str) and len(cls.host_batches) > 20
@@ -114,19 +123,7 @@ def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
 def test_host_syncs_per_epoch_do_not_grow_with_the_steps(name):
     """Metrics are summed on the device and read once per epoch: an epoch of twice the steps makes the
     same number of host syncs (.item(), copies to the CPU, boolean masks)."""
-    counts = []
-    for rows in (512, 1024):
-        spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
-        sources = spec.local_sources(test=False)
-        with DeviceCheck() as mode:
-            ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
-            method, _ = build_worker(spec.describe(), sources, ctx)
-            per_epoch = []
-            for epoch in range(2):
-                before = mode.syncs
-                method.train_epoch(epoch)
-                per_epoch.append(mode.syncs - before)
-        counts.append(per_epoch)
+    counts = _per_epoch(name, "syncs")["syncs"]
     assert counts[0] == counts[1] and max(counts[1]) <= 8, counts
 
 

@@ -202,10 +202,10 @@ class DeviceRows:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tables[name]
 
-    def windows(self, name: str, idx: torch.Tensor, receptive_field: int) -> torch.Tensor:
-        """(B, receptive_field, ...) windows of table `name` centred on rows `idx` (on the device),
-        edge-padded within each sequence, as LiftingData.windows."""
-        src = self.tables[name]
+    def windows(self, table: str | torch.Tensor, idx: torch.Tensor, receptive_field: int) -> torch.Tensor:
+        """(B, receptive_field, ...) windows of a table (a name, or any per-row tensor on the device)
+        centred on rows `idx` (on the device), edge-padded within each sequence, as LiftingData.windows."""
+        src = self.tables[table] if isinstance(table, str) else table
         if receptive_field == 1:
             return src[idx].unsqueeze(1)
         return src[window_rows(idx, receptive_field, self.start, self.end)]

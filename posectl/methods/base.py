@@ -217,14 +217,12 @@ class Method:
         return self._draw(torch.randn, shape)
 
     def randint(self, high: int, *shape: int) -> torch.Tensor:
-        return self._draw(torch.randint, (high, shape))
+        return self._draw(torch.randint, high, shape)
 
     def randperm(self, n: int) -> torch.Tensor:
-        return self._draw(torch.randperm, (n,))
+        return self._draw(torch.randperm, n)
 
-    def _draw(self, fn: Callable, args: tuple) -> torch.Tensor:
-        if fn is not torch.randint and fn is not torch.randperm:
-            args = (args,)
+    def _draw(self, fn: Callable, *args) -> torch.Tensor:
         if self.dgen is not None:
             return fn(*args, generator=self.dgen, device=self.ctx.device)
         return fn(*args, generator=self.gen).to(self.ctx.device)

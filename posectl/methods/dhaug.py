@@ -42,7 +42,7 @@ from posectl.core.kinematics import (
     subject_templates, swap_bone_lengths, upright_alignment, yaw_matrix,
 )
 from posectl.core.skeleton import H36M16, flip_poses, index_tensor
-from posectl.datasets.lifting import DeviceRows, LiftingData, batch_bounds, window_rows
+from posectl.datasets.lifting import DeviceRows, LiftingData, batch_bounds
 from posectl.errors import ConfigError
 from posectl.methods.base import Context, StateGroup, register, unwrap
 from posectl.methods.lifting import LiftingConfig, LiftingMethod
@@ -169,11 +169,6 @@ class DHAug(LiftingMethod):
         if self._on is None:
             self._on = self.data.on_device(self.ctx.device, inputs16=self.inputs16, targets16=self.targets16)
         return self._on
-
-    def _clips(self, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) windows of a per-row device table centred on rows `idx` (device indices)."""
-        on = self._rows()
-        return table[window_rows(idx, self.frames, on.start, on.end)]
 
     def _setup_augmentation(self) -> None:
         cfg, ctx, data = self.cfg, self.ctx, self.data
@@ -348,7 +343,8 @@ class DHAug(LiftingMethod):
                 stats["w_dist_3d"] += self._critic_step("D3", world_rc[idx], rc[:, c])
                 stats["w_dist_2d"] += self._critic_step("D2", real2d[idx], kp[:, c])
                 if motion:   # real clips: windows of the swapped poses within their sequences
-                    clip3, clip2 = self._clips(world_rc, idx), self._clips(real2d, idx)
+                    on = self._rows()
+                    clip3, clip2 = on.windows(world_rc, idx, T), on.windows(real2d, idx, T)
                     stats["w_dist_motion"] += self._critic_step("M3", clip3, rc)
                     stats["w_dist_motion"] += self._critic_step("M2", clip2, kp)
                 if step % cfg.gan.critic_steps == cfg.gan.critic_steps - 1:

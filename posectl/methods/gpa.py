@@ -114,10 +114,8 @@ class GPA(LiftingMethod):
             t = self.ctx.inputs.get("target")
             if t is None:
                 raise ConfigError("gpa: no target input (the orchestrator loads it from target.path)")
-            self.target = {"kp": torch.from_numpy(t.keypoints_2d.astype(np.float32)),
-                           "intr": torch.from_numpy(t.intrinsics.astype(np.float32)),
-                           "wh": torch.from_numpy(t.image_size.astype(np.float32))}
-            self.target = {k: v.to(self.ctx.device) for k, v in self.target.items()}
+            self.target = {k: torch.from_numpy(v.astype(np.float32)).to(self.ctx.device) for k, v in
+                           (("kp", t.keypoints_2d), ("intr", t.intrinsics), ("wh", t.image_size))}
         return self.target
 
     def _rows(self) -> DeviceRows:
@@ -129,15 +127,17 @@ class GPA(LiftingMethod):
         return self._on
 
     # -- an epoch's draws, then one batch of (2D, root-relative 3D) pairs per step -----------------------
+    def _limits(self) -> dict[str, float]:
+        lc = self.cfg.local
+        return {"angle_deg": lc.angle_deg, "length": lc.length, "rotation_deg": lc.rotation_deg,
+                "tilt_deg": lc.tilt_deg}
+
     def _plan(self, batches: list[torch.Tensor]) -> list[dict[str, Any]]:
         """The random draws of every step over `batches`, made up front on the host from the seeded stream
         `gen`, in the order the steps apply them (a run draws the same numbers on every device), with the
         batch rows each one touches; copied to the device in one transfer per kind (no copy, no sync in
         the steps). How many rows a draw moves is random: here it is known without a device sync."""
-        cfg, layout = self.cfg, self.data.layout
-        lc = cfg.local
-        limits = {"angle_deg": lc.angle_deg, "length": lc.length, "rotation_deg": lc.rotation_deg,
-                  "tilt_deg": lc.tilt_deg}
+        cfg, layout, limits = self.cfg, self.data.layout, self._limits()
         steps = []
         for idx in batches:
             B = len(idx)
@@ -166,8 +166,6 @@ class GPA(LiftingMethod):
             parts = torch.cat([s[key] for s in have]).to(dev).split([len(s[key]) for s in have])
             for s, part in zip(have, parts):
                 s[key] = part
-        for s in steps:
-            s["limits"], s["counts"] = limits, {"aligned": len(s["aligned_rows"]), "local": len(s["local_rows"])}
         return steps
 
     def _batch(self, s: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,17 +173,16 @@ class GPA(LiftingMethod):
         cfg, layout, on = self.cfg, self.data.layout, self._rows()
         idx = s["idx"]
         x, y = on["inputs"][idx], on["targets"][idx]
-        if s["counts"]["local"]:
+        if len(s["local_rows"]):
             r = s["local_rows"]
             draws = {k[6:]: v for k, v in s.items() if k.startswith("local.")}
-            y = y.index_put((r,), local_apply(y[r], draws, layout, **s["limits"]).to(y.dtype))
+            y = y.index_put((r,), local_apply(y[r], draws, layout, **self._limits()))
         if len(s["src_rows"]):
             r = s["src_rows"]
             i = idx[r]
             P = y[r] + on["root"][i][:, None]
-            kp = normalize_screen(project(P, on["intr"][i]), on["wh"][i, 0], on["wh"][i, 1])
-            x = x.index_put((r,), kp.to(x.dtype))
-        if s["counts"]["aligned"]:
+            x = x.index_put((r,), normalize_screen(project(P, on["intr"][i]), on["wh"][i, 0], on["wh"][i, 1]))
+        if len(s["aligned_rows"]):
             t, r, pick = self._target(), s["aligned_rows"], s["pick"]
             P = y[r] + on["root"][idx[r]][:, None]
             intr = t["intr"][pick]
@@ -193,7 +190,7 @@ class GPA(LiftingMethod):
             if "jitter" in s:       # slide the root along its viewing ray; the pose keeps its size
                 root = P[:, layout.root:layout.root + 1]
                 P = P - root + root * torch.exp(s["jitter"] * cfg.depth_jitter)
-            x = x.index_put((r,), normalize_screen(project(P, intr), t["wh"][pick, 0], t["wh"][pick, 1]).to(x.dtype))
+            x = x.index_put((r,), normalize_screen(project(P, intr), t["wh"][pick, 0], t["wh"][pick, 1]))
         if "flip" in s:
             flip = s["flip"][:, None, None]
             x = torch.where(flip, flip_poses(x, layout), x)
@@ -210,7 +207,7 @@ class GPA(LiftingMethod):
         for step, s in enumerate(plan):
             with self.fp32():
                 x, y = self._batch(s)
-            aligned, local = aligned + s["counts"]["aligned"], local + s["counts"]["local"]
+            aligned, local = aligned + len(s["aligned_rows"]), local + len(s["local_rows"])
             loss = mpjpe_loss(self.model(x[:, None])[:, 0], y)     # every backbone takes 1-frame windows
             self.optimize(loss, self.opt, max_norm=1.0)
             total += loss.detach() * len(y)
