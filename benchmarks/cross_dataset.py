@@ -33,6 +33,9 @@ from pathlib import Path
 
 from _common import mean_std, train_local
 
+# PoSynDA validates with 3 hypotheses x 2 DDIM steps x flip, 12 network passes per pose: its per-epoch model
+# selection reads every 20th frame of the source validation split, the other rows every frame.
+POSYNDA = {"data.eval_stride": 20}
 ROWS = {  # row name -> (method, config values)
     "baseline": ("baseline", {}),
     "dhaug none": ("dhaug", {"mode": "none"}),
@@ -41,11 +44,9 @@ ROWS = {  # row name -> (method, config values)
     "gpa gpa": ("gpa", {"mode": "gpa"}),
     "gpa gpa_local": ("gpa", {"mode": "gpa_local"}),
     "gpa gpa, gpa_prob 0.5": ("gpa", {"mode": "gpa", "gpa_prob": 0.5}),
-    "posynda source only": ("posynda", {"stage": "pretrain", "data.eval_stride": 20}),
-    "posynda adapted": ("posynda", {"stage": "adapt", "data.eval_stride": 20}),
+    "posynda source only": ("posynda", {"stage": "pretrain", **POSYNDA}),
+    "posynda adapted": ("posynda", {"stage": "adapt", **POSYNDA}),
 }
-# PoSynDA validates with 3 hypotheses x 2 DDIM steps x flip, 12 network passes per pose: its per-epoch model
-# selection reads every 20th frame of the source validation split (7,322 of 146,436), the other rows every frame.
 LIFTING = {"backbone.name": "simple", "backbone.width": 1024, "lr": 1e-3, "lr_decay": 0.9}
 
 
