@@ -17,6 +17,10 @@ _ENV_DEFAULTS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "RAY_DEDUP_LOGS": "1",
     "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",      # Ray Train's run state in the dashboard (/api/train/v2/runs/v1)
+    # A Train worker's report waits in a one-place queue until the controller's next poll (2 s by default):
+    # every epoch's ray.train.report and the end of a run waited up to that long. Measured on 2 cores, a
+    # 4-epoch baseline fit: 26 s -> 15-18 s. Passed on to the controller and the workers by Ray Train.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
 }
 
 
