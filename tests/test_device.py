@@ -1,6 +1,8 @@
 """Device correctness without a GPU (tests/devicecheck.py): every registered method trains two epochs
 and evaluates with its networks and batches on a stand-in accelerator, and no step mixes devices the
 way CUDA refuses."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -77,43 +79,49 @@ def test_fp16_needs_a_gpu():
     assert RunSpec.build("baseline", [{"precision": "fp16"}], training=False, open_data=False).cfg.precision == "fp16"
 
 
-def _per_epoch(name: str, *counters: str) -> dict[str, list[list[int]]]:
+COUNTERS = ("syncs", "uploads", "constants")
+
+
+@functools.cache
+def _per_epoch(name: str) -> dict[str, list[list[int]]]:
     """How many of each DeviceCheck counter (syncs, uploads, constants) each of two smoke epochs of `name`
-    makes on the stand-in device, with 512 and with 1024 training rows (twice the steps):
-    {counter: [[epoch 1, epoch 2] at 512, [...] at 1024]}."""
+    makes on the stand-in device, with 512 and with 1024 training rows (twice the steps), the split held
+    on the device and random numbers drawn there, as on a GPU the split fits:
+    {counter: [[epoch 1, epoch 2] at 512, [...] at 1024]}. Measured once per method for the tests below."""
     import posectl.core.skeleton as skeleton
-    out = {c: [] for c in counters}
-    for rows in (512, 1024):
-        spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
-        sources = spec.local_sources(test=False)
-        skeleton._INDEX.clear()                       # the index tensors are made again in each run
-        with DeviceCheck() as mode:
-            ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
-            method, _ = build_worker(spec.describe(), sources, ctx)
-            per_epoch = {c: [] for c in counters}
-            for epoch in range(2):
-                before = {c: getattr(mode, c) for c in counters}
-                method.train_epoch(epoch)
-                for c in counters:
-                    per_epoch[c].append(getattr(mode, c) - before[c])
-        for c in counters:
-            out[c].append(per_epoch[c])
+    import posectl.datasets.lifting as lifting
+    import posectl.methods.base as base
+    from devicecheck import device_generator
+    out = {c: [] for c in COUNTERS}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lifting, "device_memory", lambda device: 1 << 40)
+        mp.setattr(base, "device_generator", device_generator)
+        for rows in (512, 1024):
+            spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2, "data.max_train_samples": rows})
+            sources = spec.local_sources(test=False)
+            skeleton._INDEX.clear()                       # the index tensors are made again in each run
+            with DeviceCheck() as mode:
+                ctx = Context(device=DEVICE, prepare_model=lambda net: net.to(DEVICE))
+                method, _ = build_worker(spec.describe(), sources, ctx)
+                per_epoch = {c: [] for c in COUNTERS}
+                for epoch in range(2):
+                    before = {c: getattr(mode, c) for c in COUNTERS}
+                    method.train_epoch(epoch)
+                    for c in COUNTERS:
+                        per_epoch[c].append(getattr(mode, c) - before[c])
+            for c in COUNTERS:
+                out[c].append(per_epoch[c])
     return out
 
 
 @pytest.mark.parametrize("name", sorted(available()))
-def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
+def test_batches_and_random_numbers_are_made_on_the_device(name):
     """With the split on the device, an epoch of twice the steps copies no more floating-point tensors from
     the host (batches indexed on the device, augmentation drawn from the device generator), unless the
     method says why its batches are built on the host (Method.host_batches), and makes no more constants
     on the device from Python lists (index tensors are made once: core/skeleton.py index_tensor)."""
-    import posectl.datasets.lifting as lifting
-    import posectl.methods.base as base
-    from devicecheck import device_generator
-    monkeypatch.setattr(lifting, "device_memory", lambda device: 1 << 40)
-    monkeypatch.setattr(base, "device_generator", device_generator)
     cls = available()[name]
-    made = _per_epoch(name, "uploads", "constants")
+    made = _per_epoch(name)
     counts, constants = made["uploads"], made["constants"]
     assert constants[0] == constants[1], constants
     if cls.host_batches:
@@ -126,7 +134,7 @@ def test_batches_and_random_numbers_are_made_on_the_device(name, monkeypatch):
 def test_host_syncs_per_epoch_do_not_grow_with_the_steps(name):
     """Metrics are summed on the device and read once per epoch: an epoch of twice the steps makes the
     same number of host syncs (.item(), copies to the CPU, boolean masks)."""
-    counts = _per_epoch(name, "syncs")["syncs"]
+    counts = _per_epoch(name)["syncs"]
     assert counts[0] == counts[1] and max(counts[1]) <= 8, counts
 
 
