@@ -64,6 +64,18 @@ def test_the_address_follows_rays_conventions(fake_ray, monkeypatch, address, ru
         assert "num_cpus" not in call and "include_dashboard" not in call      # never for an existing cluster
 
 
+def test_the_train_controller_polls_often_unless_the_user_says_otherwise(fake_ray, monkeypatch):
+    """A Train worker's report waits for the controller's next poll (docs/cluster.md): posectl lowers Ray's
+    2 s to 0.25 s for the drivers it runs, and keeps a value the user set."""
+    monkeypatch.setattr(cluster, "running_local_cluster", lambda: None)
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    cluster.connect(None)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.25"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    cluster.connect(None)
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
 def test_no_dashboard_and_auto_without_a_cluster(fake_ray, monkeypatch):
     monkeypatch.setattr(cluster, "running_local_cluster", lambda: None)
     with pytest.raises(ResourceError, match="no Ray cluster is running on this machine"):
