@@ -185,14 +185,12 @@ def test_validation_in_shares_merges_to_the_whole_split(name):
     merged (orchestrator/loop.py: validate): for every method the merged metrics equal one evaluation of
     the whole split, or the method falls back to evaluating the whole split on every rank. The split here:
     its first 7 of 28 sequences (1,400 rows)."""
-    from posectl.datasets.lifting import LiftingData
     from posectl.orchestrator.loop import merge_results
     from posectl.orchestrator.spec import val_shares
     spec = RunSpec.build(name, [], smoke_test=True).with_params({"epochs": 2})
     method, data = build_worker(spec.describe(), spec.local_sources(test=False), Context())
     method.train_epoch(0)
-    val = data["val"]
-    val = LiftingData(val.arrays.take(slice(0, 1400)), val.layout, keypoints=val.keypoints)
+    val = val_shares(data["val"], 4)[0]                 # a quarter of the split, in whole sequences
     assert len(np.unique(val.arrays.sequence_ids)) == 7
     whole = method.evaluate(val, detailed=True)
     shares = val_shares(val, 3)
