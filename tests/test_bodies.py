@@ -89,6 +89,11 @@ def test_fitting_anny_recovers_the_joints_of_its_own_meshes(anny_body):
     assert torch.allclose(fit.error_mm / 1000, (fit.joints - joints).norm(dim=-1)[:, 1:].mean(1), atol=1e-4)
     zero = b.fit(joints, iters=0)                              # Kabsch initialisation only
     assert fit.error_mm.mean() < 0.5 * zero.error_mm.mean()
+    # a fixed shape (as when posing one subject along its motions) is kept; one row stands for every sample
+    shape = p[:1, -b.num_shape:]
+    one, rows = b.fit(joints, iters=20, shape=shape), b.fit(joints, iters=20, shape=shape.expand(16, -1))
+    assert (one.params[:, -b.num_shape:] == shape).all() and torch.allclose(one.params, rows.params, atol=1e-4)
+    assert one.error_mm.mean() < 0.5 * zero.error_mm.mean()
 
 
 # -- SMPL-format files: a constructed model ----------------------------------------------------------------

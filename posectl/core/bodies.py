@@ -142,9 +142,13 @@ class ParametricBody:
     def _vertices(self, global_R: torch.Tensor, bone_R: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def vertices(self, params: torch.Tensor) -> torch.Tensor:
-        """(B, P) parameters -> (B, V, 3) vertices in metres, the regressed root joint at the origin."""
-        g, bones, shape = self.split(params.float())
+    def vertices(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, P) parameters -> (B, V, 3) vertices in metres, the regressed root joint at the origin. With
+        `shape` (1 or B, S) given, `params` holds only the pose part (B, 3 + 3 * num_bones)."""
+        if shape is None:
+            g, bones, shape = self.split(params.float())
+        else:
+            g, bones = params[:, :3].float(), params[:, 3:].float().reshape(len(params), self.num_bones, 3)
         v = self._vertices(rotvec_to_matrix(g), rotvec_to_matrix(bones), shape)
         reg = self._reg_t(v)
         root = torch.einsum("v,bvc->bc", reg[self.layout.root], v)
@@ -165,12 +169,16 @@ class ParametricBody:
             shape: torch.Tensor | None = None) -> FitResult:
         """Fit parameters to root-relative 3D joints (B, 17, 3) in metres: global rotation initialised by
         Kabsch on the torso joints, then Adam on all parameters (joint L2 + small pose and shape priors).
-        `shape` (B, S) fixes the shape parameters. Keeps each sample's best iterate."""
+        `shape` (1 or B, S) fixes the shape parameters (the body's rest shape is then built once, without
+        gradients, when it is one row). Keeps each sample's best iterate."""
         joints = joints.detach().float()
         B = joints.shape[0]
         root = self.layout.root
         nonroot = [j for j in range(self.layout.num_joints) if j != root]
         target = joints - joints[:, root:root + 1]
+        nb = 3 + 3 * self.num_bones
+        if shape is not None:
+            shape = shape.detach().float().reshape(-1, self.num_shape)
         with torch.no_grad():
             if init is None:
                 init = self.zero_params(B)
@@ -178,32 +186,30 @@ class ParametricBody:
                 tmpl = self.regress(self.vertices(init[:1]))[0, t]
                 R = kabsch(tmpl[None].expand(B, -1, -1), target[:, t])
                 init[:, :3] = matrix_to_rotvec(R)
-        nb = 3 + 3 * self.num_bones
-        if shape is not None:
-            init = init.clone()
-            init[:, nb:] = shape
-        params = init.clone().requires_grad_(True)
+        # with a fixed shape only the pose part is optimised (Adam is element-wise: the same pose steps)
+        params = (init[:, :nb] if shape is not None else init).clone().requires_grad_(True)
         opt = torch.optim.Adam([params], lr=self.fit_lr)
-        best = init.clone()
+        best = params.detach().clone()
         best_err = torch.full((B,), float("inf"))
-        for it in range((self.fit_iters if iters is None else iters) + 1):
-            v = self.vertices(params)
+        n_iters = self.fit_iters if iters is None else iters
+        for it in range(n_iters + 1):
+            v = self.vertices(params, shape)
             j = self.regress(v)
             per_joint = (j - target).norm(dim=-1)                       # (B, J)
             err = per_joint[:, nonroot].mean(1).detach()          # the root is aligned: excluded
             better = err < best_err
             best[better] = params.detach()[better]
             best_err = torch.where(better, err, best_err)
-            if it == (self.fit_iters if iters is None else iters):
+            if it == n_iters:
                 break
-            loss = (((j - target) ** 2).sum(-1).mean(1)
-                    + self.pose_prior * (params[:, 3:nb] ** 2).sum(-1)
-                    + self.shape_prior * (params[:, nb:] ** 2).sum(-1)).sum()
+            loss = ((j - target) ** 2).sum(-1).mean(1) + self.pose_prior * (params[:, 3:nb] ** 2).sum(-1)
+            if shape is None:
+                loss = loss + self.shape_prior * (params[:, nb:] ** 2).sum(-1)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if shape is not None:
-                params.grad[:, nb:] = 0
+            loss.sum().backward()
             opt.step()
+        if shape is not None:
+            best = torch.cat([best, shape.expand(B, -1)], 1)
         with torch.no_grad():
             v = self.vertices(best)
             return FitResult(best, v, self.regress(v), best_err * 1000)
@@ -215,7 +221,7 @@ class ParametricBody:
         joints regressed from the posed meshes (T, 17, 3))."""
         keys = [np.unique(np.r_[np.arange(0, len(q), step), len(q) - 1]) for q in sequences]
         joints = torch.cat([q[k] for q, k in zip(sequences, keys)])
-        fit = self.fit(joints, iters=iters, shape=shape[None].expand(len(joints), -1))
+        fit = self.fit(joints, iters=iters, shape=shape[None])
         kp = fit.params.split([len(k) for k in keys])
         out = []
         for q, k, p in zip(sequences, keys, kp):
