@@ -174,6 +174,16 @@ def test_config_guards():
         build(cls.Config, {"meshnet.levels": 0})
 
 
+def test_the_smoke_test_takes_the_synthetic_source_unless_a_dataset_is_named(tmp_path):
+    """--smoke-test trains the tube body, which needs no anny-posed data: it reads `synthetic` (cached for
+    every method) rather than generating synthetic:anny; a dataset the user names is kept."""
+    from posectl.orchestrator.spec import RunSpec
+    path = lambda layers, smoke: RunSpec.build("pose2mesh", layers, smoke_test=smoke, open_data=False).cfg.data.path  # noqa: E731
+    assert path([], False) == "synthetic:anny" and path([], True) == "synthetic"
+    assert path([{"data.path": str(tmp_path)}], True) == str(tmp_path)
+    assert path([{"data.path": "synthetic:target"}], True) == "synthetic:target"
+
+
 def test_edge_loss_start_counts_epochs_of_the_mesh_stage(small_dataset):
     """Like lr_step, edge_loss_start counts from the first mesh-stage epoch (the paper's mesh run starts from a
     pre-trained PoseNet); a start the run never reaches is refused."""

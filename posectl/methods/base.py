@@ -144,6 +144,7 @@ class Method:
                                                  # every epoch ("<N>" stands for an index); a search's metric
                                                  # must be one of them
     smoke_overrides: ClassVar[dict[str, Any]] = {}    # config values `--smoke-test` adds to the common ones
+    smoke_defaults: ClassVar[dict[str, Any]] = {}     # ... and those it uses where the user kept the default
     shared_validation: ClassVar[bool] = True     # evaluate() of disjoint shares of a split merges into that of
                                                  # the whole (per-sample means with a per-action table): with
                                                  # several workers, each validates a share (orchestrator/loop.py)

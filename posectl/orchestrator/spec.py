@@ -75,7 +75,7 @@ class RunSpec:
         context = f"method {m.name}"
         cfg = build(m.Config, *layers, context=context)
         if smoke_test:
-            small = {**smoke, **m.smoke_overrides}
+            small = {**smoke, **m.smoke_overrides, **_kept_defaults(m, cfg, m.smoke_defaults, context)}
             cfg = build(m.Config, *layers, small, context=context)
             extra = _smoke_prerequisites(m, cfg)
             if extra:
@@ -474,6 +474,19 @@ def run_local(spec: RunSpec, reporter, ctx: Context | None = None, state: dict |
 def smoke_overrides(m: type[Method]) -> dict[str, Any]:
     """The config values `--smoke-test` adds: the common SMOKE ones, then the method's own."""
     return {**SMOKE, **m.smoke_overrides}
+
+
+def _kept_defaults(m: type[Method], cfg, values: dict[str, Any], context: str) -> dict[str, Any]:
+    """Those of `values` whose keys `cfg` leaves at the method's defaults."""
+    if not values:
+        return {}
+
+    def get(d: dict, key: str):
+        for part in key.split("."):
+            d = d[part]
+        return d
+    mine, default = to_dict(cfg), to_dict(build(m.Config, context=context))
+    return {k: v for k, v in values.items() if get(mine, k) == get(default, k)}
 
 
 def _smoke_prerequisites(m: type[Method], cfg) -> dict[str, Any]:
