@@ -76,6 +76,18 @@ def test_the_train_controller_polls_often_unless_the_user_says_otherwise(fake_ra
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
 
 
+def test_a_private_ray_leaves_out_the_preemption_watcher_unless_the_user_asks(monkeypatch):
+    """One machine has no node to drain: a private Ray's workers (Ray Train's controller among them) get
+    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0; a value in the driver's environment is the one Ray Train hands
+    its controller."""
+    from ray.train.v2._internal.constants import get_env_vars_to_propagate
+    key = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    assert cluster.PRIVATE_RUNTIME_ENV["env_vars"][key] == cluster.private_runtime_env(8265)["env_vars"][key] == "0"
+    assert cluster.private_runtime_env(8265)["env_vars"]["RAY_API_SERVER_ADDRESS"] == "http://127.0.0.1:8265"
+    monkeypatch.setenv(key, "1")
+    assert get_env_vars_to_propagate()[key] == "1"
+
+
 def test_no_dashboard_and_auto_without_a_cluster(fake_ray, monkeypatch):
     monkeypatch.setattr(cluster, "running_local_cluster", lambda: None)
     with pytest.raises(ResourceError, match="no Ray cluster is running on this machine"):

@@ -227,13 +227,18 @@ def login_hint(url: str) -> str:
 # (seen in Ray 2.60 with a second Ray started on the same machine). Point the state API of our workers
 # at a closed port instead: the cleaner then treats the state API as unavailable and keeps waiting.
 # With a dashboard of its own, a private Ray's state API is pointed at that one, by its port.
-PRIVATE_RUNTIME_ENV = {"env_vars": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9"}}
+# A private Ray is this machine alone: no node of it is drained or preempted under a run, so Ray Train's
+# preemption watcher (an actor per run that polls for node drains) is left out. Measured on 2 cores, a
+# 2-worker fit: 2.8 CPU-s and 1.4 s less. A value set in the driver's environment is passed on by Ray
+# Train and wins.
+PRIVATE_RUNTIME_ENV = {"env_vars": {"RAY_API_SERVER_ADDRESS": "http://127.0.0.1:9",
+                                    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
 
 
 def private_runtime_env(dashboard_port: int | None) -> dict:
     if dashboard_port is None:
         return PRIVATE_RUNTIME_ENV
-    return {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}}
+    return {"env_vars": {**PRIVATE_RUNTIME_ENV["env_vars"], "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}}
 
 
 def free_port(preferred: int, what: str = "the dashboard") -> int:
