@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from posectl.config import build, to_dict
+from posectl.config import build, flatten, to_dict
 from posectl.core.skeleton import get_layout
 from posectl.datasets.lifting import LiftingData, StreamedSplit
 from posectl.datasets.store import (BODY_COLUMN, IMAGE_COLUMN, PoseArrays, PoseDataset, arrays_from_batch,
@@ -480,13 +480,8 @@ def _kept_defaults(m: type[Method], cfg, values: dict[str, Any], context: str) -
     """Those of `values` whose keys `cfg` leaves at the method's defaults."""
     if not values:
         return {}
-
-    def get(d: dict, key: str):
-        for part in key.split("."):
-            d = d[part]
-        return d
-    mine, default = to_dict(cfg), to_dict(build(m.Config, context=context))
-    return {k: v for k, v in values.items() if get(mine, k) == get(default, k)}
+    mine, default = flatten(to_dict(cfg)), flatten(to_dict(build(m.Config, context=context)))
+    return {k: v for k, v in values.items() if mine[k] == default[k]}
 
 
 def _smoke_prerequisites(m: type[Method], cfg) -> dict[str, Any]:
