@@ -145,10 +145,8 @@ class ParametricBody:
     def vertices(self, params: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
         """(B, P) parameters -> (B, V, 3) vertices in metres, the regressed root joint at the origin. With
         `shape` (1 or B, S) given, `params` holds only the pose part (B, 3 + 3 * num_bones)."""
-        if shape is None:
-            g, bones, shape = self.split(params.float())
-        else:
-            g, bones = params[:, :3].float(), params[:, 3:].float().reshape(len(params), self.num_bones, 3)
+        g, bones, own = self.split(params.float())
+        shape = own if shape is None else shape
         v = self._vertices(rotvec_to_matrix(g), rotvec_to_matrix(bones), shape)
         reg = self._reg_t(v)
         root = torch.einsum("v,bvc->bc", reg[self.layout.root], v)
