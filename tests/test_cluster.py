@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -188,6 +189,29 @@ def test_cluster_down_never_signals_a_reused_pid(tmp_path, monkeypatch):
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_stopped_head_left_as_a_zombie_is_not_running(tmp_path, monkeypatch):
+    """An init that reaps nothing (many containers; this VM's) leaves a stopped `ray start` a zombie: it is
+    no running cluster. `ray start` runs without Ray's SIGTERM drain (its raylet stops with it), unless
+    the user set one: with it, `cluster down` waited 15 s for each node."""
+    from posectl.orchestrator import head
+    monkeypatch.setenv("POSECTL_HOME", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(600):                  # a hang guard: the child exits at once and stays unreaped
+            if Path(f"/proc/{gone.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        st = {"pid": gone.pid, "pid_start": head._start_time(gone.pid), "address": "127.0.0.1:1", "session_dir": None}
+        head.state_file().write_text(json.dumps(st))
+        assert not head._alive(gone.pid) and head.read_state() is None
+    finally:
+        gone.wait()
+    monkeypatch.delenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", raising=False)
+    assert head._ray_env()["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == "0"
+    monkeypatch.setenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "20")
+    assert head._ray_env()["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] == "20"
 
 
 TRAIN_TWO_NODES = textwrap.dedent("""

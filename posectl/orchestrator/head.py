@@ -55,11 +55,17 @@ def read_state() -> dict | None:
 
 
 def _alive(pid: int) -> bool:
+    """Running: a zombie (exited, its parent gone and an init that reaps nothing, as in many containers)
+    is not."""
     try:
         os.kill(pid, 0)
-        return True
     except OSError:
         return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True                      # no /proc: the signal test is all there is
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def _start_time(pid: int) -> str | None:
@@ -94,10 +100,14 @@ def _http_status(url: str, token: str | None = None) -> int:
 
 
 def _ray_env(**extra: str) -> dict:
-    """The environment of a `ray start` posectl runs: token auth, no usage stats, the Train view on, and
-    this Python's bin directory first (jobs and workers find the same interpreter)."""
+    """The environment of a `ray start` posectl runs: token auth, no usage stats, the Train view on, no
+    drain on SIGTERM, and this Python's bin directory first (jobs and workers find the same interpreter).
+    `cluster down` signals the node's whole process group at once, so the raylet a drain would wait for
+    is already stopping: Ray's default drain (RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, 30 s) only held
+    `ray start` until `down` killed it 15 s later."""
     return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_TRAIN_ENABLE_STATE_TRACKING": os.environ.get("RAY_TRAIN_ENABLE_STATE_TRACKING", "1"),
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": os.environ.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0"),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
 
 
