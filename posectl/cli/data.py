@@ -105,7 +105,7 @@ def data_attach_images(
 
 
 @app.command("info")
-def data_info(path: str = typer.Argument(..., help="Dataset directory, or 'synthetic' / 'synthetic:target'."),
+def data_info(path: str = typer.Argument(..., help="Dataset directory, or 'synthetic', 'synthetic:target' or 'synthetic:anny'."),
               verify: bool = typer.Option(True, "--verify/--no-verify", help="Check shard checksums.")):
     """Summarise a dataset: joint layout, 2D sources, splits, subjects, rows."""
     from posectl.orchestrator.data import resolve_path
