@@ -225,12 +225,16 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(ray_session, small_
                                                              monkeypatch):
     """Issue #10: the runs directory turns read-only mid-run -> one clear error naming the cause, the last
     good checkpoint intact and loadable; --resume may not change the config; with the storage writable
-    again it finishes every epoch once, with the same validation and test figures as an uninterrupted run."""
+    again it finishes every epoch once, with the same validation and test figures as an uninterrupted run
+    (in this process: run_local is the job's data, method and epoch loop without Ray)."""
     import subprocess
 
     from posectl.orchestrator.experiment import load_checkpoint
+    from posectl.orchestrator.reporters import MemoryReporter
+    from posectl.orchestrator.spec import RunSpec, run_local
     cfg = [{**TINY, "data.path": str(small_dataset), "epochs": 4}]
-    ref = train("baseline", cfg, runs_dir=tmp_path, name="ref")
+    ref = MemoryReporter()
+    ref_results, _, _ = run_local(RunSpec.build("baseline", cfg), ref)
     mnt = tmp_path / "mnt"
     real = _mount_tmpfs(mnt)
     try:
@@ -252,9 +256,9 @@ def test_interrupted_runs_resume_to_the_uninterrupted_result(ray_session, small_
         epochs = [r["epoch"] for r in hist]
         assert ledger.lost(_lost(epochs, 4)) == 0
         assert epochs == [1, 2, 3, 4]
-        for a, b in zip(hist, ref.experiment.history()):
+        for a, b in zip(hist, ref.rows, strict=True):
             assert a["val_mpjpe"] == pytest.approx(b["val_mpjpe"], abs=1e-3)
-        assert out.results["test"]["mpjpe"] == pytest.approx(ref.results["test"]["mpjpe"], abs=1e-3)
+        assert out.results["test"]["mpjpe"] == pytest.approx(ref_results["test"]["mpjpe"], abs=1e-3)
         ledger.recovered()
     finally:
         if real:
