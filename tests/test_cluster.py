@@ -191,12 +191,15 @@ def test_cluster_down_never_signals_a_reused_pid(tmp_path, monkeypatch):
         other.wait()
 
 
-def test_a_stopped_head_left_as_a_zombie_is_not_running(tmp_path, monkeypatch):
-    """An init that reaps nothing (many containers; this VM's) leaves a stopped `ray start` a zombie: it is
-    no running cluster. `ray start` runs without Ray's SIGTERM drain (its raylet stops with it), unless
-    the user set one: with it, `cluster down` waited 15 s for each node."""
-    from posectl.orchestrator import head
+def test_a_zombie_is_neither_a_running_head_nor_a_running_driver(tmp_path, monkeypatch):
+    """An init that reaps nothing (many containers; this VM's) leaves a stopped `ray start` or a killed
+    driver a zombie: it is no running cluster, and a resume stops what the driver left. `ray start` runs
+    without Ray's SIGTERM drain (its raylet stops with it), unless the user set one: with it, `cluster
+    down` waited 15 s for each node."""
+    from posectl.orchestrator import cluster, head
     monkeypatch.setenv("POSECTL_HOME", str(tmp_path))
+    reaped = []
+    monkeypatch.setattr(cluster, "reap", lambda session, *a: reaped.append(session) or 0)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         for _ in range(600):                  # a hang guard: the child exits at once and stays unreaped
@@ -205,7 +208,10 @@ def test_a_stopped_head_left_as_a_zombie_is_not_running(tmp_path, monkeypatch):
             time.sleep(0.05)
         st = {"pid": gone.pid, "pid_start": head._start_time(gone.pid), "address": "127.0.0.1:1", "session_dir": None}
         head.state_file().write_text(json.dumps(st))
-        assert not head._alive(gone.pid) and head.read_state() is None
+        assert not head.pid_running(gone.pid) and head.read_state() is None
+        (tmp_path / cluster.SESSION_FILE).write_text(json.dumps({"session_dir": "/tmp/ray/s", "driver_pid": gone.pid}))
+        cluster.reap_orphans(tmp_path)
+        assert reaped == ["/tmp/ray/s"]
     finally:
         gone.wait()
     monkeypatch.delenv("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", raising=False)

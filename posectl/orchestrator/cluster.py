@@ -381,19 +381,25 @@ def reap_orphans(directory: Path) -> None:
     except ValueError:
         return
     session, pid = info.get("session_dir"), info.get("driver_pid")
-    if not session or _pid_alive(pid):
+    if not session or pid_running(pid):
         return
     n = reap(session)
     if n:
         warnings.warn(f"stopped {n} leftover Ray process(es) of the interrupted run ({session})", stacklevel=2)
 
 
-def _pid_alive(pid) -> bool:
+def pid_running(pid) -> bool:
+    """The process runs: a zombie (exited, its parent gone and an init that reaps nothing, as in many
+    containers) does not."""
     try:
         os.kill(int(pid), 0)
-        return True
     except (OSError, TypeError, ValueError):
         return False
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return True                      # no /proc: the signal test is all there is
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 def check_shared_storage(path: Path, given: bool, flag: str) -> None:

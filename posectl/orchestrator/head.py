@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from posectl.errors import PosectlError, ResourceError
+from posectl.orchestrator.cluster import pid_running
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -54,20 +55,6 @@ def read_state() -> dict | None:
     return st if _ours(st) else None
 
 
-def _alive(pid: int) -> bool:
-    """Running: a zombie (exited, its parent gone and an init that reaps nothing, as in many containers)
-    is not."""
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True                      # no /proc: the signal test is all there is
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if unknown."""
     try:
@@ -80,7 +67,7 @@ def _start_time(pid: int) -> str | None:
 def _ours(st: dict) -> bool:
     """The recorded `ray start` is still running, and the PID has not been reused by another process
     (after a reboot or a crash of the head) since `up` recorded it."""
-    return _alive(st["pid"]) and st.get("pid_start") in (None, _start_time(st["pid"]))
+    return pid_running(st["pid"]) and st.get("pid_start") in (None, _start_time(st["pid"]))
 
 
 def _ray_bin() -> str:
@@ -316,10 +303,10 @@ def down(timeout_s: float = 30) -> bool:
     if _ours(st):                        # never signal a process that merely reuses the recorded PID
         _kill_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline - timeout_s / 2:
+        while pid_running(pid) and time.monotonic() < deadline - timeout_s / 2:
             time.sleep(0.3)
         for q in _descendants(pid) + [pid]:
-            if _alive(q):
+            if pid_running(q):
                 try:
                     os.kill(q, signal.SIGKILL)
                 except OSError:
