@@ -206,8 +206,8 @@ def test_pose2mesh_trains_on_fitted_anny_meshes_and_caches_the_fits(anny_body, s
     tr, va = LiftingData(ds.load("train"), ds.layout), LiftingData(ds.load("val"), ds.layout)
     cls = get_method("pose2mesh")
     cfg = build(cls.Config, {"posenet.width": 128, "meshnet.width": 8, "meshnet.levels": 3, "body.model": "anny",
-                             "body.fit_iters": 40, "epochs": 3, "posenet_epochs": 1, "edge_loss_start": 1,
-                             "data.train_stride": 24})
+                             "body.fit_iters": 40, "body.fit_threshold_mm": 40, "epochs": 3, "posenet_epochs": 1,
+                             "edge_loss_start": 1, "data.train_stride": 24})
     m = cls(cfg, tr, Context())
     m.train_epoch(0)
     r1 = m.train_epoch(1)
@@ -233,7 +233,10 @@ def test_pose2mesh_trains_on_fitted_anny_meshes_and_caches_the_fits(anny_body, s
     files[0].write_bytes(b"garbage")
     assert pose2mesh.MeshTargets(anny_body, cfg.body, tr).ensure(rows) == len(rows)
     ev = m.evaluate(va, stride=40)
-    assert np.isfinite(ev["mpjpe"]) and "pseudo-GT: body fitted" in ev["protocol"] and 0 <= ev["mesh_gt_valid"] <= 1
+    # 40 fit steps leave the fits at a median ~28 mm (150, the default: 13-17 mm, all within 25 mm): the
+    # test's threshold of 40 mm keeps most, and the vertex error is measured on them
+    assert np.isfinite(ev["mpjpe"]) and "pseudo-GT: body fitted" in ev["protocol"] and ev["mesh_gt_valid"] > 0.5
+    assert np.isfinite(ev["mpvpe"])
 
 
 def test_synthetic_anny_dataset_has_exact_meshes_in_every_camera(anny_body, anny_dataset):

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from posectl.core.camera import cameras_from_json
+from posectl.core.camera import cameras_from_json, h36m_cameras
 from posectl.datasets.h36m import prepare_h36m
 from posectl.datasets.safe_npz import UnsafePickleError, load_npz
 from posectl.datasets.store import PoseDataset
@@ -139,7 +139,8 @@ def test_bad_files(tmp_path):
 
 def test_constructed_import_round_trip(tmp_path):
     d3 = _fake_3d(T=50)
-    d2 = {s: {a: [np.random.default_rng(1).uniform(0, 1000, (60, 16, 3)).astype(np.float32)] * 4
+    rng = np.random.default_rng(1)        # another array for every subject, action and camera
+    d2 = {s: {a: [rng.uniform(0, 1000, (60, 16, 3)).astype(np.float32) for _ in range(4)]
               for a in d3[s]} for s in d3}
     np.savez(tmp_path / "data_2d_h36m_sh_ft_h36m.npz", positions_2d=_obj(d2), metadata=_obj({"num_joints": 16}))
     with pytest.warns(UserWarning, match="S11"):
@@ -151,11 +152,15 @@ def test_constructed_import_round_trip(tmp_path):
     assert m["keypoints_2d"] == ["gt", "sh_ft_h36m"] and m["info"]["detections"]["sh_ft_h36m"]["layout"] == "mpii16"
     val = ds.load("val")
     assert val.frame.min() == 45  # the tail of each sequence
-    det = ds.load("train", "sh_ft_h36m")
-    src = d2["S1"]["Walking"][0]
-    row = np.flatnonzero((det.subject == "S1") & (det.action == "Walking") & (det.frame == 3))[0]
-    assert np.allclose(det.keypoints_2d[row, 0], src[3, 6, :2])   # Hip <- MPII pelvis (6)
-    assert np.allclose(det.keypoints_2d[row, 3], src[3, 0, :2])   # RFoot <- MPII 0
+    for split, subject, action in (("train", "S1", "Walking"), ("test", "S9", "Eating 2")):
+        det = ds.load(split, "sh_ft_h36m")         # each camera's detections on that camera's rows
+        for ci, cam in enumerate(h36m_cameras(subject)):
+            src = d2[subject][action][ci]
+            row = np.flatnonzero((det.subject == subject) & (det.action == action) & (det.camera == cam.id)
+                                 & (det.frame == 3))
+            assert len(row) == 1, (split, subject, cam.id)
+            assert np.allclose(det.keypoints_2d[row[0], 0], src[3, 6, :2])   # Hip <- MPII pelvis (6)
+            assert np.allclose(det.keypoints_2d[row[0], 3], src[3, 0, :2])   # RFoot <- MPII 0
 
 
 @pytest.fixture(scope="session")

@@ -365,14 +365,14 @@ def test_photo_crops_decoded_by_ray_data_equal_those_decoded_here(ray_session, p
     cols = crop_columns(train.arrays.image[idx.numpy()], train.arrays.image_size[idx.numpy()], crop)
     here = list(local_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}))
     there = list(ray_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}, blocks_of=1))
-    assert [len(b["pixels"]) for b in there] == [32, 32, 6]
-    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there))
+    assert [len(b["pixels"]) for b in here] == [len(b["pixels"]) for b in there] == [32, 32, 6]
+    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there, strict=True))
     emb = PoseDataset(attach_images(photo_dataset[1], tmp_path / "emb", PATTERN, root=photo_dataset[2], embed=True))
     emb_rows = LiftingData(emb.load("train", images=True).take(np.arange(0, 240)), emb.layout).arrays
     assert isinstance(emb_rows.image[0], bytes)                  # embedded frames decode the same there
     cols = crop_columns(emb_rows.image[idx.numpy()], emb_rows.image_size[idx.numpy()], crop)
     there = list(ray_map_batches(cols, crop_photos, [32, 32, 6], {"res": 32}))
-    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there))
+    assert all(np.array_equal(a["pixels"], b["pixels"]) for a, b in zip(here, there, strict=True))
     cls = get_method("l2d")
     cfg = build(cls.Config, {**TINY, "mode": "single", "images": "dataset", "lifters": lifters})
     losses = []

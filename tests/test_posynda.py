@@ -59,6 +59,7 @@ def test_adaptation_freezes_the_source_and_never_reads_target_3d(small_dataset, 
     target = PoseDataset(target_dataset).load("train", with_3d=False)
     assert np.isnan(target.joints_3d).all()            # NaN would poison any loss it reached
     m = cls(cfg2, train, Context(inputs={"target": target}))
+    t0 = {k: v.clone() for k, v in m.teacher.items()}
     out = m.train_epoch(0)
     assert all(np.isfinite(v) for v in out.values()), out
     net = m.model.state_dict()
@@ -68,9 +69,12 @@ def test_adaptation_freezes_the_source_and_never_reads_target_3d(small_dataset, 
         assert torch.equal(net[key], v), k
     lora = {k: v for k, v in net.items() if ".lora_B" in k}
     assert lora and any(v.abs().sum() > 0 for v in lora.values())        # the adapters moved
-    # the teacher is an EMA of the student, not the student itself
+    # the teacher is an EMA of the student: it followed the student's moves, lagging behind them
     student = m._student_state()
-    assert any(not torch.equal(m.teacher[k], student[k]) for k in student)
+    moved = [k for k in student if student[k].is_floating_point() and not torch.equal(student[k], t0[k])]
+    assert moved and any(not torch.equal(m.teacher[k], t0[k]) for k in moved)
+    lag = sum(float((m.teacher[k] - t0[k]).norm()) for k in moved)
+    assert 0 < lag < sum(float((student[k] - t0[k]).norm()) for k in moved)
     ev = m.evaluate(LiftingData(src.load("val"), src.layout))
     assert all(reported_metric("posynda", f"val_{k}") for k, v in ev.items() if isinstance(v, (int, float)))  # declared
     assert np.isfinite(ev["mpjpe"]) and np.isfinite(ev["p_best"]) and np.isfinite(ev["p_agg"])
