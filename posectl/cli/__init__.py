@@ -77,8 +77,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if type(e).__name__ == "Abort":  # click turns Ctrl-C into Abort
             _interrupted()
-        if hasattr(e, "show") and hasattr(e, "exit_code"):  # click/typer usage errors
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click/typer usage errors: one line too
+            msg, ctx = " ".join(e.format_message().split()), getattr(e, "ctx", None)
+            if not msg:                                      # a bare command group: its help
+                e.show()
+            else:
+                typer.echo(f"error: {msg}" + (f" (see `{ctx.command_path} --help`)" if ctx else ""), err=True)
             sys.exit(2)
         if debug:
             raise
