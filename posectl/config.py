@@ -26,6 +26,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a YAML text file (it is not UTF-8 text)") from None
     except yaml.YAMLError as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{p}: not valid YAML ({msg})") from None

@@ -1,6 +1,7 @@
 """Arrow schema round trip, manifest validation, synthetic generator determinism and anatomy."""
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -291,3 +292,13 @@ def test_attach_images_pattern_errors_are_data_errors(tiny, tmp_path):
         with pytest.raises(DataError, match=re.escape(f"--pattern '{pattern}': ") + ".*" + re.escape(message)):
             attach_images(tiny, tmp_path / "out", pattern)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_named_like_the_builtin_data_is_a_folder():
+    """Only 'synthetic' and 'synthetic:DOMAIN' name the built-in data: a user's ./synthetic_h36m is a folder
+    (it was read as the synthetic source before)."""
+    from posectl.datasets.store import dataset_id
+    from posectl.orchestrator.data import resolve_path
+    assert resolve_path("synthetic_h36m") == Path("synthetic_h36m")
+    assert dataset_id("synthetic_h36m") == str(Path("synthetic_h36m").resolve())
+    assert dataset_id("synthetic") == "synthetic:source" and dataset_id("synthetic:target") == "synthetic:target"

@@ -49,7 +49,7 @@ IMAGE_TYPES = {pa.binary(): "embedded", pa.large_binary(): "embedded", pa.string
 def dataset_id(path: str) -> str:
     """One name per dataset a `data.path` can name: the built-in synthetic ones ('synthetic' is
     'synthetic:source') or a resolved directory; for checks that two paths are the same data."""
-    if path.startswith("synthetic"):
+    if path == "synthetic" or path.startswith("synthetic:"):
         return path if ":" in path else "synthetic:source"
     return str(Path(path).expanduser().resolve())
 
@@ -286,6 +286,12 @@ def table_from_arrays(a: PoseArrays, dataset: str, domain: str, extrinsics: np.n
     return pa.table(cols, schema=schema)
 
 
+def check_new_output(out: str | Path, overwrite: bool = False) -> None:
+    """An importer's output directory must not exist (unless overwriting): checked before any reading."""
+    if Path(out).exists() and not overwrite:
+        raise DataError(f"output directory already exists: {out}")
+
+
 class DatasetWriter:
     """Write splits as Parquet shards into a temporary directory; `commit()` renames it into place.
 
@@ -295,8 +301,7 @@ class DatasetWriter:
     def __init__(self, out: str | Path, name: str, joint_layout: str, rows_per_shard: int = 200_000,
                  info: dict | None = None, overwrite: bool = False, body_params: dict | None = None):
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            raise DataError(f"output directory already exists: {self.out}")
+        check_new_output(self.out, overwrite)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         self.overwrite = overwrite

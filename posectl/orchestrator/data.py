@@ -12,11 +12,13 @@ COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "i
 def resolve_path(path: str) -> Path:
     """'synthetic' / 'synthetic:source' / 'synthetic:target' / 'synthetic:anny' (the source domain posed with
     the anny body, with its parameters per row) -> cached generated dataset; else a directory."""
-    if path.startswith("synthetic"):
+    if path == "synthetic" or path.startswith("synthetic:"):
         from posectl.datasets.synthetic import cached_synthetic
         _, _, domain = path.partition(":")
         if domain == "anny":
             return cached_synthetic("source", body="anny")
+        if domain not in ("", "source", "target"):
+            raise DataError(f"unknown dataset '{path}' (built in: synthetic, synthetic:target, synthetic:anny)")
         return cached_synthetic(domain or "source")
     return Path(path).expanduser()
 
