@@ -26,7 +26,7 @@ import pyarrow as pa
 from posectl.core.camera import Camera, cameras_from_json, h36m_cameras, project, world_to_camera
 from posectl.core.skeleton import conversion_indices, get_layout, map_keypoints
 from posectl.datasets.safe_npz import load_npz
-from posectl.datasets.store import PoseArrays, table_from_arrays, write_splits
+from posectl.datasets.store import PoseArrays, check_new_output, table_from_arrays, write_splits
 from posectl.errors import DataError
 
 TRAIN_SUBJECTS = ("S1", "S5", "S6", "S7", "S8")
@@ -118,6 +118,7 @@ def prepare_h36m(out: str | Path, path_3d: str | Path, paths_2d: list[str | Path
         raise DataError("--val-fraction must be in [0, 0.5)")
     if detection_layout is not None and detection_layout not in DETECTION_LAYOUTS:
         raise DataError(f"--2d-layout: unknown layout '{detection_layout}' (use {', '.join(DETECTION_LAYOUTS)})")
+    check_new_output(out, overwrite)
     say(f"reading {path_3d}")
     pos3d = _check_subject_dict(load_npz(path_3d, ("positions_3d",))["positions_3d"], path_3d, "positions_3d")
     cams: dict[str, list[Camera]]

@@ -27,7 +27,7 @@ from posectl.core.calibration import calibrate
 from posectl.core.skeleton import describe_mapping, map_keypoints
 from posectl.datasets.h36m import _as_float_array
 from posectl.datasets.safe_npz import load_npz
-from posectl.datasets.store import PoseArrays, table_from_arrays, write_splits
+from posectl.datasets.store import PoseArrays, check_new_output, table_from_arrays, write_splits
 from posectl.errors import DataError
 
 CAMERAS = ("C1", "C2", "C3")
@@ -57,6 +57,7 @@ def prepare_humaneva(out: str | Path, path_3d: str | Path, paths_2d: list[str | 
     if not paths_2d:
         raise DataError("HumanEva needs the 2D file too (--2d data_2d_humaneva15_gt.npz): the cameras are "
                         "recovered from it")
+    check_new_output(out, overwrite)
     say(f"reading {path_3d}")
     pos3d = _subjects(load_npz(path_3d, ("positions_3d",))["positions_3d"], path_3d, "positions_3d")
     sources = {}

@@ -32,7 +32,7 @@ import pyarrow as pa
 from posectl.core.camera import image_coordinates, project
 from posectl.core.skeleton import EVAL_JOINT_SETS, H36M16, MPI3DHP17, conversion_indices
 from posectl.datasets.safe_npz import UnsafePickleError, _RestrictedUnpickler, load_npz
-from posectl.datasets.store import DatasetWriter, PoseArrays, table_from_arrays
+from posectl.datasets.store import DatasetWriter, PoseArrays, check_new_output, table_from_arrays
 from posectl.errors import DataError
 
 DATASET = "mpi_inf_3dhp"
@@ -519,8 +519,7 @@ def prepare_3dhp(out: str | Path, path: str | Path, form: str = "auto",
     say = progress or (lambda msg: None)
     if form not in ("auto", *FORMS):
         raise DataError(f"unknown 3DHP form '{form}' (known: auto, {', '.join(FORMS)})")
-    if out.exists() and not overwrite:
-        raise DataError(f"output directory already exists: {out}")
+    check_new_output(out, overwrite)
     say(f"reading {path}")
     if form == "auto":
         d = load_npz(path)
