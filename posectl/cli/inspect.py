@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from posectl.errors import PosectlError
+
 
 def samples(
     run: Path = typer.Argument(..., help="A run directory (or its last.pt) of a generative method such as dhaug."),
@@ -77,6 +79,8 @@ def compare(
 
     from posectl.cli.render import console
     from posectl.orchestrator.compare import compare as run_compare, plot as draw, render
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise PosectlError(f"--plot {plot}: a .png file")
     rows = run_compare(runs, runs_dir, strict=strict, sort=sort)
     if fmt != "table":
         typer.echo(render(rows, fmt), nl=False)

@@ -36,9 +36,12 @@ def train(
 
     layers = config_layers(config, overrides, method)
     epochs = _peek_epochs(method, layers, smoke_test)
-    if submit:
+    if submit:                          # checked here: a job bound to fail is never sent
         from posectl.cli.common import submit_job
-        from posectl.orchestrator.experiment import default_runs_dir
+        from posectl.orchestrator.cluster import plan_resources
+        from posectl.orchestrator.experiment import check_run_name, default_runs_dir
+        plan_resources(gpus, workers, cpus_per_worker, gpus_per_worker)
+        check_run_name(name)
         extra = ["--runs-dir", str((runs_dir or default_runs_dir()).absolute())] if storage_path is None else []
         submit_job(method, name, address, extra, "run")
         return
@@ -86,6 +89,8 @@ def eval_cmd(
     from posectl.cli.render import console, metrics_table, per_action_table
     from posectl.orchestrator.evaluate import evaluate_checkpoint
 
+    if json_out and not json_out.parent.is_dir():
+        raise PosectlError(f"--json {json_out}: its folder {json_out.parent} does not exist")
     out = evaluate_checkpoint(checkpoint, data=data, split=split, keypoints=keypoints, flip=flip, stride=stride,
                               joints=joints, device=device)
     console.print(metrics_table(f"{out['method']} on {out['dataset']}:{out['split']} — {out['metrics']['protocol']}",

@@ -71,6 +71,8 @@ def compare(paths: list[str | Path] | None = None, runs_dir: str | Path | None =
             sort: str = "mpjpe") -> list[Row]:
     """Rows sorted by `sort` (lower first; pck150 and auc higher first), each flagged when its protocol
     differs from the first row's; with `strict`, such a row is an error."""
+    if sort not in METRICS:
+        raise PosectlError(f"--sort: one of {', '.join(METRICS)}, got '{sort}'")
     rows = [load_row(p) for p in find_runs(paths, runs_dir)]
     first = rows[0].protocol
     for r in rows:
