@@ -39,9 +39,15 @@ def tune(
     def show_plan(plan):
         console.print("\n".join(plan.lines()))
 
-    if submit:
+    if submit:                          # checked here: a job bound to fail is never sent
         from posectl.cli.common import submit_job
+        from posectl.orchestrator.experiment import check_run_name
         from posectl.orchestrator.paths import default_storage
+        from posectl.orchestrator.tune import plan_search
+        check_run_name(name)
+        if not resume:
+            plan_search(method, space, samples, concurrent, gpus_per_trial, workers_per_trial, name, storage_path,
+                        smoke_test, parse_overrides(overrides or []))
         submit_job(method, name, address,
                    ["--storage-path", str(Path(storage_path).absolute() if storage_path else default_storage())], "search")
         return

@@ -69,6 +69,8 @@ def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float
         raise ResourceError("use either --gpus or --workers, not both")
     if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise ResourceError(f"--cpus-per-worker must be > 0, got {cpus_per_worker:g}")
+    if workers is not None and workers < 1:
+        raise ResourceError(f"--workers must be >= 1, got {workers}")
     if gpus_per_worker is not None:
         if gpus is not None:
             raise ResourceError("--gpus-per-worker goes with --workers N (--gpus N gives each worker a GPU)")
@@ -80,8 +82,6 @@ def plan_resources(gpus: int | None, workers: int | None, cpus_per_worker: float
             raise ResourceError("--gpus must be >= 1")
         return Resources(workers=gpus, cpus=cpus_per_worker or 1.0, gpus=1.0)
     n = 1 if workers is None else workers
-    if n < 1:
-        raise ResourceError("--workers must be >= 1")
     if cpus_per_worker is None:
         # one worker alone may use every local core (Ray sets its thread count from this)
         cpus_per_worker = max(1.0, float((os.cpu_count() or 1) // n)) if n == 1 else 1.0

@@ -24,6 +24,12 @@ from posectl.errors import ConfigError, PosectlError
 from posectl.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint  # noqa: F401 - re-exported
 
 
+def check_run_name(name: str | None, flag: str = "--name") -> None:
+    """A run or search name is one folder name under the runs' directory, never a path out of it."""
+    if name is not None and (not name.strip() or name in (".", "..") or "/" in name or os.sep in name):
+        raise PosectlError(f"{flag} '{name}': a folder name, not a path (runs go under --runs-dir / --storage-path)")
+
+
 def default_runs_dir() -> Path:
     return Path(os.environ.get("POSECTL_RUNS", "runs"))
 

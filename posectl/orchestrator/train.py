@@ -64,16 +64,18 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
           max_failures: int = 0, on_event: Callable[[dict], None] | None = None, dashboard: bool = True,
           say: Callable[[str], None] | None = None, storage_path: str | Path | None = None) -> TrainResult:
     """Resolve the run (RunSpec), prepare the experiment directory and data, and run a Ray Train job."""
-    from posectl.orchestrator.experiment import default_runs_dir
+    from posectl.orchestrator.experiment import check_run_name, default_runs_dir
 
     method_cls = get_method(method)
+    check_run_name(name)
     if max_failures < 0:
         raise PosectlError(f"--max-failures must be >= 0, got {max_failures} (Ray reads -1 as retrying forever)")
-    if storage_path is not None and runs_dir is not None and Path(storage_path) != Path(runs_dir):
-        raise PosectlError("--storage-path and --runs-dir name the same place (the runs' directory): give one")
     if storage_path is not None and "://" in str(storage_path):
         raise PosectlError(f"--storage-path {storage_path}: posectl keeps run directories on a file system; mount the "
                            f"bucket on every node (s3fs, gcsfuse) and pass the mount point")
+    if storage_path is not None and runs_dir is not None and Path(storage_path) != Path(runs_dir):
+        raise PosectlError(f"--storage-path {storage_path} and --runs-dir (or POSECTL_RUNS) {runs_dir} both set the "
+                           "runs' directory: give one")
     shared = storage_path is not None
     runs_dir = Path(storage_path or runs_dir) if (storage_path or runs_dir) else default_runs_dir()
     res = cluster.plan_resources(gpus, workers, cpus_per_worker, gpus_per_worker)

@@ -21,7 +21,7 @@ import yaml
 from posectl.errors import ConfigError, PosectlError, ResourceError
 from posectl.methods.base import get_method
 from posectl.orchestrator import cluster
-from posectl.orchestrator.experiment import atomic_write_bytes
+from posectl.orchestrator.experiment import atomic_write_bytes, check_run_name
 from posectl.orchestrator.paths import SEARCH_FILE, default_storage
 from posectl.orchestrator.spaces import Space, load_space, space_path
 from posectl.orchestrator.spec import RunSpec
@@ -107,6 +107,7 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
                 on_plan: Callable[[Plan], None] | None = None, verbose: int = 1, dashboard: bool = True,
                 say: Callable[[str], None] | None = None):
     """Run (or `resume`) a search; returns (plan, ResultGrid)."""
+    check_run_name(name)
     if resume:
         if not name:
             raise PosectlError("--resume needs --name of the search to continue")
@@ -123,6 +124,8 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
     spec = RunSpec.build(spec.method, [spec.config], resources=spec.resources)   # checks, and opens the data
     if resume:
         cluster.reap_orphans(plan.path)      # what a driver killed with SIGKILL left running
+    elif (plan.path / SEARCH_FILE).exists():
+        raise PosectlError(f"search '{plan.name}' already exists at {plan.path}; use --resume or another --name")
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         data_cpu = spec.needs_data_cpu(plan.resources.workers, say)
@@ -134,8 +137,6 @@ def tune_search(method: str, *, space: str | Path | None = None, samples: int | 
         if on_plan:
             on_plan(plan)
         if not resume:
-            if (plan.path / SEARCH_FILE).exists():
-                raise PosectlError(f"search '{plan.name}' already exists at {plan.path}; use --resume or another --name")
             plan.path.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(plan.path / "space.yaml", yaml.safe_dump(plan.space.to_dict(), sort_keys=False).encode())
             atomic_write_bytes(plan.path / SEARCH_FILE, yaml.safe_dump({
