@@ -362,6 +362,58 @@ def case_l2d_lifter_without_a_lifting_network(tmp):
     return ["train", "l2d", f"lifters=[{p}]"], "checkpoint without a lifting network"
 
 
+def case_config_not_text(tmp):
+    (tmp / "c.yaml").write_bytes(b"\xf1\x00\x9c binary")
+    return ["train", "baseline", "-c", str(tmp / "c.yaml")], f"{tmp / 'c.yaml'}: not a YAML text file"
+
+
+def case_unknown_builtin_dataset(tmp):
+    return ["data", "info", "synthetic:nope"], "unknown dataset 'synthetic:nope' (built in: synthetic, synthetic:target"
+
+
+def case_compare_unknown_metric(tmp):
+    return ["compare", str(tmp), "--sort", "pmpjpe"], "--sort: one of mpjpe, p_mpjpe"
+
+
+def case_compare_plot_not_png(tmp):
+    return ["compare", str(tmp), "--plot", str(tmp / "p.txt")], "a .png file"
+
+
+def case_zero_workers_sharing_a_gpu(tmp):
+    return ["train", "baseline", "--workers", "0", "--gpus-per-worker", "0.5"], "--workers must be >= 1, got 0"
+
+
+def case_eval_json_into_a_missing_folder(tmp):
+    return ["eval", str(tmp / "best.pt"), "--json", str(tmp / "no" / "m.json")], f"its folder {tmp / 'no'} does not"
+
+
+def case_import_into_an_existing_folder(tmp):
+    (tmp / "mine").mkdir()    # checked before reading (a missing 3D file is not even opened): real data takes minutes
+    return ["data", "prepare", "h36m", "--3d", str(tmp / "missing.npz"), "--out", str(tmp / "mine")], \
+        f"output directory already exists: {tmp / 'mine'}"
+
+
+def case_run_name_is_a_path(tmp):
+    return ["train", "baseline", "--name", "../elsewhere"], "--name '../elsewhere': a folder name, not a path"
+
+
+def case_object_store_storage_path(tmp):
+    return ["train", "baseline", "--storage-path", "s3://bucket/runs", "--runs-dir", str(tmp)], \
+        "--storage-path s3://bucket/runs: posectl keeps run directories on a file system"
+
+
+def case_submit_checks_resources_first(tmp):
+    return ["train", "baseline", "--workers", "0", "--submit"], "--workers must be >= 1"
+
+
+def case_submit_checks_the_search_first(tmp):
+    return ["tune", "basline", "--submit"], "unknown method 'basline'"
+
+
+def case_usage_error_is_one_line(tmp):
+    return ["train", "baseline", "--gpus", "abc"], "Invalid value for '--gpus'"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
