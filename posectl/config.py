@@ -168,14 +168,21 @@ def _suggest(key: str, candidates) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def check_keys(cls, layer: dict[str, Any], context: str = "config") -> None:
+    """Every key of a flat-or-nested layer is a parameter of dataclass `cls` (else a ConfigError naming it)."""
+    keys = known_keys(cls)
+    for key in flatten(layer):
+        if key not in keys:
+            raise ConfigError(f"unknown parameter '{key}' for {context}{_suggest(key, keys)}")
+
+
 def build(cls, *layers: dict[str, Any], context: str = "config"):
     """Instantiate dataclass `cls` from defaults plus flat-or-nested override layers, in order."""
     keys = known_keys(cls)
     values: dict[str, Any] = {}
     for layer in layers:
+        check_keys(cls, layer, context)
         for key, value in flatten(layer).items():
-            if key not in keys:
-                raise ConfigError(f"unknown parameter '{key}' for {context}{_suggest(key, keys)}")
             values[key] = coerce(key, value, keys[key])
     return _instantiate(cls, values, "")
 

@@ -8,7 +8,7 @@ from typing import Optional
 def config_layers(config: Optional[Path], overrides: Optional[list[str]], method: str | None = None) -> list[dict]:
     """The config layers of a command line: the --config YAML file (if any), then the key=value overrides.
     The file may be a run's config.yaml ({method, config}: a run directory's, or an exported trial's)."""
-    from posectl.config import load_yaml, parse_overrides
+    from posectl.config import check_keys, load_yaml, parse_overrides
     from posectl.errors import ConfigError
     layers = []
     if config is not None:
@@ -17,6 +17,9 @@ def config_layers(config: Optional[Path], overrides: Optional[list[str]], method
             if method is not None and doc["method"] != method:
                 raise ConfigError(f"{config}: the config of a '{doc['method']}' run, not '{method}'")
             doc = doc["config"]
+        if method is not None:                 # a misspelt key names the file it is in
+            from posectl.methods.base import get_method
+            check_keys(get_method(method).Config, doc, f"method {method} (in {config})")
         layers.append(doc)
     layers.append(parse_overrides(overrides or []))
     return layers
