@@ -27,8 +27,9 @@ def data_synth(
     from posectl.datasets.synthetic import SynthConfig, write_synthetic
     if domain not in ("source", "target"):
         raise PosectlError(f"--domain must be 'source' or 'target', got '{domain}'")
-    if subjects < 3 or frames < 1 or sequences < 1:
-        raise PosectlError("--subjects must be >= 3, --frames and --sequences >= 1")
+    for flag, value, least in (("--subjects", subjects, 3), ("--frames", frames, 1), ("--sequences", sequences, 1)):
+        if value < least:
+            raise PosectlError(f"{flag} must be >= {least}, got {value}")
     path = write_synthetic(out, SynthConfig(domain=domain, seed=seed, subjects=subjects, frames=frames,
                                             sequences_per_motion=sequences))
     console.print(f"wrote {path}")

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from posectl.core.camera import image_coordinates, project
 from posectl.core.skeleton import EVAL_JOINT_SETS, H36M16, MPI3DHP17, conversion_indices
-from posectl.datasets.safe_npz import UnsafePickleError, _RestrictedUnpickler, load_npz
+from posectl.datasets.safe_npz import UnsafePickleError, _RestrictedUnpickler, load_npz, not_a_file
 from posectl.datasets.store import DatasetWriter, PoseArrays, check_new_output, table_from_arrays
 from posectl.errors import DataError
 
@@ -205,7 +205,7 @@ def load_cameras(path: str | Path) -> tuple[dict[str, tuple[tuple[int, int], np.
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"file not found: {p}")
+        raise not_a_file(p)
     try:
         with open(p, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="latin1").load()

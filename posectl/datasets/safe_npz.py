@@ -87,6 +87,11 @@ def _read_member(raw: bytes, where: str) -> np.ndarray:
         raise DataError(f"{where}: corrupt array data ({type(e).__name__}: {str(e)[:80]})") from None
 
 
+def not_a_file(p: Path) -> DataError:
+    """The error for an input file that is missing, or a directory where a file was expected."""
+    return DataError(f"not a file (a directory): {p}" if p.is_dir() else f"file not found: {p}")
+
+
 def load_npz(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Load the members of an .npz (optionally only `keys`) with the restricted unpickler.
 
@@ -94,7 +99,7 @@ def load_npz(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str,
     """
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"file not found: {p}")
+        raise not_a_file(p)
     try:
         with zipfile.ZipFile(p) as z:
             names = {n[:-4]: n for n in z.namelist() if n.endswith(".npy")}
@@ -119,7 +124,7 @@ def load_pickle(path: str | Path) -> Any:
     """Unpickle a file with the restricted unpickler (arrays and plain containers only)."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"file not found: {p}")
+        raise not_a_file(p)
     try:
         with open(p, "rb") as f:
             return _RestrictedUnpickler(f, encoding="latin1").load()

@@ -36,10 +36,14 @@ def find_runs(paths: list[str | Path] | None = None, runs_dir: str | Path | None
     if paths:
         out = [Path(p) for p in paths]
     elif runs_dir is not None:
+        if not Path(runs_dir).is_dir():
+            raise PosectlError(f"--runs-dir {runs_dir}: no such folder")
         out = sorted((p.parent for p in Path(runs_dir).glob("*/config.yaml")), key=lambda p: p.stat().st_mtime)
     else:
         raise PosectlError("name run directories, or --runs-dir")
     for p in out:
+        if not p.exists():
+            raise PosectlError(f"{p}: no such run directory")
         if not Experiment(p).exists():
             raise PosectlError(f"{p}: not a posectl run directory (no config.yaml)")
     if not out:

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from posectl.core.skeleton import get_layout
+from posectl.core.skeleton import EVAL_JOINT_SETS, get_layout
 from posectl.datasets.lifting import LiftingData
 from posectl.errors import ConfigError, DataError, PosectlError
 from posectl.methods.base import Context, get_method
@@ -28,6 +28,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | None = None, split: 
                         joints: str | None = None, device: str = "cpu") -> dict[str, Any]:
     if stride < 1:
         raise ConfigError(f"--stride must be >= 1, got {stride}")
+    if joints is not None and joints not in EVAL_JOINT_SETS:
+        raise ConfigError(f"--joints: {', '.join(EVAL_JOINT_SETS)}, got '{joints}'")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"--device: cpu, cuda or cuda:N, got '{device}'")
     if device != "cpu" and not torch.cuda.is_available():
