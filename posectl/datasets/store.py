@@ -302,6 +302,8 @@ class DatasetWriter:
                  info: dict | None = None, overwrite: bool = False, body_params: dict | None = None):
         self.out = Path(out)
         check_new_output(self.out, overwrite)
+        # folders made for `out` (innermost first): abort() removes them again
+        self.made = [d for d in (self.out.parent, *self.out.parent.parents) if not d.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
         self.overwrite = overwrite
@@ -355,6 +357,11 @@ class DatasetWriter:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for d in self.made:                # a folder something else now uses stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def __enter__(self):
         return self
