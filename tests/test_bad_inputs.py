@@ -414,6 +414,38 @@ def case_usage_error_is_one_line(tmp):
     return ["train", "baseline", "--gpus", "abc"], "Invalid value for '--gpus'"
 
 
+def case_config_file_with_a_misspelt_key(tmp):
+    (tmp / "c.yaml").write_text("epochz: 3\n")
+    return ["train", "baseline", "-c", str(tmp / "c.yaml")], \
+        f"unknown parameter 'epochz' for method baseline (in {tmp / 'c.yaml'}) (did you mean 'epochs'?)"
+
+
+def case_synth_names_the_bad_count(tmp):
+    return ["data", "synth", "--out", str(tmp / "out"), "--frames", "-5"], "--frames must be >= 1, got -5"
+
+
+def case_eval_unknown_joint_set(tmp):
+    return ["eval", str(tmp / "best.pt"), "--joints", "15"], "--joints: all, 16, 14, got '15'"
+
+
+def case_3dhp_given_a_folder(tmp):
+    return ["data", "prepare", "3dhp", str(tmp), "--out", str(tmp / "out")], f"not a file (a directory): {tmp}"
+
+
+def case_compare_a_missing_run(tmp):
+    return ["compare", str(tmp / "gone")], f"{tmp / 'gone'}: no such run directory"
+
+
+def case_compare_a_missing_runs_dir(tmp):
+    return ["compare", "--runs-dir", str(tmp / "gone")], f"--runs-dir {tmp / 'gone'}: no such folder"
+
+
+def case_attach_images_leaves_no_folders(tmp):
+    # the matrix checks `in` is unchanged: the writer's parent folders (new/deeper) are removed again
+    return ["data", "attach-images", "synthetic", "--out", str(tmp / "new" / "deeper" / "a"), "--pattern",
+            "{frame}.jpg", "--root", str(tmp / "nowhere")], "images not found"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
