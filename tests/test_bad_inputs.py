@@ -446,6 +446,10 @@ def case_attach_images_leaves_no_folders(tmp):
             "{frame}.jpg", "--root", str(tmp / "nowhere")], "images not found"
 
 
+def case_trials_of_a_folder_that_is_no_search(tmp):
+    return ["trials", "ls", str(tmp)], f"{tmp}: not a search directory (no posectl-search.yaml)"
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 

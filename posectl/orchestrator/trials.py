@@ -100,6 +100,8 @@ def search_path(name: str | Path, storage_path: str | Path | None = None) -> Pat
     base = Path(storage_path) if storage_path else default_storage()
     if (base / str(name) / SEARCH_FILE).is_file():
         return base / str(name)
+    if p.exists() and (p.is_absolute() or not (base / str(name)).exists()):
+        raise PosectlError(f"{p}: not a search directory (no {SEARCH_FILE})")
     raise PosectlError(f"no search '{name}' in {base} (pass --storage-path or a search directory)")
 
 
