@@ -388,6 +388,15 @@ def reap_orphans(directory: Path) -> None:
         warnings.warn(f"stopped {n} leftover Ray process(es) of the interrupted run ({session})", stacklevel=2)
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command name (state first, start time at [19]); None if unknown."""
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
+
+
 def pid_running(pid) -> bool:
     """The process runs: a zombie (exited, its parent gone and an init that reaps nothing, as in many
     containers) does not."""
@@ -395,11 +404,8 @@ def pid_running(pid) -> bool:
         os.kill(int(pid), 0)
     except (OSError, TypeError, ValueError):
         return False
-    try:
-        stat = Path(f"/proc/{int(pid)}/stat").read_text()
-    except OSError:
-        return True                      # no /proc: the signal test is all there is
-    return stat[stat.rindex(")") + 2] != "Z"
+    fields = proc_stat(pid)
+    return fields is None or fields[0] != "Z"      # no /proc: the signal test is all there is
 
 
 def check_shared_storage(path: Path, given: bool, flag: str) -> None:

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from posectl.errors import PosectlError, ResourceError
-from posectl.orchestrator.cluster import pid_running
+from posectl.orchestrator.cluster import pid_running, proc_stat
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -57,11 +57,8 @@ def read_state() -> dict | None:
 
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]
+    fields = proc_stat(pid)
+    return fields[19] if fields else None
 
 
 def _ours(st: dict) -> bool:
