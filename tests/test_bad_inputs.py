@@ -462,10 +462,12 @@ def test_bad_input(case, tmp_path, capsys, monkeypatch, ledger):
     before = sorted(p.name for p in (tmp_path / "in").iterdir())
     with pytest.raises(SystemExit) as e:
         main(args)
-    err = capsys.readouterr().err.strip()
+    cap = capsys.readouterr()
+    err = cap.err.strip()
     assert e.value.code == 2, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert culprit in err, err
+    assert not cap.out.strip() or cap.out.startswith("reading "), cap.out   # at most the file it was reading
     assert not (tmp_path / "in" / "out").exists()                     # no partial output
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == before
     assert not list((tmp_path / "in").glob(".*tmp*"))

@@ -14,8 +14,8 @@ err_console = Console(stderr=True)
 class TrainProgress:
     """Consumes the orchestrator's events: a progress bar per epoch and one line per finished epoch."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
+    def __init__(self, epochs: int, header: str = ""):
+        self.epochs, self.header = epochs, header
         self.progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                                  BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn(),
                                  console=console, transient=True)
@@ -29,7 +29,10 @@ class TrainProgress:
         self.progress.__exit__(*exc)
 
     def __call__(self, ev: dict) -> None:
-        if ev["type"] == "step":
+        if ev["type"] == "connect":      # the header waits for the checks before Ray: a bad input stays one line
+            if self.header:
+                self.progress.console.print(self.header)
+        elif ev["type"] == "step":
             if self.task is None:
                 self.task = self.progress.add_task("train", total=ev["total"], epoch=ev["epoch"] + 1,
                                                    epochs=self.epochs)

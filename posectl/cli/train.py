@@ -45,8 +45,8 @@ def train(
         extra = ["--runs-dir", str((runs_dir or default_runs_dir()).absolute())] if storage_path is None else []
         submit_job(method, name, address, extra, "run")
         return
-    console.print(f"[bold]posectl train {method}[/] — starting Ray (first epoch after ~15 s of Ray start-up)")
-    with TrainProgress(epochs) as progress:
+    header = f"[bold]posectl train {method}[/] — starting Ray (first epoch after ~15 s of Ray start-up)"
+    with TrainProgress(epochs, header) as progress:
         out = run_train(method, layers, gpus=gpus, workers=workers, cpus_per_worker=cpus_per_worker,
                         gpus_per_worker=gpus_per_worker,
                         name=name, runs_dir=runs_dir, resume=resume, smoke_test=smoke_test,

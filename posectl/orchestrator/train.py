@@ -97,6 +97,8 @@ def train(method: str, cfg_layers: list[dict], *, gpus: int | None = None, worke
         exp = Experiment(runs_dir / (name or default_run_name(method)))
         if exp.exists():
             raise PosectlError(f"run '{exp.name}' already exists in {runs_dir}; use --resume or another --name")
+    if on_event:                    # every check that needs no Ray has passed
+        on_event({"type": "connect"})
     started = cluster.connect(address, dashboard=dashboard, say=say)
     try:
         if cpus_per_worker is None and workers is None and gpus is None and gpus_per_worker is None:
