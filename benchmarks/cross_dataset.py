@@ -34,10 +34,9 @@ from _common import mean_std, train_local
 # selection reads every 20th frame of the source validation split, the other rows every frame. Its stages
 # follow benchmarks/posynda_effect.py: pretraining at batch 64 (the rows' epochs and source rows), then
 # 4 adaptation epochs over every target training row (9,057) at batch 256, lr 1e-3 x0.993.
-POSYNDA = {"data.eval_stride": 20}
-PRETRAIN = {"stage": "pretrain", "batch_size": 64, **POSYNDA}
+PRETRAIN = {"stage": "pretrain", "batch_size": 64, "data.eval_stride": 20}
 ADAPT = {"stage": "adapt", "batch_size": 256, "epochs": 4, "data.train_stride": 1, "lr": 1e-3, "lr_decay": 0.993,
-         **POSYNDA}
+         "data.eval_stride": 20}
 ROWS = {  # row name -> (method, config values)
     "baseline": ("baseline", {}),
     "dhaug none": ("dhaug", {"mode": "none"}),

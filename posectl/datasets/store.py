@@ -46,10 +46,15 @@ IMAGE_TYPES = {pa.binary(): "embedded", pa.large_binary(): "embedded", pa.string
                pa.large_string(): "paths"}
 
 
+def is_builtin(path: str) -> bool:
+    """`data.path` names a built-in synthetic dataset ('synthetic' or 'synthetic:DOMAIN'), not a folder."""
+    return path == "synthetic" or path.startswith("synthetic:")
+
+
 def dataset_id(path: str) -> str:
     """One name per dataset a `data.path` can name: the built-in synthetic ones ('synthetic' is
     'synthetic:source') or a resolved directory; for checks that two paths are the same data."""
-    if path == "synthetic" or path.startswith("synthetic:"):
+    if is_builtin(path):
         return path if ":" in path else "synthetic:source"
     return str(Path(path).expanduser().resolve())
 

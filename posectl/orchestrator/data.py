@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posectl.datasets.store import PoseDataset
+from posectl.datasets.store import PoseDataset, is_builtin
 from posectl.errors import DataError
 
 COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "image_size", "extrinsics")
@@ -12,7 +12,7 @@ COLUMNS = ("subject", "action", "camera", "frame", "joints_3d", "intrinsics", "i
 def resolve_path(path: str) -> Path:
     """'synthetic' / 'synthetic:source' / 'synthetic:target' / 'synthetic:anny' (the source domain posed with
     the anny body, with its parameters per row) -> cached generated dataset; else a directory."""
-    if path == "synthetic" or path.startswith("synthetic:"):
+    if is_builtin(path):
         from posectl.datasets.synthetic import cached_synthetic
         _, _, domain = path.partition(":")
         if domain == "anny":
